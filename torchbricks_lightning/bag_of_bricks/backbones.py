@@ -1,0 +1,75 @@
+"""Backbones: torchvision classification models turned into feature extractors."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from torchbricks_lightning.core.bricks import BrickTrainable
+from torchbricks_lightning.core.stages import AliveStages
+from torchbricks_lightning.errors import BrickDefinitionError
+
+__all__ = ["BackboneResnet", "resnet_to_brick"]
+
+
+class BackboneResnet(nn.Module):
+    """A torchvision ResNet without its pooling and classifier: images in, feature maps out.
+
+    Attributes:
+        n_backbone_features: the number of channels of the feature maps.
+
+    Example:
+        >>> import torch, torchvision
+        >>> backbone = BackboneResnet(torchvision.models.resnet18(weights=None))
+        >>> backbone.n_backbone_features, tuple(backbone(torch.rand(1, 3, 64, 64)).shape)
+        (512, (1, 512, 2, 2))
+    """
+
+    conv1: nn.Module
+    bn1: nn.Module
+    layer1: nn.Module
+    layer2: nn.Module
+    layer3: nn.Module
+    layer4: nn.Module
+    maxpool: nn.Module
+    relu: nn.Module
+
+    def __init__(self, resnet: nn.Module) -> None:
+        super().__init__()
+        required = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "fc")
+        children: dict[str, nn.Module] = {
+            name: child for name in required if isinstance(child := getattr(resnet, name, None), nn.Module)
+        }
+        missing = [name for name in required if name not in children]
+        fc = children.get("fc")
+        if missing or not isinstance(fc, nn.Linear):
+            raise BrickDefinitionError(
+                f"Expected a torchvision ResNet (with modules {', '.join(required)} and a Linear fc), "
+                f"but {type(resnet).__name__} lacks {missing or ['a Linear fc']}."
+            )
+        self.conv1, self.bn1, self.relu, self.maxpool = (children[n] for n in ("conv1", "bn1", "relu", "maxpool"))
+        self.layer1, self.layer2, self.layer3, self.layer4 = (children[f"layer{i}"] for i in range(1, 5))
+        self.n_backbone_features: int = fc.in_features
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(images))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+
+def resnet_to_brick(
+    resnet: nn.Module, input_name: str, output_name: str, alive_stages: AliveStages = "all"
+) -> BrickTrainable:
+    """Wrap a torchvision ResNet as a trainable backbone brick (its classifier is dropped).
+
+    The brick's ``.model`` is a :class:`BackboneResnet`, whose ``n_backbone_features`` sizes the heads.
+
+    Example:
+        >>> import torchvision
+        >>> brick = resnet_to_brick(torchvision.models.resnet18(weights=None), input_name="normalized",
+        ...                         output_name="features")
+        >>> brick.model.n_backbone_features
+        512
+    """
+    return BrickTrainable(
+        BackboneResnet(resnet), input_names=[input_name], output_names=[output_name], alive_stages=alive_stages
+    )

@@ -1,0 +1,84 @@
+"""Heads: classifiers and the bricks (classifier, loss, metrics) of a classification task."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from torchbricks_lightning.core.bricks import BrickInterface, BrickLoss, BrickMetricSingle, BrickTrainable
+from torchbricks_lightning.errors import BrickDefinitionError
+
+__all__ = ["ImageClassifier", "create_image_classification_head"]
+
+
+class ImageClassifier(nn.Module):
+    """A linear classifier on (pooled) features that returns logits, probabilities and the predicted class.
+
+    Args:
+        num_classes: the number of classes.
+        n_features: the number of input features (channels).
+        use_average_pooling: average-pool 4-D feature maps ``(batch, channels, h, w)`` before the
+            linear layer (2-D features pass straight through).
+
+    Example:
+        >>> import torch
+        >>> classifier = ImageClassifier(num_classes=3, n_features=8)
+        >>> logits, probabilities, class_prediction = classifier(torch.rand(2, 8, 4, 4))
+        >>> tuple(logits.shape), tuple(probabilities.shape), class_prediction.dtype
+        ((2, 3), (2, 3), torch.int64)
+    """
+
+    def __init__(self, num_classes: int, n_features: int, use_average_pooling: bool = True) -> None:
+        super().__init__()
+        if num_classes < 1 or n_features < 1:
+            raise BrickDefinitionError(
+                f"Expected num_classes and n_features to be positive, but got {num_classes} and {n_features}."
+            )
+        self.use_average_pooling = use_average_pooling
+        self.fc = nn.Linear(n_features, num_classes)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.use_average_pooling and features.ndim == 4:
+            features = features.mean(dim=(2, 3))
+        logits = self.fc(torch.flatten(features, start_dim=1))
+        probabilities = torch.softmax(logits, dim=1)
+        return logits, probabilities, probabilities.argmax(dim=1)
+
+
+def create_image_classification_head(
+    num_classes: int,
+    in_channels: int,
+    features_name: str,
+    targets_name: str,
+    loss_weight: float = 1.0,
+) -> dict[str, BrickInterface]:
+    """The bricks of one classification task: a classifier, its cross-entropy loss and its accuracy.
+
+    Outputs use relative names, so the same head can be nested under several names: inside ``head0``
+    they become ``head0/logits``, ``head0/probabilities``, ``head0/class_prediction`` and ``head0/loss_ce``.
+
+    Example:
+        >>> from torchbricks_lightning import BrickCollection
+        >>> collection = BrickCollection({"head0": create_image_classification_head(3, 8, "features", "targets")})
+        >>> collection.output_names("train")
+        ['head0/logits', 'head0/probabilities', 'head0/class_prediction', 'head0/loss_ce']
+        >>> collection.metric_keys()
+        ['head0/accuracy']
+    """
+    return {
+        "classify": BrickTrainable(
+            ImageClassifier(num_classes=num_classes, n_features=in_channels),
+            input_names=[features_name],
+            output_names=["./logits", "./probabilities", "./class_prediction"],
+        ),
+        "accuracy": BrickMetricSingle(
+            MulticlassAccuracy(num_classes=num_classes), input_names=["./class_prediction", targets_name]
+        ),
+        "loss": BrickLoss(
+            nn.CrossEntropyLoss(),
+            input_names=["./logits", targets_name],
+            output_names=["./loss_ce"],
+            loss_weight=loss_weight,
+        ),
+    }

@@ -1,0 +1,260 @@
+"""Pure graph logic: resolve relative names, validate, and order the bricks of each stage.
+
+Everything here works on plain :class:`BrickNode` records, with no module state, so it is cheap to test
+and runs once per stage when a collection builds its plans (never per call).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from torchbricks_lightning.core.bricks import ALL_INPUTS, STAGE_INPUT
+from torchbricks_lightning.core.stages import Stage
+from torchbricks_lightning.errors import (
+    CycleError,
+    DuplicateOutputError,
+    InvalidNameError,
+    MissingInputError,
+    did_you_mean,
+)
+
+__all__ = [
+    "BrickNode",
+    "StagePlan",
+    "check_input_names",
+    "join_path",
+    "plan_stage",
+    "resolve_name",
+]
+
+
+@dataclass(frozen=True)
+class BrickNode:
+    """One brick of a collection, flattened: its path and its names resolved to absolute data names.
+
+    Attributes:
+        path: the brick's place in the collection, e.g. ``'head0/classify'``.
+        positional_inputs: data names passed positionally.
+        keyword_inputs: ``(argument_name, data_name)`` pairs passed as keyword arguments.
+        output_names: absolute data names of the outputs.
+        loss_names: the outputs that are losses.
+        loss_weight: the weight of those losses in the total loss.
+        alive_stages: the stages in which the brick runs.
+        receives_stage: whether the brick gets the stage as the keyword argument ``stage``.
+        index: the brick's position in declaration order (ties in the topological order keep it).
+    """
+
+    path: str
+    positional_inputs: tuple[str, ...]
+    keyword_inputs: tuple[tuple[str, str], ...]
+    output_names: tuple[str, ...]
+    loss_names: tuple[str, ...]
+    loss_weight: float
+    alive_stages: frozenset[Stage]
+    receives_stage: bool
+    index: int
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """Every data name the brick reads, positional first."""
+        return self.positional_inputs + tuple(name for _, name in self.keyword_inputs)
+
+    @property
+    def data_inputs(self) -> tuple[str, ...]:
+        """The input names that must come from data (not ``'stage'`` or ``'__all__'``)."""
+        return tuple(name for name in self.input_names if name not in (STAGE_INPUT, ALL_INPUTS))
+
+    @property
+    def reads_all(self) -> bool:
+        """Whether the brick reads every named value through ``'__all__'``."""
+        return ALL_INPUTS in self.input_names
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """The bricks alive in one stage, in execution order, with the stage's interface.
+
+    Attributes:
+        stage: the stage.
+        nodes: the alive bricks in a topological order (producers before consumers).
+        required_inputs: names the caller must provide, in first-use order.
+        output_names: every name the stage produces, in execution order.
+        loss_names: the produced names that are losses, with their weights.
+    """
+
+    stage: Stage
+    nodes: tuple[BrickNode, ...]
+    required_inputs: tuple[str, ...]
+    output_names: tuple[str, ...]
+    loss_weights: tuple[tuple[str, float], ...]
+
+
+def join_path(directory: str, name: str) -> str:
+    """Join a collection path and a name: ``join_path('head0', 'loss') == 'head0/loss'``."""
+    return f"{directory}/{name}" if directory else name
+
+
+def resolve_name(name: str, directory: str, *, brick_path: str, role: str) -> str:
+    """Turn a relative data name (``./x``, ``../x``) into an absolute one, seen from ``directory``.
+
+    Args:
+        name: the declared name.
+        directory: the path of the collection holding the brick ('' at the root).
+        brick_path: the brick's path, for error messages.
+        role: ``'input'`` or ``'output'``, for error messages.
+
+    Raises:
+        InvalidNameError: the name climbs above the root collection.
+
+    Example:
+        >>> resolve_name("./logits", "head0", brick_path="head0/classify", role="output")
+        'head0/logits'
+        >>> resolve_name("../features", "heads/head0", brick_path="heads/head0/classify", role="input")
+        'heads/features'
+        >>> resolve_name("features", "head0", brick_path="head0/classify", role="input")
+        'features'
+    """
+    if not (name.startswith("./") or name.startswith("../")):
+        return name
+    parts = directory.split("/") if directory else []
+    segments = name.split("/")
+    while segments and segments[0] in (".", ".."):
+        segment = segments.pop(0)
+        if segment == "..":
+            if not parts:
+                raise InvalidNameError(
+                    f"Brick {brick_path!r} has the {role} name {name!r}, which climbs above the root collection "
+                    f"(the brick sits at depth {directory.count('/') + 1 if directory else 0}). "
+                    "Remove a '../' or use an absolute name."
+                )
+            parts.pop()
+    if not segments:
+        raise InvalidNameError(f"Brick {brick_path!r} has the {role} name {name!r}, which names no value.")
+    return "/".join(parts + segments)
+
+
+def _check_duplicates(nodes: Sequence[BrickNode], stage: Stage) -> None:
+    producer: dict[str, str] = {}
+    for node in nodes:
+        for name in node.output_names:
+            if name in producer:
+                raise DuplicateOutputError(
+                    f"Bricks {producer[name]!r} and {node.path!r} both produce {name!r} in stage {stage.value!r}. "
+                    "Rename one output, or make the bricks alive in different stages."
+                )
+            producer[name] = node.path
+
+
+def _topological_order(nodes: Sequence[BrickNode], stage: Stage) -> tuple[BrickNode, ...]:
+    """Order ``nodes`` so producers run before consumers; ties keep declaration order.
+
+    A brick reading ``'__all__'`` runs after every brick it does not itself feed (directly or not).
+    """
+    producer = {name: i for i, node in enumerate(nodes) for name in node.output_names}
+    depends_on: list[set[int]] = [
+        {producer[name] for name in node.data_inputs if name in producer and producer[name] != i}
+        for i, node in enumerate(nodes)
+    ]
+    self_loops = [node for i, node in enumerate(nodes) if any(producer.get(n) == i for n in node.data_inputs)]
+    if self_loops:
+        node = self_loops[0]
+        name = next(n for n in node.data_inputs if n in node.output_names)
+        raise CycleError(f"Brick {node.path!r} reads its own output {name!r} in stage {stage.value!r}.")
+    for i, node in enumerate(nodes):
+        if node.reads_all:
+            fed = _descendants(i, depends_on)
+            depends_on[i] |= {j for j in range(len(nodes)) if j != i and j not in fed}
+            for j in fed:
+                depends_on[j].add(i)
+    # Kahn's algorithm, always taking the earliest declared ready brick.
+    remaining = [set(deps) for deps in depends_on]
+    order: list[int] = []
+    ready = sorted(i for i, deps in enumerate(remaining) if not deps)
+    done: set[int] = set()
+    while ready:
+        i = ready.pop(0)
+        order.append(i)
+        done.add(i)
+        newly = [j for j, deps in enumerate(remaining) if j not in done and j not in ready and i in deps]
+        for j in newly:
+            remaining[j].discard(i)
+            if not remaining[j]:
+                ready.append(j)
+        ready.sort()
+    if len(order) < len(nodes):
+        stuck = [nodes[i] for i in range(len(nodes)) if i not in done]
+        raise CycleError(
+            f"Bricks {_describe_cycle(stuck, producer, nodes)} form a cycle in stage {stage.value!r}: each needs an "
+            "output of another. Break the cycle by renaming an input or making a brick dead in this stage."
+        )
+    return tuple(nodes[i] for i in order)
+
+
+def _descendants(start: int, depends_on: Sequence[set[int]]) -> set[int]:
+    found: set[int] = set()
+    frontier = {start}
+    while frontier:
+        frontier = {j for j, deps in enumerate(depends_on) if deps & frontier and j not in found and j != start}
+        found |= frontier
+    return found
+
+
+def _describe_cycle(stuck: Sequence[BrickNode], producer: dict[str, int], nodes: Sequence[BrickNode]) -> str:
+    stuck_paths = {node.path for node in stuck}
+    edges = [
+        f"{nodes[producer[name]].path!r} -({name})-> {node.path!r}"
+        for node in stuck
+        for name in node.data_inputs
+        if name in producer and nodes[producer[name]].path in stuck_paths
+    ]
+    return ", ".join(edges) if edges else ", ".join(repr(node.path) for node in stuck)
+
+
+def plan_stage(nodes: Sequence[BrickNode], stage: Stage) -> StagePlan:
+    """Build the plan of ``stage``: keep the alive bricks, check them, and order them by their names.
+
+    Raises:
+        DuplicateOutputError: two alive bricks produce the same name.
+        CycleError: the alive bricks depend on each other in a cycle.
+    """
+    alive = [node for node in nodes if stage in node.alive_stages]
+    _check_duplicates(alive, stage)
+    ordered = _topological_order(alive, stage)
+    produced: list[str] = []
+    required: list[str] = []
+    for node in ordered:
+        for name in node.data_inputs:
+            if name not in produced and name not in required:
+                required.append(name)
+        produced.extend(node.output_names)
+    losses = tuple((name, node.loss_weight) for node in ordered for name in node.loss_names)
+    return StagePlan(
+        stage=stage,
+        nodes=ordered,
+        required_inputs=tuple(required),
+        output_names=tuple(produced),
+        loss_weights=losses,
+    )
+
+
+def check_input_names(plan: StagePlan, available: Iterable[str]) -> None:
+    """Raise :class:`MissingInputError` if ``available`` lacks a name that ``plan`` needs.
+
+    The message names the first brick that needs the missing name, the stage, what is available and a
+    close match if there is one.
+    """
+    available = list(available)
+    present = set(available)
+    missing = [name for name in plan.required_inputs if name not in present]
+    if not missing:
+        return
+    name = missing[0]
+    consumer = next(node for node in plan.nodes if name in node.data_inputs)
+    candidates = available + [n for n in plan.output_names if n not in present]
+    more = f" (also missing: {missing[1:]})" if len(missing) > 1 else ""
+    raise MissingInputError(
+        f"Brick {consumer.path!r} needs input {name!r} in stage {plan.stage.value!r}, but neither the inputs nor "
+        f"an alive brick provides it{more}. Inputs given: {sorted(present)}; produced by bricks alive in this "
+        f"stage: {list(plan.output_names)}.{did_you_mean(name, candidates)}"
+    )
