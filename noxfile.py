@@ -47,6 +47,11 @@ def typecheck(session: nox.Session) -> None:
     session.run("mypy")
 
 
-# Future sessions go here (not in the default ``nox.options.sessions``):
-#   demo  -- install ``-e .[demo]`` with constraints and run examples/quickstart.py.
-#   bench -- install ``-e .[dev]`` with constraints and run the benchmarks with TEST_ENV.
+@nox.session(python=PYTHON, default=False)
+def demo(session: nox.Session) -> None:
+    """The README's main job: train, summarise, draw and export the quick-start model."""
+    session.install(*CONSTRAINTS, "-e", ".[demo]")
+    session.run("python", "examples/quickstart.py", *session.posargs, env=TEST_ENV)
+
+
+# The ``bench`` session (benchmarks) comes with the benchmarks issue.
