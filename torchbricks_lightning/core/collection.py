@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Union
 
 import torch
@@ -100,7 +100,7 @@ class BrickCollection(nn.ModuleDict):
                 f"Brick name {name!r} contains {'/' if '/' in name else '.'!r}, which separates nested names. "
                 f"Use a nested dict instead, e.g. {{{name.split('/')[0].split('.')[0]!r}: {{...}}}}, or rename it."
             )
-        if name in dir(BrickCollection) and name not in self._modules:
+        if name not in self._modules and (name in dir(BrickCollection) or hasattr(self, name)):
             raise InvalidNameError(
                 f"Brick name {name!r} clashes with the BrickCollection attribute of that name. Rename the brick."
             )
@@ -199,11 +199,16 @@ class BrickCollection(nn.ModuleDict):
         """The names the bricks alive in ``stage`` produce, in execution order."""
         return list(self._stage(stage).plan.output_names)
 
-    def check_input_names(self, stage: StageLike, input_names: Any) -> None:
+    def check_input_names(self, stage: StageLike, input_names: Iterable[str]) -> None:
         """Raise :class:`MissingInputError` if ``input_names`` lacks something ``stage`` needs.
 
         Use it to fail early, before any data flows (e.g. with the names a dataloader will provide).
         """
+        if isinstance(input_names, str) or not isinstance(input_names, Iterable):
+            raise BrickDefinitionError(
+                f"Expected input_names to be a list of names, but got {type(input_names).__name__}: {input_names!r}."
+                + (f" Wrap it in a list: [{input_names!r}]." if isinstance(input_names, str) else "")
+            )
         check_input_names(self._stage(stage).plan, list(input_names))
 
     # ----------------------------------------------------------------------------------------- running

@@ -161,12 +161,17 @@ def _topological_order(nodes: Sequence[BrickNode], stage: Stage) -> tuple[BrickN
         node = self_loops[0]
         name = next(n for n in node.data_inputs if n in node.output_names)
         raise CycleError(f"Brick {node.path!r} reads its own output {name!r} in stage {stage.value!r}.")
-    for i, node in enumerate(nodes):
-        if node.reads_all:
-            fed = _descendants(i, depends_on)
-            depends_on[i] |= {j for j in range(len(nodes)) if j != i and j not in fed}
-            for j in fed:
+    # Work out what every '__all__' brick feeds from the declared edges first, then add its edges.
+    reads_all = [i for i, node in enumerate(nodes) if node.reads_all]
+    fed = {i: _descendants(i, depends_on) for i in reads_all}
+    for i in reads_all:
+        for j in range(len(nodes)):
+            if j == i:
+                continue
+            if j in fed[i]:
                 depends_on[j].add(i)
+            elif j not in fed or (j < i and i not in fed[j]):
+                depends_on[i].add(j)
     # Kahn's algorithm, always taking the earliest declared ready brick.
     remaining = [set(deps) for deps in depends_on]
     order: list[int] = []
