@@ -18,7 +18,13 @@ from torchbricks_lightning.core.graph import (
     resolve_name,
 )
 from torchbricks_lightning.core.stages import ALL_STAGES, Stage, StageLike, parse_stage
-from torchbricks_lightning.errors import BrickDefinitionError, BrickGraphError, InvalidNameError, TorchBricksError
+from torchbricks_lightning.errors import (
+    BrickDefinitionError,
+    BrickGraphError,
+    DuplicateOutputError,
+    InvalidNameError,
+    TorchBricksError,
+)
 
 __all__ = ["BrickCollection", "BrickTree"]
 
@@ -173,12 +179,24 @@ class BrickCollection(nn.ModuleDict):
         self._check_cache()
         cache = self._stage_cache
         if not cache:
+            self._check_metric_keys()
             nodes = self.brick_nodes()
             modules = dict(self.named_bricks())
             plans = {stage: plan_stage(nodes, stage) for stage in ALL_STAGES}
             for stage, plan in plans.items():
                 cache[stage] = compile_stage(plan, [modules[node.path] for node in plan.nodes])
         return cache
+
+    def _check_metric_keys(self) -> None:
+        owner: dict[str, str] = {}
+        for path, brick in self._metric_bricks():
+            for key in brick.metric_keys(path):
+                if key in owner:
+                    raise DuplicateOutputError(
+                        f"Metric bricks {owner[key]!r} and {path!r} both report the metric key {key!r}, so one would "
+                        "overwrite the other in summarize(). Give one a different metric_name or brick name."
+                    )
+                owner[key] = path
 
     def _stage(self, stage: StageLike) -> CompiledStage:
         cache = self._stages()

@@ -106,6 +106,11 @@ class _Checks:
         )
 
 
+@torch.compiler.disable
+def _call_eagerly(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    return module(*args, **kwargs)
+
+
 def _argument(name: str) -> str:
     if name == STAGE_INPUT:
         return "_STAGE"
@@ -124,6 +129,7 @@ def compile_stage(plan: StagePlan, modules: Sequence[nn.Module]) -> CompiledStag
         "_bad_count": checks.bad_count,
         "_bad_loss": checks.bad_loss,
         "_Tensor": torch.Tensor,
+        "_eager": _call_eagerly,
     }
     lines = [f"def _run_{plan.stage.value}(named_inputs):"]
     if plan.required_inputs:
@@ -137,7 +143,8 @@ def compile_stage(plan: StagePlan, modules: Sequence[nn.Module]) -> CompiledStag
         arguments += [f"{argument}={_argument(name)}" for argument, name in node.keyword_inputs]
         if node.receives_stage:
             arguments.append("stage=_STAGE")
-        call = f"b{i}({', '.join(arguments)})"
+        # Metric bricks: torchmetrics updates are not traceable, so they run eagerly under torch.compile.
+        call = f"_eager(b{i}, {', '.join(arguments)})" if node.receives_stage else f"b{i}({', '.join(arguments)})"
         outputs = node.output_names
         brick_at_line[len(lines) + 1] = i
         if not outputs:

@@ -23,7 +23,9 @@ _DEFAULT_COLOR = "#355070"
 
 
 def _node_id(kind: str, name: str) -> str:
-    return f"{kind}_{re.sub(r'[^0-9A-Za-z_]', '_', name)}"
+    """A mermaid id that is unique per name: '_' is doubled, '/' becomes '_s', other symbols '_xHH'."""
+    escaped = re.sub(r"[^0-9A-Za-z]", lambda m: {"_": "__", "/": "_s"}.get(m.group(), f"_x{ord(m.group()):02x}"), name)
+    return f"{kind}_{escaped}"
 
 
 def _label(text: str) -> str:

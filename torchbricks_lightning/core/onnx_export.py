@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -173,11 +174,11 @@ def export_bricks_as_onnx(
             except TorchBricksError:
                 raise
             except Exception as err:
-                summary = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
                 raise ExportError(
-                    f"Could not export stage {parsed_stage.value!r} to ONNX: {summary}. Every brick alive in this "
-                    "stage must be traceable by torch.export; make bricks that are not (debugging, plotting) dead "
-                    f"in {parsed_stage.value!r}. Nothing was written to {str(path)!r}."
+                    f"Could not export stage {parsed_stage.value!r} to ONNX: {_root_cause(err)} "
+                    "Every brick alive in this stage must be traceable by torch.export; make bricks that are not "
+                    f"(metrics, debugging, plotting) dead in {parsed_stage.value!r}. "
+                    f"Nothing was written to {str(path)!r}."
                 ) from err
             differences: dict[str, float] = {}
             if verify:
@@ -189,6 +190,26 @@ def export_bricks_as_onnx(
         finally:
             temporary.unlink(missing_ok=True)
     return OnnxExportResult(path=path, input_names=input_names, output_names=chosen, max_abs_diff=differences)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _root_cause(err: BaseException) -> str:
+    """The innermost cause of ``err`` in one plain line, with the brick notes found along the chain."""
+    notes: list[str] = []
+    innermost = err
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        notes += [note for note in getattr(current, "__notes__", []) if note.startswith("While running brick")]
+        innermost = current
+        current = current.__cause__ or current.__context__
+    text = _ANSI.sub("", str(innermost)).strip()
+    first = text.splitlines()[0] if text else ""
+    summary = f"{type(innermost).__name__}: {first}".rstrip(": ")
+    return " ".join([summary.rstrip(".") + ".", *dict.fromkeys(notes)])
 
 
 def _session(path: Path) -> Any:
