@@ -7,9 +7,9 @@ from torch import nn
 
 from torchbricks_lightning.core.bricks import BrickTrainable
 from torchbricks_lightning.core.stages import AliveStages
-from torchbricks_lightning.errors import BrickDefinitionError
+from torchbricks_lightning.errors import BrickDefinitionError, did_you_mean
 
-__all__ = ["BackboneResnet", "resnet_to_brick"]
+__all__ = ["BackboneResnet", "TorchvisionBackbone", "resnet_to_brick"]
 
 
 class BackboneResnet(nn.Module):
@@ -73,3 +73,55 @@ def resnet_to_brick(
     return BrickTrainable(
         BackboneResnet(resnet), input_names=[input_name], output_names=[output_name], alive_stages=alive_stages
     )
+
+
+class TorchvisionBackbone(nn.Module):
+    """Any torchvision classification model as a feature extractor, by name (for YAML recipes).
+
+    ResNet-style models (``fc`` and ``layer4``) drop their pooling and classifier; models with ``features`` and
+    ``classifier`` (VGG, MobileNet, EfficientNet, ConvNeXt, DenseNet, ...) keep ``features``.
+
+    Args:
+        name: a torchvision model name, e.g. ``"resnet18"`` or ``"mobilenet_v3_small"``.
+        weights: torchvision weights name (downloads them), or None for random initialisation.
+        **kwargs: passed to the model builder.
+
+    Attributes:
+        n_backbone_features: the number of channels of the feature maps.
+
+    Example:
+        >>> import torch
+        >>> backbone = TorchvisionBackbone("mobilenet_v3_small")
+        >>> backbone.n_backbone_features, tuple(backbone(torch.rand(1, 3, 64, 64)).shape)
+        (576, (1, 576, 2, 2))
+    """
+
+    def __init__(self, name: str = "resnet18", weights: str | None = None, **kwargs: object) -> None:
+        super().__init__()
+        import torchvision
+
+        try:
+            model = torchvision.models.get_model(name, weights=weights, **kwargs)
+        except ValueError as err:
+            available = torchvision.models.list_models(module=torchvision.models)
+            raise BrickDefinitionError(
+                f"Unknown torchvision classification model {name!r}.{did_you_mean(name, available)} "
+                f"Available: {', '.join(available[:12])}, ..."
+            ) from err
+        self.name = name
+        if hasattr(model, "fc") and hasattr(model, "layer4"):
+            self.body: nn.Module = BackboneResnet(model)
+            self.n_backbone_features = self.body.n_backbone_features
+            return
+        features, classifier = getattr(model, "features", None), getattr(model, "classifier", None)
+        linear = next((m for m in classifier.modules() if isinstance(m, nn.Linear)), None) if classifier else None
+        if not isinstance(features, nn.Module) or linear is None:
+            raise BrickDefinitionError(
+                f"torchvision model {name!r} has neither a ResNet layout (fc, layer4) nor features + classifier; "
+                "wrap it in your own nn.Module instead."
+            )
+        self.body = features
+        self.n_backbone_features = int(linear.in_features)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.body(images)

@@ -7,9 +7,10 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from torchbricks_lightning.core.bricks import BrickInterface, BrickLoss, BrickMetricSingle, BrickTrainable
+from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.errors import BrickDefinitionError
 
-__all__ = ["ImageClassifier", "create_image_classification_head"]
+__all__ = ["ClassificationHead", "ImageClassifier", "create_image_classification_head"]
 
 
 class ImageClassifier(nn.Module):
@@ -82,3 +83,26 @@ def create_image_classification_head(
             loss_weight=loss_weight,
         ),
     }
+
+
+class ClassificationHead(BrickCollection):
+    """:func:`create_image_classification_head` as a collection class, so a YAML recipe can name it.
+
+    Example:
+        >>> from torchbricks_lightning import BrickCollection
+        >>> collection = BrickCollection({"digit": ClassificationHead(num_classes=10, in_channels=8)})
+        >>> collection.loss_names("train"), collection.metric_keys()
+        (['digit/loss_ce'], ['digit/accuracy'])
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int,
+        features_name: str = "features",
+        targets_name: str = "targets",
+        loss_weight: float = 1.0,
+    ) -> None:
+        super().__init__(
+            create_image_classification_head(num_classes, in_channels, features_name, targets_name, loss_weight)
+        )

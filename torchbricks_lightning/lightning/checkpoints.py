@@ -1,0 +1,169 @@
+"""Load checkpoints safely: weights only, and only classes from trusted packages."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from torchbricks_lightning.core.collection import BrickCollection
+from torchbricks_lightning.errors import TorchBricksError
+
+__all__ = [
+    "TRUSTED_CLASS_PREFIXES",
+    "CheckpointError",
+    "UntrustedCheckpointError",
+    "check_class_paths",
+    "load_brick_collection_weights",
+    "read_checkpoint",
+]
+
+TRUSTED_CLASS_PREFIXES: tuple[str, ...] = (
+    "torchbricks_lightning.",
+    "torch.",
+    "torchvision.",
+    "torchmetrics.",
+)
+"""Packages whose classes a checkpoint may ask to instantiate without the user opting in."""
+
+_BRICKS_PREFIX = "brick_collection."
+
+
+class CheckpointError(TorchBricksError, ValueError):
+    """A checkpoint cannot be read, or does not fit the model it is loaded into."""
+
+
+class UntrustedCheckpointError(CheckpointError):
+    """A checkpoint asks to instantiate a class outside the trusted packages, or holds arbitrary code."""
+
+
+def read_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a checkpoint file with ``weights_only=True``: tensors and plain values only, never arbitrary code.
+
+    Raises:
+        CheckpointError: the file is missing, truncated or not a checkpoint.
+        UntrustedCheckpointError: the file holds pickled objects other than tensors and plain values.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint {str(path)!r} does not exist.")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UntrustedCheckpointError(
+            f"Checkpoint {str(path)!r} holds objects that are not tensors or plain values, so it was not loaded: "
+            f"loading it could run arbitrary code. ({str(err).strip().splitlines()[0]}) Only load it with "
+            "weights_only=False if you fully trust its source."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CheckpointError(
+            f"Could not read checkpoint {str(path)!r}: {str(err).strip().splitlines()[0] if str(err) else err!r}. "
+            "The file may be truncated (an interrupted save) or not a PyTorch checkpoint."
+        ) from err
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"Checkpoint {str(path)!r} holds a {type(checkpoint).__name__}, not a checkpoint dict.")
+    return checkpoint
+
+
+def _class_paths(config: Any, where: str = "") -> Iterator[tuple[str, str]]:
+    if isinstance(config, Mapping):
+        for key, value in config.items():
+            here = f"{where}.{key}" if where else str(key)
+            if key in ("class_path", "_class_path") and isinstance(value, str):
+                yield here, value
+            else:
+                yield from _class_paths(value, here)
+    elif isinstance(config, (list, tuple)):
+        for index, value in enumerate(config):
+            yield from _class_paths(value, f"{where}[{index}]")
+
+
+def check_class_paths(config: Any, trusted_class_prefixes: Iterable[str] = ()) -> None:
+    """Raise if ``config`` (e.g. a checkpoint's hyperparameters) names a class outside the trusted packages.
+
+    Args:
+        config: nested dicts and lists with ``class_path`` entries.
+        trusted_class_prefixes: more trusted prefixes, e.g. ``["my_project."]``.
+
+    Raises:
+        UntrustedCheckpointError: a class path is not trusted.
+
+    Example:
+        >>> check_class_paths({"model": {"class_path": "torch.nn.Linear"}})
+        >>> check_class_paths({"model": {"class_path": "evil.Payload"}})
+        Traceback (most recent call last):
+        ...
+        torchbricks_lightning.lightning.checkpoints.UntrustedCheckpointError: ...'evil.Payload' at 'model.class_path'...
+    """
+    trusted = (*TRUSTED_CLASS_PREFIXES, *trusted_class_prefixes)
+    for where, class_path in _class_paths(config):
+        if not class_path.startswith(trusted):
+            raise UntrustedCheckpointError(
+                f"The checkpoint asks to instantiate {class_path!r} at {where!r}, which is not in a trusted package "
+                f"{list(trusted)}; it was not loaded. If you trust this checkpoint, pass "
+                f"trusted_class_prefixes=[{class_path.rsplit('.', 1)[0] + '.'!r}]."
+            )
+
+
+def brick_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The brick collection's weights inside a Lightning checkpoint, without the ``brick_collection.`` prefix."""
+    state = checkpoint.get("state_dict")
+    if not isinstance(state, Mapping):
+        raise CheckpointError("The checkpoint holds no 'state_dict'; is it a Lightning checkpoint?")
+    return {key[len(_BRICKS_PREFIX) :]: value for key, value in state.items() if key.startswith(_BRICKS_PREFIX)}
+
+
+def load_brick_collection_weights(
+    brick_collection: BrickCollection, checkpoint_path: str | os.PathLike[str], strict: bool = True
+) -> tuple[list[str], list[str]]:
+    """Load the weights of a ``LightningBrickCollection`` checkpoint into a plain :class:`BrickCollection`.
+
+    The file is read with ``weights_only=True``. Use it to run a trained model without Lightning.
+
+    Args:
+        brick_collection: a collection built like the trained one.
+        checkpoint_path: the ``.ckpt`` file.
+        strict: raise when names are missing or unexpected.
+
+    Returns:
+        ``(missing, unexpected)``: sorted parameter names missing from the checkpoint, and sorted names in the
+        checkpoint that the collection lacks.
+
+    Raises:
+        CheckpointError: with ``strict``, when the checkpoint and the collection do not hold the same names, or
+            shapes differ.
+    """
+    state = brick_state_dict(read_checkpoint(checkpoint_path))
+    return _load_state(brick_collection, state, strict=strict, source=str(checkpoint_path))
+
+
+def _load_state(
+    brick_collection: BrickCollection, state: Mapping[str, torch.Tensor], strict: bool, source: str
+) -> tuple[list[str], list[str]]:
+    expected = brick_collection.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = sorted(
+        f"{name}: checkpoint {tuple(state[name].shape)} vs model {tuple(expected[name].shape)}"
+        for name in set(state) & set(expected)
+        if isinstance(state[name], torch.Tensor) and state[name].shape != expected[name].shape
+    )
+    if mismatched or (strict and (missing or unexpected)):
+        raise CheckpointError(
+            f"Checkpoint {source!r} does not fit this brick collection. Missing in the checkpoint: {_short(missing)}; "
+            f"unexpected in the checkpoint: {_short(unexpected)}; shape mismatches: {_short(mismatched)}. Build the "
+            "collection as it was when trained, or pass strict=False to load the matching names only."
+        )
+    brick_collection.load_state_dict(state, strict=False)
+    return missing, unexpected
+
+
+def _short(names: Sequence[str], limit: int = 8) -> str:
+    if not names:
+        return "none"
+    shown = ", ".join(names[:limit])
+    return f"[{shown}{f', ... ({len(names) - limit} more)' if len(names) > limit else ''}]"

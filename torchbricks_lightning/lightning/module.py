@@ -1,0 +1,360 @@
+"""LightningBrickCollection: one generic LightningModule for any brick collection."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from pytorch_lightning.loggers import TensorBoardLogger
+
+from torchbricks_lightning.core.bricks import BrickInterface
+from torchbricks_lightning.core.collection import BrickCollection
+from torchbricks_lightning.core.stages import Stage
+from torchbricks_lightning.errors import BrickDefinitionError, BrickOutputError
+from torchbricks_lightning.lightning.checkpoints import (
+    CheckpointError,
+    _load_state,
+    brick_state_dict,
+    check_class_paths,
+    read_checkpoint,
+)
+from torchbricks_lightning.lightning.metric_logging import render_matrix, split_metrics, warn_once
+
+__all__ = ["DEFAULT_BATCH_NAMES", "EXAMPLE_INPUTS_KEY", "LightningBrickCollection", "LossNotFiniteError"]
+
+DEFAULT_BATCH_NAMES = ("raw", "targets")
+EXAMPLE_INPUTS_KEY = "torchbricks_example_inputs"
+"""Checkpoint key holding the shape and dtype of each export input, so a checkpoint can be exported alone."""
+
+BrickValue = BrickInterface | BrickCollection | Mapping[str, BrickInterface | BrickCollection]
+
+
+class LossNotFiniteError(BrickOutputError):
+    """A loss is NaN or infinite."""
+
+
+def _adam(parameters: Any) -> torch.optim.Optimizer:
+    return torch.optim.Adam(parameters, lr=1e-3)
+
+
+class LightningBrickCollection(pl.LightningModule):
+    """Train, validate, test and predict any :class:`BrickCollection` with Lightning, without subclassing.
+
+    Lightning's steps map to stages: ``training_step`` runs ``Stage.TRAIN``, ``validation_step``
+    ``Stage.VALIDATION``, ``test_step`` ``Stage.TEST`` and ``predict_step`` ``Stage.INFERENCE`` (which returns
+    the outputs dict and computes no loss). Every loss is logged as ``{stage}/{loss name}`` and the optimised
+    total as ``{stage}/loss``; at each epoch end the metrics of the stage are summarised, logged as
+    ``{stage}/{metric key}`` and reset. Per-class vectors are logged as one scalar per class, and matrices (a
+    confusion matrix) are drawn as pictures on loggers that show images (TensorBoard).
+
+    Args:
+        brick_collection: the bricks, as a ``BrickCollection`` or a (nested) dict of bricks.
+        optimizer: a factory ``parameters -> Optimizer`` (Lightning's ``OptimizerCallable``), e.g.
+            ``functools.partial(torch.optim.SGD, lr=0.1)``. Default: Adam with lr 1e-3. Frozen parameters
+            are not passed to it.
+        lr_scheduler: an optional factory ``optimizer -> LRScheduler`` (``LRSchedulerCallable``).
+        lr_scheduler_interval: step the scheduler every ``"epoch"`` or every ``"step"``.
+        lr_scheduler_monitor: the logged value a ``ReduceLROnPlateau`` watches, e.g. ``"validation/loss"``.
+        batch_names: the data names of the items of a tuple or list batch; dict batches pass through.
+        loss_weights: weights by loss name that override the loss bricks' own.
+        check_finite_loss: raise :class:`LossNotFiniteError` when a training loss is NaN or infinite (this
+            reads the loss value, one device sync per step).
+        compile_model: compile the collection with ``torch.compile``; each stage gets its own graph, so alternating
+            training and validation does not recompile.
+        compile_kwargs: extra arguments for ``torch.compile``.
+
+    Example:
+        >>> from torch import nn
+        >>> from torchbricks_lightning import BrickLoss, BrickTrainable
+        >>> module = LightningBrickCollection({
+        ...     "head": BrickTrainable(nn.Linear(4, 3), input_names=["raw"], output_names=["logits"]),
+        ...     "loss": BrickLoss(nn.CrossEntropyLoss(), input_names=["logits", "targets"], output_names=["ce"]),
+        ... })
+        >>> type(module.brick_collection).__name__, module.batch_names
+        ('BrickCollection', ('raw', 'targets'))
+    """
+
+    def __init__(
+        self,
+        brick_collection: BrickCollection | Mapping[str, BrickValue],
+        optimizer: OptimizerCallable = _adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
+        lr_scheduler_monitor: str | None = None,
+        batch_names: Sequence[str] = DEFAULT_BATCH_NAMES,
+        loss_weights: Mapping[str, float] | None = None,
+        check_finite_loss: bool = True,
+        compile_model: bool = False,
+        compile_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=_objects_not_to_save())
+        if isinstance(brick_collection, Mapping) and not isinstance(brick_collection, BrickCollection):
+            brick_collection = BrickCollection(brick_collection)
+        if not isinstance(brick_collection, BrickCollection):
+            raise BrickDefinitionError(
+                "Expected brick_collection to be a BrickCollection or a dict of bricks, but got "
+                f"{type(brick_collection).__name__}."
+            )
+        if isinstance(batch_names, str) or not all(isinstance(name, str) for name in batch_names):
+            raise BrickDefinitionError(f"Expected batch_names to be a list of names, but got {batch_names!r}.")
+        if lr_scheduler_interval not in ("epoch", "step"):
+            raise BrickDefinitionError(
+                f"Expected lr_scheduler_interval to be 'epoch' or 'step', but got {lr_scheduler_interval!r}."
+            )
+        self.brick_collection = brick_collection
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.lr_scheduler_interval = lr_scheduler_interval
+        self.lr_scheduler_monitor = lr_scheduler_monitor
+        self.batch_names = tuple(batch_names)
+        self.loss_weights = dict(loss_weights) if loss_weights else None
+        if self.loss_weights:
+            known = brick_collection.loss_weights()
+            unknown = [name for name in self.loss_weights if name not in known]
+            if unknown:
+                raise BrickDefinitionError(
+                    f"loss_weights names unknown losses {unknown}; the collection's losses are {list(known)}."
+                )
+        self.check_finite_loss = check_finite_loss
+        self.compile_model = compile_model
+        self.compile_kwargs = dict(compile_kwargs or {})
+        self.example_inputs: dict[str, dict[str, Any]] = {}
+        self._warned: set[str] = set()
+        self.__dict__["_compiled"] = None
+
+    # ---------------------------------------------------------------------------------------- running
+    def _run(self, named_inputs: Mapping[str, Any], stage: Stage) -> dict[str, Any]:
+        if not self.compile_model:
+            return self.brick_collection(named_inputs, stage)
+        compiled = self.__dict__.get("_compiled")
+        if compiled is None:
+            compiled = torch.compile(self.brick_collection, **self.compile_kwargs)
+            self.__dict__["_compiled"] = compiled
+        return compiled(named_inputs, stage)
+
+    def named_inputs_of(self, batch: Any, stage: Stage) -> dict[str, Any]:
+        """Map a batch to named inputs: dicts pass through, tuples and lists are named by ``batch_names``."""
+        if isinstance(batch, Mapping):
+            return dict(batch)
+        if isinstance(batch, torch.Tensor):
+            batch = (batch,)
+        if isinstance(batch, (tuple, list)):
+            if len(batch) > len(self.batch_names):
+                raise BrickDefinitionError(
+                    f"A {stage.value} batch has {len(batch)} items, but batch_names names {len(self.batch_names)}: "
+                    f"{list(self.batch_names)}. Pass batch_names with one name per item, or return a dict batch."
+                )
+            return dict(zip(self.batch_names, batch, strict=False))
+        raise BrickDefinitionError(
+            f"Expected a {stage.value} batch to be a dict, a tuple/list or a tensor, but got {type(batch).__name__}. "
+            "Return a dict of named tensors from the dataloader, or a tuple named by batch_names."
+        )
+
+    def forward(self, named_inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """Run the ``INFERENCE`` stage."""
+        return self._run(named_inputs, Stage.INFERENCE)
+
+    def _shared_step(self, batch: Any, stage: Stage) -> tuple[dict[str, Any], torch.Tensor | None]:
+        named_inputs = self.named_inputs_of(batch, stage)
+        if not self.example_inputs:
+            self._record_example_inputs(named_inputs)
+        named_outputs = self._run(named_inputs, stage)
+        losses = self.brick_collection.extract_losses(named_outputs)
+        if not losses:
+            return named_outputs, None
+        total = self.brick_collection.total_loss(named_outputs, self.loss_weights)
+        batch_size = _batch_size(named_inputs)
+        on_step = stage is Stage.TRAIN
+        for name, value in losses.items():
+            self.log(
+                f"{stage.value}/{name}", value, batch_size=batch_size, on_step=on_step, on_epoch=True, sync_dist=True
+            )
+        self.log(
+            f"{stage.value}/loss",
+            total,
+            batch_size=batch_size,
+            on_step=on_step,
+            on_epoch=True,
+            sync_dist=True,
+            prog_bar=True,
+        )
+        return named_outputs, total
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        named_outputs, total = self._shared_step(batch, Stage.TRAIN)
+        if total is None:
+            raise BrickDefinitionError(
+                "No loss is alive in the 'train' stage, so there is nothing to optimise. Add a BrickLoss alive in "
+                f"'train' (the collection produces {self.brick_collection.output_names(Stage.TRAIN)})."
+            )
+        if self.check_finite_loss and not bool(torch.isfinite(total)):
+            losses = self.brick_collection.extract_losses(named_outputs)
+            bad = {name: float(value) for name, value in losses.items() if not bool(torch.isfinite(value))}
+            raise LossNotFiniteError(
+                f"Training loss is not finite at step {self.global_step} (batch {batch_idx}): {bad or float(total)}. "
+                "Lower the learning rate, check the inputs for NaN, or add gradient clipping."
+            )
+        return total
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._shared_step(batch, Stage.VALIDATION)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._shared_step(batch, Stage.TEST)
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        return self._run(self.named_inputs_of(batch, Stage.INFERENCE), Stage.INFERENCE)
+
+    # ---------------------------------------------------------------------------------------- metrics
+    def on_train_epoch_end(self) -> None:
+        self._log_metrics(Stage.TRAIN)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics(Stage.VALIDATION)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics(Stage.TEST)
+
+    def _log_metrics(self, stage: Stage) -> None:
+        metrics = self.brick_collection.summarize(stage, reset=True)
+        if not metrics or self.trainer.sanity_checking:
+            return
+        split = split_metrics(stage.value, metrics)
+        if split.scalars:
+            # torchmetrics has already synchronised the states across processes in compute().
+            self.log_dict({name: value.float() for name, value in split.scalars.items()}, sync_dist=False)
+        for name, matrix in split.matrices.items():
+            self._log_matrix(name, matrix)
+
+    def _log_matrix(self, name: str, matrix: torch.Tensor) -> None:
+        image_loggers = [logger for logger in self.loggers if isinstance(logger, TensorBoardLogger)]
+        if image_loggers and self.trainer.is_global_zero:
+            image = render_matrix(matrix)
+            for logger in image_loggers:
+                logger.experiment.add_image(name, image, global_step=self.global_step)
+        others = [type(logger).__name__ for logger in self.loggers if not isinstance(logger, TensorBoardLogger)]
+        if others:
+            warn_once(
+                f"Metric {name!r} is a {tuple(matrix.shape)} matrix; {', '.join(others)} cannot show pictures, so it "
+                "is not logged there. Add a TensorBoardLogger to see it as an image.",
+                self._warned,
+                name,
+            )
+
+    # ---------------------------------------------------------------------------------------- optimisers
+    def configure_optimizers(self) -> Any:
+        parameters = [parameter for parameter in self.parameters() if parameter.requires_grad]
+        optimizer = self.optimizer_factory(parameters)
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer)
+        config: dict[str, Any] = {"scheduler": scheduler, "interval": self.lr_scheduler_interval}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            config["monitor"] = self.lr_scheduler_monitor or "validation/loss"
+        elif self.lr_scheduler_monitor:
+            config["monitor"] = self.lr_scheduler_monitor
+        return {"optimizer": optimizer, "lr_scheduler": config}
+
+    # ---------------------------------------------------------------------------------------- checkpoints
+    def _record_example_inputs(self, named_inputs: Mapping[str, Any]) -> None:
+        example: dict[str, dict[str, Any]] = {}
+        for name in self.brick_collection.input_names(Stage.EXPORT):
+            value = named_inputs.get(name)
+            if isinstance(value, torch.Tensor):
+                example[name] = {"shape": [1, *value.shape[1:]] if value.ndim else [], "dtype": str(value.dtype)}
+        self.example_inputs = example
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.example_inputs:
+            checkpoint[EXAMPLE_INPUTS_KEY] = self.example_inputs
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.example_inputs = dict(checkpoint.get(EXAMPLE_INPUTS_KEY, {}))
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls,
+        checkpoint_path: str | os.PathLike[str],
+        map_location: Any = None,
+        strict: bool | None = None,
+        *,
+        trusted_class_prefixes: Sequence[str] = (),
+        **kwargs: Any,
+    ) -> LightningBrickCollection:
+        """Rebuild a module from a checkpoint, safely.
+
+        The file is read with ``weights_only=True`` (no arbitrary code runs), and the classes its configuration
+        asks for must come from torchbricks_lightning, torch, torchvision or torchmetrics, unless you add prefixes
+        to ``trusted_class_prefixes``. A module created by the CLI is rebuilt from the checkpoint alone; one built
+        in Python needs ``brick_collection=`` (built as it was for training).
+
+        Raises:
+            CheckpointError: the file is unreadable or truncated, or does not fit the bricks.
+            UntrustedCheckpointError: the checkpoint holds code or names an untrusted class.
+        """
+        checkpoint = read_checkpoint(checkpoint_path)
+        hyper_parameters = checkpoint.get(cls.CHECKPOINT_HYPER_PARAMS_KEY, {})
+        check_class_paths(hyper_parameters, trusted_class_prefixes)
+        if "brick_collection" not in kwargs and "brick_collection" not in hyper_parameters:
+            raise CheckpointError(
+                f"Checkpoint {str(checkpoint_path)!r} was written by a LightningBrickCollection built in Python, so it "
+                "holds the weights but not the bricks. Pass them: "
+                "LightningBrickCollection.load_from_checkpoint(path, brick_collection=...)."
+            )
+        if "brick_collection" in kwargs:
+            bricks = kwargs["brick_collection"]
+            if isinstance(bricks, Mapping) and not isinstance(bricks, BrickCollection):
+                bricks = BrickCollection(bricks)
+            kwargs["brick_collection"] = bricks
+            _load_state(bricks, brick_state_dict(checkpoint), strict=strict is not False, source=str(checkpoint_path))
+        try:
+            module = super().load_from_checkpoint(
+                Path(checkpoint_path), map_location=map_location, strict=strict, weights_only=True, **kwargs
+            )
+        except RuntimeError as err:
+            raise CheckpointError(f"Could not load checkpoint {str(checkpoint_path)!r}: {err}") from err
+        return module
+
+    def example_named_inputs(self, batch_size: int = 2) -> dict[str, torch.Tensor]:
+        """Random inputs shaped like the export inputs seen in training (recorded in checkpoints)."""
+        if not self.example_inputs:
+            raise BrickDefinitionError(
+                "No example inputs are known: the module has not seen a batch and its checkpoint holds none. "
+                "Pass named_inputs explicitly."
+            )
+        tensors = {}
+        for name, spec in self.example_inputs.items():
+            dtype = getattr(torch, str(spec["dtype"]).removeprefix("torch."))
+            shape = [batch_size, *spec["shape"][1:]] if spec["shape"] else []
+            if dtype.is_floating_point:
+                tensors[name] = torch.rand(shape, dtype=dtype)
+            else:
+                tensors[name] = torch.zeros(shape, dtype=dtype)
+        return tensors
+
+
+def _batch_size(named_inputs: Mapping[str, Any]) -> int | None:
+    for value in named_inputs.values():
+        if isinstance(value, torch.Tensor) and value.ndim:
+            return int(value.shape[0])
+    return None
+
+
+def _objects_not_to_save() -> list[str]:
+    """Arguments that are objects rather than configuration: not saved as hyperparameters.
+
+    When the CLI builds the module, Lightning hands ``save_hyperparameters`` the YAML configuration (class paths
+    and plain values) instead of the objects, and everything is kept so ``load_from_checkpoint`` can rebuild the
+    module from the checkpoint alone.
+    """
+    from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
+
+    if _given_hyperparameters.get() is not None:
+        return []
+    return ["brick_collection", "optimizer", "lr_scheduler"]
