@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -38,3 +39,26 @@ def test_quick_start_has_two_commands() -> None:
     assert len(commands) == 2
     ci = (README.parent / ".ci" / "run").read_text()
     assert commands[1] in ci, "CI must run the README's test command"
+
+
+def test_readme_cli_commands_run(tmp_path: Path) -> None:
+    """The README's CLI block runs as written (from a folder holding the example configs)."""
+    import shutil
+    import subprocess
+    import sys
+
+    blocks = [block for block in _blocks("bash") if "torchbricks-lightning" in block]
+    assert blocks, "the README shows the CLI"
+    shutil.copytree(README.parent / "examples", tmp_path / "examples")
+    script = Path(sys.executable).parent / "torchbricks-lightning"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for line in blocks[0].splitlines():
+        if not line.startswith("torchbricks-lightning"):
+            continue
+        arguments = line.split()[1:]
+        if arguments[0] == "fit":
+            arguments += ["--trainer.enable_progress_bar", "false"]
+        result = subprocess.run([str(script), *arguments], cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert result.returncode == 0, f"{line}\n{result.stderr[-3000:]}"
+    assert (tmp_path / "model.onnx").is_file()
+    assert (tmp_path / "checkpoints" / "synthetic_multitask" / "model.onnx").is_file()
