@@ -31,7 +31,7 @@ __all__ = ["BrickCollection", "BrickTree"]
 BrickTree = Mapping[str, Union[BrickInterface, "BrickCollection", "BrickTree"]]
 """A (nested) mapping of names to bricks, collections or further mappings."""
 
-_CACHE_ATTRIBUTES = ("_stage_cache", "_cache_version", "_nodes_cache")
+_CACHE_ATTRIBUTES = ("_stage_cache", "_cache_version", "_nodes_cache", "_loss_weights_cache")
 
 
 class BrickCollection(nn.ModuleDict):
@@ -69,6 +69,7 @@ class BrickCollection(nn.ModuleDict):
     _stage_cache: dict[StageLike, CompiledStage]
     _cache_version: int
     _nodes_cache: tuple[BrickNode, ...] | None
+    _loss_weights_cache: dict[str, float] | None
 
     def __init__(self, bricks: BrickTree | None = None) -> None:
         super().__init__()
@@ -87,6 +88,7 @@ class BrickCollection(nn.ModuleDict):
         self.__dict__["_stage_cache"] = {}
         self.__dict__["_cache_version"] = -1
         self.__dict__["_nodes_cache"] = None
+        self.__dict__["_loss_weights_cache"] = None
 
     @classmethod
     def _nested(cls, bricks: BrickTree) -> BrickCollection:
@@ -172,6 +174,7 @@ class BrickCollection(nn.ModuleDict):
         if self._cache_version != _StructureVersion.value:
             self._stage_cache.clear()
             self.__dict__["_nodes_cache"] = None
+            self.__dict__["_loss_weights_cache"] = None
             self.__dict__["_cache_version"] = _StructureVersion.value
 
     def _stages(self) -> dict[StageLike, CompiledStage]:
@@ -268,11 +271,18 @@ class BrickCollection(nn.ModuleDict):
 
     def loss_weights(self) -> dict[str, float]:
         """The weight of every loss name, as set on its loss brick."""
-        return {name: node.loss_weight for node in self.brick_nodes() for name in node.loss_names}
+        self._check_cache()
+        weights = self._loss_weights_cache
+        if weights is None:
+            weights = {name: node.loss_weight for node in self.brick_nodes() for name in node.loss_names}
+            self.__dict__["_loss_weights_cache"] = weights
+        return dict(weights)
 
     def extract_losses(self, named_outputs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """The (unweighted) losses found in ``named_outputs``, by name."""
-        return {name: named_outputs[name] for name in self.loss_weights() if name in named_outputs}
+        self._check_cache()
+        names = self._loss_weights_cache if self._loss_weights_cache is not None else self.loss_weights()
+        return {name: named_outputs[name] for name in names if name in named_outputs}
 
     def total_loss(
         self, named_outputs: Mapping[str, Any], loss_weights: Mapping[str, float] | None = None
