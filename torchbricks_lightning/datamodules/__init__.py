@@ -1,5 +1,7 @@
-"""Lightning datamodules that yield ``(raw, targets)`` batches for brick collections."""
+"""Lightning datamodules whose batches a LightningBrickCollection maps to named inputs."""
 
+from torchbricks_lightning.datamodules.cifar10 import CIFAR10_MEAN, CIFAR10_STD, CIFAR10DataModule
+from torchbricks_lightning.datamodules.digits import DigitsDataModule
 from torchbricks_lightning.datamodules.synthetic import SyntheticImageDataModule
 
-__all__ = ["SyntheticImageDataModule"]
+__all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "CIFAR10DataModule", "DigitsDataModule", "SyntheticImageDataModule"]

@@ -1,0 +1,159 @@
+"""CIFAR-10 with torchvision: download into ``data/``, a train/val split, augmentation, ``(raw, targets)`` batches."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision import transforms
+from torchvision.datasets import CIFAR10
+
+from torchbricks_lightning.errors import BrickDefinitionError, TorchBricksError
+
+__all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "CIFAR10DataModule", "DatasetNotAvailableError"]
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+class DatasetNotAvailableError(TorchBricksError, RuntimeError):
+    """A dataset is neither on disk nor downloadable."""
+
+
+class _CIFAR10(CIFAR10):
+    """torchvision's CIFAR10, with the md5 checks optional (files written by hand have other checksums)."""
+
+    def __init__(self, *args: Any, verify_checksums: bool = True, **kwargs: Any) -> None:
+        self._verify_checksums = verify_checksums
+        super().__init__(*args, **kwargs)
+
+    def _check_integrity(self) -> bool:
+        if self._verify_checksums:
+            return super()._check_integrity()
+        folder = Path(self.root) / self.base_folder
+        return all((folder / name).is_file() for name, _ in self.train_list + self.test_list)
+
+    def _load_meta(self) -> None:
+        if self._verify_checksums:
+            super()._load_meta()
+            return
+        with open(os.path.join(self.root, self.base_folder, self.meta["filename"]), "rb") as infile:
+            self.classes = pickle.load(infile, encoding="latin1")[self.meta["key"]]  # noqa: S301 - CIFAR's own format
+        self.class_to_idx = {name: index for index, name in enumerate(self.classes)}
+
+
+class CIFAR10DataModule(pl.LightningDataModule):
+    """CIFAR-10 (torchvision) as ``(raw, targets)`` batches, with a deterministic train/val split.
+
+    Images are ``float32`` in ``[0, 1]``. Training images get the standard augmentation (random crop with
+    4-pixel padding and horizontal flips). Normalisation belongs in the model, in a ``Preprocessor`` brick with
+    :data:`CIFAR10_MEAN` and :data:`CIFAR10_STD`, so an exported ONNX model takes raw images; set
+    ``normalize=True`` for models without one.
+
+    Args:
+        data_dir: where the dataset lives or is downloaded to (``data/`` by default).
+        batch_size: the batch size.
+        num_workers: dataloader workers.
+        val_size: training images held out for validation.
+        seed: the seed of the split.
+        download: download the dataset when it is not on disk.
+        augment: augment the training images.
+        normalize: normalise with the CIFAR-10 statistics in the datamodule.
+        verify_checksums: check the files' md5 (turn off only for hand-made samples, e.g. in tests).
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        batch_size: int = 128,
+        num_workers: int = 2,
+        val_size: int = 5000,
+        seed: int = 0,
+        download: bool = True,
+        augment: bool = True,
+        normalize: bool = False,
+        verify_checksums: bool = True,
+    ) -> None:
+        super().__init__()
+        if val_size < 0:
+            raise BrickDefinitionError(f"Expected val_size >= 0, but got {val_size}.")
+        self.data_dir = data_dir
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.val_size = val_size
+        self.seed = seed
+        self.download = download
+        self.verify_checksums = verify_checksums
+        finish: list[Any] = [transforms.ToTensor()]
+        if normalize:
+            finish.append(transforms.Normalize(CIFAR10_MEAN, CIFAR10_STD))
+        augmentation: list[Any] = (
+            [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()] if augment else []
+        )
+        self.train_transform = transforms.Compose([*augmentation, *finish])
+        self.eval_transform = transforms.Compose(finish)
+        self.datasets: dict[str, Dataset[Any]] = {}
+
+    def _dataset(self, train: bool, transform: Any, download: bool = False) -> _CIFAR10:
+        try:
+            return _CIFAR10(
+                self.data_dir,
+                train=train,
+                transform=transform,
+                download=download,
+                verify_checksums=self.verify_checksums,
+            )
+        except (RuntimeError, OSError) as err:
+            raise DatasetNotAvailableError(
+                f"CIFAR-10 is not in {str(Path(self.data_dir) / 'cifar-10-batches-py')!r}"
+                + (" and could not be downloaded" if download else " (download=False)")
+                + f": {err}. Download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and "
+                f"extract it into {self.data_dir!r}, or run where the internet is reachable."
+            ) from err
+
+    def prepare_data(self) -> None:
+        if self.download:
+            self._dataset(train=True, transform=None, download=True)
+            self._dataset(train=False, transform=None, download=True)
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit", "validate") and "train" not in self.datasets:
+            train_augmented = self._dataset(train=True, transform=self.train_transform)
+            train_plain = self._dataset(train=True, transform=self.eval_transform)
+            if self.val_size >= len(train_augmented):
+                raise BrickDefinitionError(
+                    f"val_size={self.val_size} leaves no training images (the training set has {len(train_augmented)})."
+                )
+            order = torch.randperm(len(train_augmented), generator=torch.Generator().manual_seed(self.seed)).tolist()
+            self.datasets["train"] = Subset(train_augmented, order[self.val_size :])
+            self.datasets["val"] = Subset(train_plain, order[: self.val_size])
+        if stage in (None, "test", "predict") and "test" not in self.datasets:
+            self.datasets["test"] = self._dataset(train=False, transform=self.eval_transform)
+
+    def _loader(self, split: str, shuffle: bool = False) -> DataLoader[Any]:
+        if split not in self.datasets:
+            self.setup("fit" if split in ("train", "val") else "test")
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader[Any]:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader[Any]:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader[Any]:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader[Any]:
+        return self._loader("test")
