@@ -49,9 +49,9 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON, default=False)
 def demo(session: nox.Session) -> None:
-    """The README's main job: train, summarise, draw and export the quick-start model."""
+    """The README's main job: train the multi-task digits model offline, test it, export and check it in ONNX."""
     session.install(*CONSTRAINTS, "-e", ".[demo]")
-    session.run("python", "examples/quickstart.py", *session.posargs, env=TEST_ENV)
+    session.run("python", "examples/demo.py", *session.posargs, env=TEST_ENV)
 
 
 # The ``bench`` session (benchmarks) comes with the benchmarks issue.

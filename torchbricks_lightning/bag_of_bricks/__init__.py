@@ -1,6 +1,11 @@
 """Reusable modules and ready-made bricks for image models: preprocessing, backbones and heads."""
 
-from torchbricks_lightning.bag_of_bricks.backbones import BackboneResnet, TorchvisionBackbone, resnet_to_brick
+from torchbricks_lightning.bag_of_bricks.backbones import (
+    BackboneResnet,
+    SmallConvNet,
+    TorchvisionBackbone,
+    resnet_to_brick,
+)
 from torchbricks_lightning.bag_of_bricks.heads import (
     ClassificationHead,
     ImageClassifier,
@@ -13,6 +18,7 @@ __all__ = [
     "ClassificationHead",
     "ImageClassifier",
     "Preprocessor",
+    "SmallConvNet",
     "TorchvisionBackbone",
     "create_image_classification_head",
     "resnet_to_brick",

@@ -9,7 +9,7 @@ from torchbricks_lightning.core.bricks import BrickTrainable
 from torchbricks_lightning.core.stages import AliveStages
 from torchbricks_lightning.errors import BrickDefinitionError, did_you_mean
 
-__all__ = ["BackboneResnet", "TorchvisionBackbone", "resnet_to_brick"]
+__all__ = ["BackboneResnet", "SmallConvNet", "TorchvisionBackbone", "resnet_to_brick"]
 
 
 class BackboneResnet(nn.Module):
@@ -125,3 +125,38 @@ class TorchvisionBackbone(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.body(images)
+
+
+class SmallConvNet(nn.Module):
+    """A small convolutional backbone for small images: ``conv-bn-relu`` blocks, halving the size between widths.
+
+    Args:
+        in_channels: image channels.
+        widths: the channels of each block; a 2x2 max-pool follows every block but the last.
+
+    Attributes:
+        n_backbone_features: the number of channels of the feature maps.
+
+    Example:
+        >>> import torch
+        >>> net = SmallConvNet(in_channels=1, widths=(16, 32))
+        >>> net.n_backbone_features, tuple(net(torch.rand(2, 1, 8, 8)).shape)
+        (32, (2, 32, 4, 4))
+    """
+
+    def __init__(self, in_channels: int = 3, widths: tuple[int, ...] | list[int] = (32, 64, 128)) -> None:
+        super().__init__()
+        if not widths or any(width < 1 for width in widths):
+            raise BrickDefinitionError(f"Expected widths to be positive channel counts, but got {widths!r}.")
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for index, width in enumerate(widths):
+            layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+            if index < len(widths) - 1:
+                layers.append(nn.MaxPool2d(2))
+            channels = width
+        self.layers = nn.Sequential(*layers)
+        self.n_backbone_features = channels
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.layers(images)

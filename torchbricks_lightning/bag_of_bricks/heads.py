@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from torchbricks_lightning.core.bricks import BrickInterface, BrickLoss, BrickMetricSingle, BrickTrainable
 from torchbricks_lightning.core.collection import BrickCollection
@@ -53,8 +53,12 @@ def create_image_classification_head(
     features_name: str,
     targets_name: str,
     loss_weight: float = 1.0,
+    with_confusion_matrix: bool = False,
 ) -> dict[str, BrickInterface]:
     """The bricks of one classification task: a classifier, its cross-entropy loss and its accuracy.
+
+    With ``with_confusion_matrix=True`` a ``confusion`` metric brick is added too (drawn as a picture in
+    TensorBoard by ``LightningBrickCollection``).
 
     Outputs use relative names, so the same head can be nested under several names: inside ``head0``
     they become ``head0/logits``, ``head0/probabilities``, ``head0/class_prediction`` and ``head0/loss_ce``.
@@ -67,7 +71,7 @@ def create_image_classification_head(
         >>> collection.metric_keys()
         ['head0/accuracy']
     """
-    return {
+    bricks: dict[str, BrickInterface] = {
         "classify": BrickTrainable(
             ImageClassifier(num_classes=num_classes, n_features=in_channels),
             input_names=[features_name],
@@ -83,6 +87,11 @@ def create_image_classification_head(
             loss_weight=loss_weight,
         ),
     }
+    if with_confusion_matrix:
+        bricks["confusion"] = BrickMetricSingle(
+            MulticlassConfusionMatrix(num_classes=num_classes), input_names=["./class_prediction", targets_name]
+        )
+    return bricks
 
 
 class ClassificationHead(BrickCollection):
@@ -102,7 +111,10 @@ class ClassificationHead(BrickCollection):
         features_name: str = "features",
         targets_name: str = "targets",
         loss_weight: float = 1.0,
+        with_confusion_matrix: bool = False,
     ) -> None:
         super().__init__(
-            create_image_classification_head(num_classes, in_channels, features_name, targets_name, loss_weight)
+            create_image_classification_head(
+                num_classes, in_channels, features_name, targets_name, loss_weight, with_confusion_matrix
+            )
         )
