@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from torchbricks_lightning import create_mermaid_dag_graph
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -26,9 +28,13 @@ def test_readme_python_blocks_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         except Exception as err:
             err.add_note(f"README python block {index}:\n{block}")
             raise
-    # The mermaid block in the README is exactly what the code draws.
-    (mermaid,) = _blocks("mermaid")
-    assert namespace["graph"] == mermaid.rstrip("\n")
+    # The mermaid blocks in the README are exactly what the code draws.
+    multi_task, concept = _blocks("mermaid")
+    assert namespace["graph"] == concept.rstrip("\n")
+    monkeypatch.syspath_prepend(str(README.parent / "examples"))
+    from digits_multitask import build_bricks
+
+    assert create_mermaid_dag_graph(build_bricks(), stage="train", add_legends=False) == multi_task.rstrip("\n")
 
 
 def test_quick_start_has_two_commands() -> None:
