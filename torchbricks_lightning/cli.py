@@ -107,9 +107,11 @@ def _first_unimportable_class(config_file: Path) -> str | None:
         return None  # jsonargparse reports unreadable files itself
     for where, class_path in _class_paths(config, ""):
         module_name, _, attribute = class_path.rpartition(".")
+        if not module_name:
+            continue  # a short name such as 'ModelCheckpoint': LightningCLI resolves those itself
         try:
             module = importlib.import_module(module_name)
-        except ImportError:
+        except (ImportError, ValueError):
             return f"{config_file}: {where}: cannot import module {module_name!r} for class_path {class_path!r}."
         if not hasattr(module, attribute):
             names = [name for name in dir(module) if not name.startswith("_")]

@@ -83,6 +83,14 @@ class OnnxExportCallback(pl.Callback):
         return result
 
     @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if not isinstance(pl_module, LightningBrickCollection):
+            raise BrickDefinitionError(
+                f"OnnxExportCallback needs a LightningBrickCollection, but the model is {type(pl_module).__name__}. "
+                "Remove the callback or train a LightningBrickCollection."
+            )
+
+    @override
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import builtins
+import importlib.util
 import os
 import pickle
+import re
+import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -49,44 +53,90 @@ def read_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
         UntrustedCheckpointError: the file holds pickled objects other than tensors and plain values.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"Checkpoint {str(path)!r} does not exist.")
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint {str(path)!r} is not a file.")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        raise UntrustedCheckpointError(
-            f"Checkpoint {str(path)!r} holds objects that are not tensors or plain values, so it was not loaded: "
-            f"loading it could run arbitrary code. ({str(err).strip().splitlines()[0]}) Only load it with "
-            "weights_only=False if you fully trust its source."
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(
-            f"Could not read checkpoint {str(path)!r}: {str(err).strip().splitlines()[0] if str(err) else err!r}. "
-            "The file may be truncated (an interrupted save) or not a PyTorch checkpoint."
-        ) from err
+        offending = [line.strip() for line in str(err).splitlines() if "unsupported global" in line.lower()]
+        if offending and _names_real_global(offending[0]):
+            raise UntrustedCheckpointError(
+                f"Checkpoint {str(path)!r} holds objects that are not tensors or plain values, so it was not "
+                f"loaded: loading it could run arbitrary code ({offending[0]}). Only load it with weights_only=False "
+                "if you fully trust its source."
+            ) from None
+        raise CheckpointError(_unreadable(path, err)) from err
+    except Exception as err:  # torch raises many types for files that are not (whole) checkpoints
+        raise CheckpointError(_unreadable(path, err)) from err
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"Checkpoint {str(path)!r} holds a {type(checkpoint).__name__}, not a checkpoint dict.")
     return checkpoint
 
 
-def _class_paths(config: Any, where: str = "") -> Iterator[tuple[str, str]]:
+def _names_real_global(message: str) -> bool:
+    """Whether torch's 'unsupported GLOBAL x.y' names something that exists (code) rather than a cut-off name (a
+    truncated file). Nothing is imported to decide: a module that is not imported yet counts as real."""
+    match = re.search(r"GLOBAL ([\w.]+)", message)
+    if match is None:
+        return True
+    module_name, _, attribute = match.group(1).rpartition(".")
+    if not attribute:
+        return False
+    if not module_name:
+        return hasattr(builtins, attribute)
+    module = sys.modules.get(module_name)
+    if module is not None:
+        return hasattr(module, attribute)
+    try:
+        return importlib.util.find_spec(module_name.split(".")[0]) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _unreadable(path: Path, err: BaseException) -> str:
+    return (
+        f"Could not read checkpoint {str(path)!r} ({type(err).__name__}). The file is truncated (an interrupted "
+        "save?) or is not a PyTorch checkpoint."
+    )
+
+
+_DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
+
+
+def _importable_paths(config: Any, where: str = "") -> Iterator[tuple[str, str]]:
+    """Every value that jsonargparse could import: ``class_path`` entries and dotted names of importable modules.
+
+    Callable arguments (an optimizer factory, say) are stored as plain dotted strings such as
+    ``"torch.optim.Adam"``, so every string that names something in an installed package counts.
+    """
     if isinstance(config, Mapping):
         for key, value in config.items():
             here = f"{where}.{key}" if where else str(key)
-            if key in ("class_path", "_class_path") and isinstance(value, str):
-                yield here, value
-            else:
-                yield from _class_paths(value, here)
+            if key == "_instantiator":
+                continue  # Lightning checks it against its own allowlist
+            yield from _importable_paths(value, here)
     elif isinstance(config, (list, tuple)):
         for index, value in enumerate(config):
-            yield from _class_paths(value, f"{where}[{index}]")
+            yield from _importable_paths(value, f"{where}[{index}]")
+    elif isinstance(config, str) and where.endswith("class_path"):
+        yield where, config
+    elif isinstance(config, str) and _DOTTED.match(config):
+        root = config.split(".", 1)[0]
+        try:
+            importable = importlib.util.find_spec(root) is not None
+        except (ImportError, ValueError):
+            importable = False
+        if importable:
+            yield where, config
 
 
 def check_class_paths(config: Any, trusted_class_prefixes: Iterable[str] = ()) -> None:
     """Raise if ``config`` (e.g. a checkpoint's hyperparameters) names a class outside the trusted packages.
 
     Args:
-        config: nested dicts and lists with ``class_path`` entries.
+        config: nested dicts and lists with ``class_path`` entries and dotted names of callables.
         trusted_class_prefixes: more trusted prefixes, e.g. ``["my_project."]``.
 
     Raises:
@@ -100,13 +150,28 @@ def check_class_paths(config: Any, trusted_class_prefixes: Iterable[str] = ()) -
         torchbricks_lightning.lightning.checkpoints.UntrustedCheckpointError: ...'evil.Payload' at 'model.class_path'...
     """
     trusted = (*TRUSTED_CLASS_PREFIXES, *trusted_class_prefixes)
-    for where, class_path in _class_paths(config):
+    instantiator = config.get("_instantiator") if isinstance(config, Mapping) else None
+    if instantiator is not None and instantiator not in _lightning_instantiators():
+        raise UntrustedCheckpointError(
+            f"The checkpoint asks Lightning to rebuild the model with {instantiator!r}, which is not one of "
+            "Lightning's "
+            "trusted instantiators; it was not loaded."
+        )
+    for where, class_path in _importable_paths(config):
         if not class_path.startswith(trusted):
             raise UntrustedCheckpointError(
                 f"The checkpoint asks to instantiate {class_path!r} at {where!r}, which is not in a trusted package "
                 f"{list(trusted)}; it was not loaded. If you trust this checkpoint, pass "
                 f"trusted_class_prefixes=[{class_path.rsplit('.', 1)[0] + '.'!r}]."
             )
+
+
+def _lightning_instantiators() -> set[str]:
+    try:
+        from pytorch_lightning.core.saving import _ALLOWED_INSTANTIATORS
+    except ImportError:  # pragma: no cover - older Lightning: only its own CLI instantiator
+        return {"pytorch_lightning.cli.instantiate_module", "lightning.pytorch.cli.instantiate_module"}
+    return set(_ALLOWED_INSTANTIATORS)
 
 
 def brick_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:

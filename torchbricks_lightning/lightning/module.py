@@ -195,9 +195,10 @@ class LightningBrickCollection(pl.LightningModule):
             )
         if self.check_finite_loss and not bool(torch.isfinite(total)):
             losses = self.brick_collection.extract_losses(named_outputs)
-            bad = {name: float(value) for name, value in losses.items() if not bool(torch.isfinite(value))}
+            bad = {name: float(value.detach()) for name, value in losses.items() if not bool(torch.isfinite(value))}
             raise LossNotFiniteError(
-                f"Training loss is not finite at step {self.global_step} (batch {batch_idx}): {bad or float(total)}. "
+                f"Training loss is not finite at step {self.global_step} (batch {batch_idx}): "
+                f"{bad or float(total.detach())}. "
                 "Lower the learning rate, check the inputs for NaN, or add gradient clipping."
             )
         return total
@@ -240,9 +241,14 @@ class LightningBrickCollection(pl.LightningModule):
                 logger.experiment.add_image(name, image, global_step=self.global_step)
         others = [type(logger).__name__ for logger in self.loggers if not isinstance(logger, TensorBoardLogger)]
         if others:
+            hint = (
+                "It is shown as an image in TensorBoard only."
+                if image_loggers
+                else "Add a TensorBoardLogger to see it as an image."
+            )
             warn_once(
                 f"Metric {name!r} is a {tuple(matrix.shape)} matrix; {', '.join(others)} cannot show pictures, so it "
-                "is not logged there. Add a TensorBoardLogger to see it as an image.",
+                f"is not logged there. {hint}",
                 self._warned,
                 name,
             )
@@ -317,7 +323,7 @@ class LightningBrickCollection(pl.LightningModule):
             module = super().load_from_checkpoint(
                 Path(checkpoint_path), map_location=map_location, strict=strict, weights_only=True, **kwargs
             )
-        except RuntimeError as err:
+        except (RuntimeError, ValueError, TypeError) as err:
             raise CheckpointError(f"Could not load checkpoint {str(checkpoint_path)!r}: {err}") from err
         return module
 

@@ -1,0 +1,391 @@
+"""The ``torchbricks-lightning`` command: fit a YAML recipe, export its checkpoint, and fail early on bad recipes.
+
+A few tests run the installed console script in a subprocess (what users do); the rest call
+``TorchBricksCLI``/``main`` in-process, which is much faster (the subprocess cost is mostly imports).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+import yaml
+
+from torchbricks_lightning.bag_of_bricks import TorchvisionBackbone
+from torchbricks_lightning.cli import TorchBricksCLI, main
+from torchbricks_lightning.datamodules.synthetic import make_images
+from torchbricks_lightning.lightning import LightningBrickCollection
+
+RECIPE = Path(__file__).parent / "configs" / "tiny_recipe.yaml"
+NUM_CLASSES = 4
+IMAGE_SIZE = 8
+QUIET = ["--trainer.enable_progress_bar", "false"]
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def _script() -> list[str]:
+    """The installed console script next to the interpreter, or ``python -m`` when it is missing."""
+    script = Path(sys.executable).with_name("torchbricks-lightning")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "torchbricks_lightning.cli"]
+
+
+def _run_script(args: Sequence[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [*_script(), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=240, check=False
+    )
+
+
+@contextmanager
+def _cwd(path: Path) -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(path)
+        patch.setattr(sys, "argv", ["torchbricks-lightning"])  # not pytest's arguments
+        yield
+
+
+def _exit_code(args: Sequence[str], cwd: Path) -> int:
+    """Run ``main`` in-process in ``cwd`` and return its exit code (``parser.error`` exits with SystemExit)."""
+    with _cwd(cwd):
+        try:
+            return main(list(args))
+        except SystemExit as exit_:
+            return int(exit_.code or 0)
+
+
+def _recipe() -> dict[str, Any]:
+    return yaml.safe_load(RECIPE.read_text())
+
+
+def _write(config: dict[str, Any], path: Path) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def _session(path: Path) -> onnxruntime.InferenceSession:
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _assert_no_training_output(folder: Path) -> None:
+    assert not (folder / "checkpoints").exists(), "a checkpoint folder was written: training started"
+    assert not (folder / "lightning_logs").exists(), "lightning_logs was written: training started"
+    assert not list(folder.rglob("*.ckpt"))
+
+
+@dataclass(frozen=True)
+class FittedRun:
+    folder: Path
+    stdout: str
+    stderr: str
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.folder / "checkpoints"
+
+    @property
+    def last(self) -> Path:
+        return self.checkpoints / "last.ckpt"
+
+
+@pytest.fixture(scope="module")
+def fitted_run(tmp_path_factory: pytest.TempPathFactory) -> FittedRun:
+    """``torchbricks-lightning fit --config tiny_recipe.yaml`` in a subprocess, once for the module."""
+    folder = tmp_path_factory.mktemp("fit")
+    process = _run_script(["fit", "--config", str(RECIPE), *QUIET], cwd=folder)
+    assert process.returncode == 0, process.stderr[-4000:]
+    return FittedRun(folder, process.stdout, process.stderr)
+
+
+# ------------------------------------------------------------------------------------------------ fit and export
+@pytest.mark.slow
+def test_fit_writes_checkpoints_and_the_callback_exports_onnx_next_to_them(fitted_run: FittedRun) -> None:
+    checkpoints = sorted(path.name for path in fitted_run.checkpoints.iterdir())
+    assert "last.ckpt" in checkpoints
+    assert any(name.startswith("epoch=0-") and name.endswith(".ckpt") for name in checkpoints), checkpoints
+    onnx_file = fitted_run.checkpoints / "model.onnx"
+    assert onnx_file.is_file(), checkpoints
+    assert f"Exported stage 'export' to ONNX: {onnx_file}" in fitted_run.stdout
+    assert not [name for name in checkpoints if name.endswith(".tmp")], "a temporary export file was left behind"
+    # The CLI saved the config it ran with.
+    assert list((fitted_run.folder / "lightning_logs").rglob("config.yaml"))
+
+    session = _session(onnx_file)
+    assert [value.name for value in session.get_inputs()] == ["raw"]
+    assert {"head0/logits", "head0/probabilities", "head0/class_prediction"} <= {
+        value.name for value in session.get_outputs()
+    }
+
+
+@pytest.mark.slow
+def test_export_subcommand_writes_onnx_that_matches_the_checkpoint(fitted_run: FittedRun, tmp_path: Path) -> None:
+    output = tmp_path / "model.onnx"
+    process = _run_script(["export", "--ckpt_path", str(fitted_run.last), "--output", str(output)], cwd=tmp_path)
+    assert process.returncode == 0, process.stderr[-4000:]
+    assert f"Wrote {output}" in process.stdout
+    assert "max abs diff" in process.stdout
+    assert output.is_file()
+
+    session = _session(output)
+    output_names = [value.name for value in session.get_outputs()]
+    assert [value.name for value in session.get_inputs()] == ["raw"]  # no targets: losses are dead in export
+    assert {"head0/logits", "head0/probabilities", "head0/class_prediction"} <= set(output_names)
+    assert not [name for name in output_names if "loss" in name]
+
+    images, _ = make_images(3, NUM_CLASSES, IMAGE_SIZE, seed=123)  # batch of 3: the batch dimension is dynamic
+    onnx_outputs = dict(zip(output_names, session.run(None, {"raw": images.numpy()}), strict=True))
+    assert onnx_outputs["head0/logits"].shape == (3, NUM_CLASSES)
+
+    # The checkpoint alone rebuilds the model, and it agrees with the ONNX file.
+    module = LightningBrickCollection.load_from_checkpoint(fitted_run.last)
+    module.eval()
+    with torch.no_grad():
+        eager = module({"raw": images})
+    for name in ("head0/logits", "head0/probabilities"):
+        np.testing.assert_allclose(onnx_outputs[name], eager[name].numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_array_equal(onnx_outputs["head0/class_prediction"], eager["head0/class_prediction"].numpy())
+
+    # The callback exported the weights of the end of fit, which are also the weights in last.ckpt.
+    from_callback = _session(fitted_run.checkpoints / "model.onnx").run(["head0/logits"], {"raw": images.numpy()})
+    np.testing.assert_allclose(from_callback[0], onnx_outputs["head0/logits"], atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("subcommand", "needs"),
+    [("validate", "validation/loss"), ("test", "test/loss"), ("predict", None)],
+    ids=["validate", "test", "predict"],
+)
+def test_validate_test_and_predict_run_on_the_fitted_checkpoint(
+    fitted_run: FittedRun, tmp_path: Path, subcommand: str, needs: str | None
+) -> None:
+    args = [subcommand, "--config", str(RECIPE), "--ckpt_path", str(fitted_run.last), *QUIET]
+    assert _exit_code(args, tmp_path) == 0
+    with _cwd(tmp_path):
+        cli = TorchBricksCLI(args=args)
+    if needs is not None:
+        assert needs in cli.trainer.callback_metrics
+        return
+    # predict used the trained weights from --ckpt_path, not a fresh initialisation.
+    predictions = cli.trainer.predict_loop.predictions
+    assert predictions
+    images, _ = make_images(16, NUM_CLASSES, IMAGE_SIZE, seed=2)  # the datamodule's test/predict split
+    module = LightningBrickCollection.load_from_checkpoint(fitted_run.last).eval()
+    with torch.no_grad():
+        expected = module({"raw": images})["head0/logits"]
+    torch.testing.assert_close(predictions[0]["head0/logits"], expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_print_config_prints_a_complete_recipe_that_runs_again_unchanged(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _exit_code(["fit", "--config", str(RECIPE), *QUIET, "--print_config"], tmp_path) == 0
+    printed_text = capsys.readouterr().out
+    printed = yaml.safe_load(printed_text)
+    _assert_no_training_output(tmp_path)
+
+    # Complete: defaults the recipe left out are spelled out.
+    backbone = printed["model"]["brick_collection"]["backbone"]["init_args"]
+    assert backbone["alive_stages"] == "all"
+    assert backbone["model"]["init_args"]["padding_mode"] == "zeros"
+    assert printed["model"]["batch_names"] == ["raw", "targets"]
+    assert printed["data"]["init_args"]["seed"] == 0
+    assert printed["trainer"]["max_epochs"] == 1
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    path = (tmp_path / "printed.yaml").resolve()
+    path.write_text(printed_text)
+    assert _exit_code(["fit", "--config", str(path)], second) == 0
+    assert _exit_code(["fit", "--config", str(RECIPE), *QUIET], first) == 0
+
+    # Same recipe, same seed: the printed config trains exactly the same model.
+    weights = [torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True) for folder in (first, second)]
+    assert weights[0]["state_dict"].keys() == weights[1]["state_dict"].keys()
+    for name, value in weights[0]["state_dict"].items():
+        torch.testing.assert_close(weights[1]["state_dict"][name], value, msg=name)
+
+
+def _with_heads(config: dict[str, Any], n_heads: int, in_channels: int) -> dict[str, Any]:
+    bricks = config["model"]["brick_collection"]
+    for index in range(n_heads):
+        head = copy.deepcopy(bricks["head0"])
+        head["init_args"]["in_channels"] = in_channels
+        head["init_args"]["loss_weight"] = 1.0 / (index + 1)
+        bricks[f"head{index}"] = head
+    return config
+
+
+@pytest.mark.parametrize(
+    ("backbone", "n_heads"),
+    [("conv", 1), ("conv", 2), ("resnet18", 2)],
+    ids=["conv-1-head", "conv-2-heads", "resnet18-2-heads"],
+)
+def test_backbone_and_heads_are_a_config_change_only(tmp_path: Path, backbone: str, n_heads: int) -> None:
+    config = _recipe()
+    config["trainer"]["callbacks"] = config["trainer"]["callbacks"][:1]  # no ONNX export: keeps the test fast
+    in_channels = 8
+    if backbone == "resnet18":
+        config["model"]["brick_collection"]["backbone"]["init_args"]["model"] = {
+            "class_path": "torchbricks_lightning.bag_of_bricks.TorchvisionBackbone",
+            "init_args": {"name": "resnet18"},
+        }
+        in_channels = 512
+    path = _write(_with_heads(config, n_heads, in_channels), tmp_path / "recipe.yaml")
+
+    with _cwd(tmp_path):
+        cli = TorchBricksCLI(args=["--config", str(path), *QUIET], run=False)
+        cli.trainer.fit(cli.model, cli.datamodule)
+
+    model = cli.model.brick_collection["backbone"].model
+    assert isinstance(model, TorchvisionBackbone if backbone == "resnet18" else torch.nn.Conv2d)
+    logged = cli.trainer.logged_metrics
+    losses = {name for name in logged if name.startswith("validation/") and "loss" in name}
+    assert losses == {"validation/loss", *(f"validation/head{index}/loss_ce" for index in range(n_heads))}
+    assert {f"train/head{index}/loss_ce_epoch" for index in range(n_heads)} <= set(logged)
+    assert f"train/head{n_heads}/loss_ce_epoch" not in logged
+    # The loss weights of the recipe apply: total = sum of weight * head loss.
+    total = sum(logged[f"validation/head{index}/loss_ce"] / (index + 1) for index in range(n_heads))
+    torch.testing.assert_close(logged["validation/loss"], total, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------ bad recipes
+@pytest.mark.slow
+def test_unknown_brick_class_fails_before_training_in_the_console_script(tmp_path: Path) -> None:
+    config = _recipe()
+    preprocessor = config["model"]["brick_collection"]["preprocessor"]["init_args"]["model"]
+    preprocessor["class_path"] = "torchbricks_lightning.bag_of_bricks.Preprocesor"
+    path = _write(config, tmp_path / "typo.yaml")
+
+    process = _run_script(["fit", "--config", str(path), *QUIET], cwd=tmp_path)
+
+    assert process.returncode == 2, process.stderr[-4000:]
+    assert "model.brick_collection.preprocessor.init_args.model.class_path" in process.stderr
+    assert "'Preprocesor'" in process.stderr
+    assert "Did you mean 'Preprocessor'?" in process.stderr
+    assert "Traceback" not in process.stderr
+    _assert_no_training_output(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("where", "class_path", "message"),
+    [
+        (
+            ("model", "brick_collection", "head0"),
+            "torchbricks_lightning.bag_of_bricks.ClasificationHead",
+            "model.brick_collection.head0.class_path: module 'torchbricks_lightning.bag_of_bricks' has no class "
+            "'ClasificationHead'. Did you mean 'ClassificationHead'?",
+        ),
+        (
+            ("data",),
+            "torchbricks_lightning.datamodules.SyntheticImageDataModul",
+            "data.class_path: module 'torchbricks_lightning.datamodules' has no class 'SyntheticImageDataModul'. "
+            "Did you mean 'SyntheticImageDataModule'?",
+        ),
+        (
+            ("trainer", "callbacks", 1),
+            "torchbricks_lightning.callbacks.OnnxExportCallbak",
+            "trainer.callbacks[1].class_path: module 'torchbricks_lightning.callbacks' has no class "
+            "'OnnxExportCallbak'. Did you mean 'OnnxExportCallback'?",
+        ),
+        (
+            ("model", "brick_collection", "backbone"),
+            "torchbricks_lightnin.BrickTrainable",
+            "model.brick_collection.backbone.class_path: cannot import module 'torchbricks_lightnin'",
+        ),
+    ],
+    ids=["head", "datamodule", "callback", "module"],
+)
+def test_unknown_class_anywhere_names_the_key_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], where: tuple[Any, ...], class_path: str, message: str
+) -> None:
+    config = _recipe()
+    node = config
+    for key in where:
+        node = node[key]
+    node["class_path"] = class_path
+    path = _write(config, tmp_path / "typo.yaml")
+
+    assert _exit_code(["fit", "--config", str(path), *QUIET], tmp_path) == 2
+    assert message in capsys.readouterr().err
+    _assert_no_training_output(tmp_path)
+
+
+def test_short_class_names_accepted_by_lightning_cli_still_work(tmp_path: Path) -> None:
+    """jsonargparse resolves a bare class name (``class_path: ModelCheckpoint``) for callbacks; so should we."""
+    config = _recipe()
+    config["trainer"]["callbacks"][0]["class_path"] = "ModelCheckpoint"
+    path = _write(config, tmp_path / "short.yaml")
+    with _cwd(tmp_path):
+        cli = TorchBricksCLI(args=["--config", str(path), *QUIET], run=False)
+    assert any(type(callback).__name__ == "ModelCheckpoint" for callback in cli.trainer.callbacks)
+
+
+def test_typo_in_an_input_name_fails_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = _recipe()
+    config["model"]["brick_collection"]["backbone"]["init_args"]["input_names"] = ["normalised"]
+    path = _write(config, tmp_path / "typo.yaml")
+
+    assert _exit_code(["fit", "--config", str(path), *QUIET], tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "MissingInputError" in err
+    assert "Brick 'backbone' needs input 'normalised'" in err
+    assert "Did you mean 'normalized'?" in err
+    assert "Traceback" not in err
+    _assert_no_training_output(tmp_path)
+
+
+def test_typo_in_a_nested_target_name_fails_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = _recipe()
+    config["model"]["brick_collection"]["head0"]["init_args"]["targets_name"] = "target"
+    path = _write(config, tmp_path / "typo.yaml")
+
+    assert _exit_code(["fit", "--config", str(path), *QUIET], tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "MissingInputError" in err
+    assert "needs input 'target'" in err
+    assert "head0/" in err
+    assert "Did you mean 'targets'?" in err
+    _assert_no_training_output(tmp_path)
+
+
+def test_typo_in_alive_stages_fails_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = _recipe()
+    config["model"]["brick_collection"]["backbone"]["init_args"]["alive_stages"] = ["train", "valdation"]
+    path = _write(config, tmp_path / "typo.yaml")
+
+    assert _exit_code(["fit", "--config", str(path), *QUIET], tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "fit.model.brick_collection.backbone.init_args.alive_stages" in err
+    assert "'valdation'" in err
+    assert "Did you mean 'validation'?" in err
+    _assert_no_training_output(tmp_path)
+
+
+def test_export_of_a_missing_checkpoint_fails_clearly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nowhere" / "run.ckpt"
+    output = tmp_path / "model.onnx"
+    assert _exit_code(["export", "--ckpt_path", str(missing), "--output", str(output)], tmp_path) == 2
+    err = capsys.readouterr().err
+    assert f"Checkpoint {str(missing)!r} does not exist" in err
+    assert "Traceback" not in err
+    assert not output.exists()
+
+
+def test_export_requires_ckpt_path_and_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _exit_code(["export", "--output", str(tmp_path / "model.onnx")], tmp_path) == 2
+    assert "ckpt_path" in capsys.readouterr().err
