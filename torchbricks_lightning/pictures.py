@@ -128,10 +128,16 @@ def render_brick_graph(collection: BrickCollection, stage: StageLike | None = No
     bricks = dict(collection.named_bricks())
     producer = {name: node.path for node in nodes for name in node.output_names}
     consumed = {name for node in nodes for name in node.data_inputs}
-    column: dict[tuple[str, str], int] = {}
-    for node in nodes:  # in execution order, so producers come first
-        parents = [column[("brick", producer[n])] for n in node.data_inputs if ("brick", producer.get(n, "")) in column]
-        column[("brick", node.path)] = 1 + max(parents, default=0)
+    column: dict[tuple[str, str], int] = {("brick", node.path): 1 for node in nodes}
+    for _ in range(len(nodes)):  # longest path from the inputs; a stage plan is ordered, the union of stages is not
+        changed = False
+        for node in nodes:
+            parents = [column[("brick", producer[n])] for n in node.data_inputs if n in producer]
+            depth = 1 + max(parents, default=0)
+            if depth != column[("brick", node.path)]:
+                column[("brick", node.path)], changed = depth, True
+        if not changed:
+            break
     for node in nodes:
         for name in node.data_inputs:
             if name not in producer:

@@ -75,6 +75,22 @@ def resnet_to_brick(
     )
 
 
+def _output_channels(features: nn.Module) -> int | None:
+    """The channels a feature extractor outputs, measured with one 224x224 image in eval mode (blocks that
+    concatenate branches, as in SqueezeNet, make reading them off the last layer unreliable)."""
+    training = {module: module.training for module in features.modules()}
+    features.eval()
+    try:
+        with torch.no_grad():
+            output = features(torch.zeros(1, 3, 224, 224))
+    except Exception:  # not an image feature extractor
+        return None
+    finally:
+        for module, mode in training.items():
+            module.training = mode
+    return int(output.shape[1]) if isinstance(output, torch.Tensor) and output.ndim == 4 else None
+
+
 class TorchvisionBackbone(nn.Module):
     """Any torchvision classification model as a feature extractor, by name (for YAML recipes).
 
@@ -113,15 +129,15 @@ class TorchvisionBackbone(nn.Module):
             self.body: nn.Module = BackboneResnet(model)
             self.n_backbone_features = self.body.n_backbone_features
             return
-        features, classifier = getattr(model, "features", None), getattr(model, "classifier", None)
-        linear = next((m for m in classifier.modules() if isinstance(m, nn.Linear)), None) if classifier else None
-        if not isinstance(features, nn.Module) or linear is None:
+        features = getattr(model, "features", None)
+        channels = _output_channels(features) if isinstance(features, nn.Module) else None
+        if channels is None or not isinstance(features, nn.Module):
             raise BrickDefinitionError(
-                f"torchvision model {name!r} has neither a ResNet layout (fc, layer4) nor features + classifier; "
-                "wrap it in your own nn.Module instead."
+                f"torchvision model {name!r} has neither a ResNet layout (fc, layer4) nor a features module ending in "
+                "a convolution or normalisation layer; wrap it in your own nn.Module instead."
             )
         self.body = features
-        self.n_backbone_features = int(linear.in_features)
+        self.n_backbone_features = channels
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.body(images)

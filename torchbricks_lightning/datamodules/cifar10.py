@@ -109,6 +109,13 @@ class CIFAR10DataModule(pl.LightningDataModule):
                 verify_checksums=self.verify_checksums,
             )
         except (RuntimeError, OSError) as err:
+            folder = Path(self.data_dir) / "cifar-10-batches-py"
+            if self.verify_checksums and folder.is_dir() and any(folder.iterdir()):
+                raise DatasetNotAvailableError(
+                    f"CIFAR-10 files are in {str(folder)!r} but fail torchvision's md5 check: corrupted or an "
+                    f"incomplete download (download={self.download}). Delete the folder and download "
+                    "cifar-10-python.tar.gz again, or pass verify_checksums=False for a sample you made yourself."
+                ) from err
             raise DatasetNotAvailableError(
                 f"CIFAR-10 is not in {str(Path(self.data_dir) / 'cifar-10-batches-py')!r}"
                 + (" and could not be downloaded" if download else " (download=False)")
