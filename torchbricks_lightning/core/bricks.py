@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torchmetrics import Metric, MetricCollection
 
-from torchbricks_lightning.core.stages import ALL_STAGES, AliveStages, Stage, parse_alive_stages
+from torchbricks_lightning.core.stages import ALL_STAGES, AliveStages, Stage, StageLike, parse_alive_stages, parse_stage
 from torchbricks_lightning.errors import BrickDefinitionError, InvalidNameError
 
 __all__ = [
@@ -467,12 +467,24 @@ class BrickMetrics(BrickInterface):
             if _stage_key(stage) not in self.metrics_per_stage:
                 self.metrics_per_stage[_stage_key(stage)] = self._fresh_copy(template)  # type: ignore[arg-type]
 
-    def metrics_for(self, stage: Stage) -> MetricCollection:
-        """The metric copy that accumulates ``stage``."""
-        return cast(MetricCollection, self.metrics_per_stage[_stage_key(stage)])
+    def metrics_for(self, stage: StageLike) -> MetricCollection:
+        """The metric copy that accumulates ``stage``.
+
+        Raises:
+            UnknownStageError: ``stage`` is not a stage.
+            BrickDefinitionError: the brick is not alive in ``stage``, so it keeps no metrics for it.
+        """
+        parsed = parse_stage(stage, where=type(self).__name__)
+        key = _stage_key(parsed)
+        if key not in self.metrics_per_stage:
+            raise BrickDefinitionError(
+                f"{type(self).__name__} keeps no metrics for stage {parsed.value!r}: it is alive in "
+                f"{[s.value for s in self._alive_stages]}."
+            )
+        return cast(MetricCollection, self.metrics_per_stage[key])
 
     def forward(self, *args: Any, stage: Stage, **kwargs: Any) -> Any:
-        metrics = self.metrics_for(stage)
+        metrics = cast(MetricCollection, self.metrics_per_stage[_stage_key(stage)])
         if not self.return_metrics:
             metrics.update(*args, **kwargs)
             return None
