@@ -104,6 +104,15 @@ def _normalize_output_names(output_names: object, *, where: str) -> list[str]:
     return names
 
 
+def detach_outputs(outputs: Any) -> Any:
+    """Detach a module's tensor outputs (a module may return its input itself, which ``no_grad`` leaves attached)."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs.detach()
+    if isinstance(outputs, (tuple, list)):
+        return type(outputs)(o.detach() if isinstance(o, torch.Tensor) else o for o in outputs)
+    return outputs
+
+
 def _stage_key(stage: Stage) -> str:
     """The ModuleDict key of a stage's metrics ('train' itself would clash with ``nn.Module.train``)."""
     return f"stage_{stage.value}"
@@ -269,6 +278,11 @@ class BrickModule(BrickInterface):
         if self.keep_eval_mode:
             self.model.eval()
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name in ("model", "calculate_gradients"):
+            _StructureVersion.bump()  # stage plans call the wrapped module directly
+
     @property
     def loss_output_names(self) -> list[str]:
         return [name for name in self._loss_output_names if name in self._output_names]
@@ -287,7 +301,7 @@ class BrickModule(BrickInterface):
         if self.calculate_gradients:
             return self.model(*args, **kwargs)
         with torch.no_grad():
-            return self.model(*args, **kwargs)
+            return detach_outputs(self.model(*args, **kwargs))
 
     def _describe_model(self) -> str:
         return type(self.model).__name__

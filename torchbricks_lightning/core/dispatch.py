@@ -8,13 +8,19 @@ preprocessor and a head it reads like this::
         if not ('raw' in named_inputs):
             _on_missing(named_inputs)
         d = dict(named_inputs)
-        t = b0(d['raw'])
+        h = _hooked()
+        if h: t = b0(d['raw'])
+        else:
+            t = m0(d['raw'])
         if type(t) is tuple: t = _single(0, t)
         d['processed'] = t
         ...
         return d
 
-The checks on output counts and losses only call into Python helpers when something is wrong, so
+``b0`` is the brick and ``m0`` the module it wraps. Calling a brick through ``nn.Module.__call__`` costs about
+a microsecond, so when no hook is registered on any brick (and no global module hook exists) the wrapped
+module is called directly; one check per call decides, so a hook registered at any time still fires. The
+checks on output counts and losses only call into Python helpers when something is wrong, so
 ``torch.compile`` sees one graph with no breaks.
 """
 
@@ -27,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchbricks_lightning.core.bricks import ALL_INPUTS, STAGE_INPUT
+from torchbricks_lightning.core.bricks import ALL_INPUTS, STAGE_INPUT, BrickModule, detach_outputs
 from torchbricks_lightning.core.graph import BrickNode, StagePlan, check_input_names
 from torchbricks_lightning.errors import BrickOutputError, LossNotScalarError, TorchBricksError
 
@@ -106,6 +112,47 @@ class _Checks:
         )
 
 
+def _direct_call(module: nn.Module) -> tuple[nn.Module, bool] | None:
+    """``(wrapped module, run under no_grad)`` for bricks whose forward only calls their module, else None."""
+    if type(module).forward is not BrickModule.forward or not isinstance(module, BrickModule):
+        return None
+    return module.model, not module.calculate_gradients
+
+
+def _always() -> bool:
+    return True
+
+
+def _hook_check(modules: Sequence[nn.Module]) -> Callable[[], bool]:
+    """A check, cheap enough for every call, of whether any brick or any global module hook is registered.
+
+    It reads the hook dicts captured here (registering a hook adds to the same dict), plus torch's global ones.
+    """
+    from torch.nn.modules import module as torch_module
+
+    dicts = (
+        *(
+            hooks
+            for brick in modules
+            for hooks in (
+                brick._forward_hooks,
+                brick._forward_pre_hooks,
+                brick._backward_hooks,
+                brick._backward_pre_hooks,
+            )
+        ),
+        torch_module._global_forward_hooks,
+        torch_module._global_forward_pre_hooks,
+        torch_module._global_backward_hooks,
+        torch_module._global_backward_pre_hooks,
+    )
+
+    def hooked() -> bool:
+        return any(dicts)
+
+    return hooked
+
+
 @torch.compiler.disable
 def _call_eagerly(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
     return module(*args, **kwargs)
@@ -131,34 +178,47 @@ def compile_stage(plan: StagePlan, modules: Sequence[nn.Module]) -> CompiledStag
         "_Tensor": torch.Tensor,
         "_eager": _call_eagerly,
     }
+    direct = [_direct_call(module) for module in modules]
+    namespace["_hooked"] = _hook_check(modules) if any(direct) else _always
+    namespace["_no_grad"] = torch.no_grad
+    namespace["_detach"] = detach_outputs
     lines = [f"def _run_{plan.stage.value}(named_inputs):"]
     if plan.required_inputs:
         present = " and ".join(f"{name!r} in named_inputs" for name in plan.required_inputs)
         lines += [f"    if not ({present}):", "        _on_missing(named_inputs)"]
-    lines.append("    d = dict(named_inputs)")
+    lines += ["    d = dict(named_inputs)", "    h = _hooked()"]
     brick_at_line: dict[int, int] = {}
     for i, (node, module) in enumerate(zip(plan.nodes, modules, strict=True)):
         namespace[f"b{i}"] = module
-        arguments = [_argument(name) for name in node.positional_inputs]
-        arguments += [f"{argument}={_argument(name)}" for argument, name in node.keyword_inputs]
-        if node.receives_stage:
-            arguments.append("stage=_STAGE")
-        # Metric bricks: torchmetrics updates are not traceable, so they run eagerly under torch.compile.
-        call = f"_eager(b{i}, {', '.join(arguments)})" if node.receives_stage else f"b{i}({', '.join(arguments)})"
+        arguments = ", ".join(
+            [_argument(name) for name in node.positional_inputs]
+            + [f"{argument}={_argument(name)}" for argument, name in node.keyword_inputs]
+            + (["stage=_STAGE"] if node.receives_stage else [])
+        )
+        first = len(lines) + 1
         outputs = node.output_names
-        brick_at_line[len(lines) + 1] = i
+        target = "t = " if outputs else ""
+        if node.receives_stage:
+            # Metric bricks: torchmetrics updates are not traceable, so they run eagerly under torch.compile.
+            lines.append(f"    {target}_eager(b{i}, {arguments})")
+        elif (wrapped := direct[i]) is None:
+            lines.append(f"    {target}b{i}({arguments})")
+        else:
+            # Without hooks, call the wrapped module directly: the brick's own nn.Module call costs ~1 us.
+            model, no_grad = wrapped
+            namespace[f"m{i}"] = model
+            fast = f"with _no_grad(): {target}_detach(m{i}({arguments}))" if no_grad else f"{target}m{i}({arguments})"
+            lines += [f"    if h: {target}b{i}({arguments})", "    else:", f"        {fast}"]
         if not outputs:
-            lines.append(f"    {call}")
+            pass
         elif len(outputs) == 1:
             lines += [
-                f"    t = {call}",
                 f"    if type(t) is tuple: t = _single({i}, t)",
                 f"    d[{outputs[0]!r}] = t",
             ]
         else:
             targets = ", ".join(f"d[{name!r}]" for name in outputs)
             lines += [
-                f"    t = {call}",
                 f"    if not isinstance(t, (tuple, list)) or len(t) != {len(outputs)}: _bad_count({i}, t)",
                 f"    {targets} = t",
             ]
@@ -167,6 +227,7 @@ def compile_stage(plan: StagePlan, modules: Sequence[nn.Module]) -> CompiledStag
                 f"    t = d[{name!r}]",
                 f"    if not isinstance(t, _Tensor) or t.ndim != 0: _bad_loss({i}, {name!r}, t)",
             ]
+        brick_at_line.update(dict.fromkeys(range(first, len(lines) + 1), i))
     lines.append("    return d")
     source = "\n".join(lines) + "\n"
     filename = f"<torchbricks stage {plan.stage.value}>"
