@@ -54,4 +54,20 @@ def demo(session: nox.Session) -> None:
     session.run("python", "examples/demo.py", *session.posargs, env=TEST_ENV)
 
 
-# The ``bench`` session (benchmarks) comes with the benchmarks issue.
+@nox.session(python=PYTHON, default=False)
+def bench(session: nox.Session) -> None:
+    """Benchmarks against hand-written baselines: writes build/benchmarks/results.json and results.md.
+
+    Single-threaded, like the tests; extra arguments go to ``benchmarks.run`` (e.g. ``-- --quick`` or
+    ``-- --only dispatch,metrics``).
+    """
+    session.install(*CONSTRAINTS, "-e", ".[dev]")
+    session.run(
+        "python",
+        "-m",
+        "benchmarks.run",
+        "--output",
+        "build/benchmarks",
+        *session.posargs,
+        env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+    )
