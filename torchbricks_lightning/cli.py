@@ -20,6 +20,7 @@ from typing_extensions import override
 
 from torchbricks_lightning.core.stages import Stage, parse_alive_stages
 from torchbricks_lightning.errors import TorchBricksError, did_you_mean
+from torchbricks_lightning.lightning.checkpoints import _importable_paths
 from torchbricks_lightning.lightning.export import export_checkpoint_as_onnx
 from torchbricks_lightning.lightning.module import LightningBrickCollection
 
@@ -100,12 +101,16 @@ def _config_files(arguments: Sequence[str]) -> Iterator[Path]:
 
 
 def _first_unimportable_class(config_file: Path) -> str | None:
-    """A message for the first ``class_path`` in a YAML file that cannot be imported, naming its key."""
+    """A message for the first class path or dotted callable in a YAML file that cannot be imported, naming its key.
+
+    It walks the recipe like the checkpoint allowlist does: ``class_path`` entries, and dotted names of callables
+    (an optimizer given as ``torch.optim.Adam``) in installed packages.
+    """
     try:
         config = yaml.safe_load(config_file.read_text())
     except (OSError, yaml.YAMLError):
         return None  # jsonargparse reports unreadable files itself
-    for where, class_path in _class_paths(config, ""):
+    for where, class_path in _importable_paths(config):
         module_name, _, attribute = class_path.rpartition(".")
         if not module_name:
             continue  # a short name such as 'ModelCheckpoint': LightningCLI resolves those itself
@@ -120,19 +125,6 @@ def _first_unimportable_class(config_file: Path) -> str | None:
                 f"{did_you_mean(attribute, names)}"
             )
     return None
-
-
-def _class_paths(config: Any, where: str) -> Iterator[tuple[str, str]]:
-    if isinstance(config, Mapping):
-        for key, value in config.items():
-            here = f"{where}.{key}" if where else str(key)
-            if key == "class_path" and isinstance(value, str):
-                yield here, value
-            else:
-                yield from _class_paths(value, here)
-    elif isinstance(config, list):
-        for index, value in enumerate(config):
-            yield from _class_paths(value, f"{where}[{index}]")
 
 
 def _export_parser() -> ArgumentParser:

@@ -389,3 +389,15 @@ def test_export_of_a_missing_checkpoint_fails_clearly(tmp_path: Path, capsys: py
 def test_export_requires_ckpt_path_and_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert _exit_code(["export", "--output", str(tmp_path / "model.onnx")], tmp_path) == 2
     assert "ckpt_path" in capsys.readouterr().err
+
+
+def test_a_typo_in_a_dotted_callable_names_its_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An optimizer given as a plain dotted name (no class_path) is checked like a class path."""
+    from torchbricks_lightning.cli import main
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model:\n  brick_collection: {}\n  optimizer: torch.optim.Adamm\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(recipe)])
+    assert exit_info.value.code == 2
+    assert "model.optimizer: module 'torch.optim' has no class 'Adamm'. Did you mean 'Adam'?" in capsys.readouterr().err

@@ -168,7 +168,7 @@ class LightningBrickCollection(pl.LightningModule):
         losses = self.brick_collection.extract_losses(named_outputs)
         if not losses:
             return named_outputs, None
-        total = self.brick_collection.total_loss(named_outputs, self.loss_weights)
+        total = self.brick_collection.total_loss(losses, self.loss_weights)  # the losses only, found once
         batch_size = _batch_size(named_inputs)
         on_step = stage is Stage.TRAIN
         for name, value in losses.items():
