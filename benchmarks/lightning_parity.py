@@ -1,9 +1,9 @@
 """Lightning parity: ``LightningBrickCollection`` vs a hand-written ``LightningModule`` vs a plain PyTorch loop.
 
 All variants train the same model (same initial weights, copied from one seeded build), with the same loss
-(cross-entropy), the same metric (``MulticlassAccuracy``, summarised and reset at each epoch end), the same
-optimizer (Adam, lr 1e-3) and the same data in the same order. The hand-written module logs what the brick module
-logs: ``train/head/loss_ce`` and ``train/loss`` per step and per epoch with ``batch_size`` and ``sync_dist``, and
+(cross-entropy), the same metric (the head's ``ConfusionMatrixMetrics`` accuracy, summarised and reset at each
+epoch end), the same optimizer (Adam, lr 1e-3) and the same data in the same order. The hand-written module logs
+what the brick module logs: ``train/head/loss_ce`` and ``train/loss`` per step and per epoch with ``batch_size`` and ``sync_dist``, and
 ``train/head/accuracy`` at the epoch end. Two models: a tiny MLP and a small CNN.
 
 Figures per model:
@@ -48,11 +48,10 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-from torchmetrics.classification import MulticlassAccuracy
 
 from benchmarks.common import BenchmarkResult, Figure, Samples, Settings, interleaved, pin_threads, ratio_figure
 from torchbricks_lightning import BrickCollection, BrickTrainable
-from torchbricks_lightning.bag_of_bricks import SmallConvNet, create_image_classification_head
+from torchbricks_lightning.bag_of_bricks import ConfusionMatrixMetrics, SmallConvNet, create_image_classification_head
 from torchbricks_lightning.lightning import LightningBrickCollection
 
 __all__ = ["VARIANTS", "FitRecord", "HandWrittenLightningModule", "fit_variant", "memory_worker", "run"]
@@ -137,7 +136,7 @@ class HandWrittenLightningModule(pl.LightningModule):
         self.backbone = backbone
         self.classifier = classifier
         self.loss = nn.CrossEntropyLoss()
-        self.accuracy = MulticlassAccuracy(num_classes=NUM_CLASSES)
+        self.accuracy = ConfusionMatrixMetrics(NUM_CLASSES, validate_args=False)  # the head's metric
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         raw, targets = batch
@@ -151,7 +150,7 @@ class HandWrittenLightningModule(pl.LightningModule):
         return loss
 
     def on_train_epoch_end(self) -> None:
-        self.log_dict({"train/head/accuracy": self.accuracy.compute().float()}, sync_dist=False)
+        self.log_dict({"train/head/accuracy": self.accuracy.compute()["accuracy"].float()}, sync_dist=False)
         self.accuracy.reset()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -325,7 +324,7 @@ def _plain_fit(
     backbone, classifier = modules_of(spec)
     model = nn.ModuleDict({"backbone": backbone, "classifier": classifier}).to(device)
     loss_function = nn.CrossEntropyLoss()
-    accuracy = MulticlassAccuracy(num_classes=NUM_CLASSES).to(device)
+    accuracy = ConfusionMatrixMetrics(NUM_CLASSES, validate_args=False).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
     model.train()
     loader = _loader(spec, dataset)

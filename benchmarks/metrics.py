@@ -1,13 +1,13 @@
-"""The metrics path: the per-step cost of a classification head's metric bricks against a lower bound.
+"""The metrics path: the per-step cost of a classification head's metric brick against a lower bound.
 
 The candidate is what a training step of ``create_image_classification_head(..., with_confusion_matrix=True)``
-spends on metrics: calling its two ``BrickMetricSingle`` bricks (accuracy and confusion matrix) as the generated
-stage function calls them (through the ``torch.compiler.disable`` wrapper, with the stage). The lower bound is a
-single ``torch.bincount`` that accumulates the confusion matrix (the accuracy follows from its diagonal) on the
-same predictions and targets. Target: <= 2x.
+spends on metrics: its ``metrics`` brick (one ``ConfusionMatrixMetrics`` reporting accuracy and the confusion
+matrix) run by a ``BrickCollection`` in the train stage, as the generated stage function runs it. The lower bound
+is a single ``torch.bincount`` that accumulates the confusion matrix (the accuracy follows from its diagonal) on
+the same predictions and targets. Target: <= 2x.
 
-For the analysis, two informational rows split the gap: the same two torchmetrics metrics updated directly (no
-brick, no ``MetricCollection``), and again with ``validate_args=False`` (no input checks).
+For scale, two informational rows: torchmetrics' ``MulticlassAccuracy`` + ``MulticlassConfusionMatrix`` updated
+directly (what a head carried before the fused metric), and again with ``validate_args=False``.
 """
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ import torch
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from benchmarks.common import BenchmarkResult, Figure, Settings, ratio_figure, time_interleaved
-from torchbricks_lightning import BrickMetricSingle, Stage
+from torchbricks_lightning import BrickCollection, BrickMetricSingle, Stage
 from torchbricks_lightning.bag_of_bricks import create_image_classification_head
-from torchbricks_lightning.core.dispatch import _call_eagerly
 
 __all__ = ["MAX_RATIO", "BincountConfusion", "metric_bricks", "run"]
 
@@ -50,33 +49,36 @@ class BincountConfusion:
         return recall[support > 0].mean()
 
 
-def metric_bricks(device: str = "cpu") -> tuple[BrickMetricSingle, BrickMetricSingle]:
-    """The accuracy and confusion-matrix bricks of a 10-class head built with ``with_confusion_matrix=True``."""
+def metric_bricks(device: str = "cpu") -> BrickCollection:
+    """A collection holding the metric brick of a 10-class head built with ``with_confusion_matrix=True``.
+
+    Its inputs are ``head/class_prediction`` and ``targets``, as inside a model.
+    """
     head = create_image_classification_head(
         NUM_CLASSES, 16, features_name="features", targets_name="targets", with_confusion_matrix=True
     )
-    accuracy, confusion = head["accuracy"], head["confusion"]
-    if not isinstance(accuracy, BrickMetricSingle) or not isinstance(confusion, BrickMetricSingle):
-        raise TypeError("create_image_classification_head no longer returns BrickMetricSingle metric bricks")
-    return accuracy.to(device), confusion.to(device)
+    brick = head["metrics"]
+    if not isinstance(brick, BrickMetricSingle):
+        raise TypeError("create_image_classification_head no longer returns a BrickMetricSingle metrics brick")
+    return BrickCollection({"head": {"metrics": brick}}).to(device)
 
 
 def check_equal(settings: Settings, steps: int = 3) -> dict[str, Any]:
-    """After the same updates, the bricks' confusion matrix and accuracy equal the bincount lower bound's."""
-    accuracy, confusion = metric_bricks(settings.device)
+    """After the same updates, the brick's confusion matrix and accuracy equal the bincount lower bound's."""
+    collection = metric_bricks(settings.device)
     lower_bound = BincountConfusion(NUM_CLASSES, settings.device)
     generator = torch.Generator().manual_seed(0)
     for _ in range(steps):
         preds = torch.randint(0, NUM_CLASSES, (64,), generator=generator).to(settings.device)
         targets = torch.randint(0, NUM_CLASSES, (64,), generator=generator).to(settings.device)
-        accuracy(preds, targets, stage=Stage.TRAIN)
-        confusion(preds, targets, stage=Stage.TRAIN)
+        collection({"head/class_prediction": preds, "targets": targets}, Stage.TRAIN)
         lower_bound.update(preds, targets)
-    matrix = confusion.compute(Stage.TRAIN)["MulticlassConfusionMatrix"]
-    value = accuracy.compute(Stage.TRAIN)["MulticlassAccuracy"]
+    summary = collection.summarize(Stage.TRAIN)
     return {
-        "confusion_equal": bool(torch.equal(matrix.cpu().long(), lower_bound.confusion().cpu())),
-        "accuracy_close": bool(torch.allclose(value.double().cpu(), lower_bound.macro_accuracy().cpu(), atol=1e-6)),
+        "confusion_equal": bool(torch.equal(summary["head/confusion"].cpu().long(), lower_bound.confusion().cpu())),
+        "accuracy_close": bool(
+            torch.allclose(summary["head/accuracy"].double().cpu(), lower_bound.macro_accuracy().cpu(), atol=1e-6)
+        ),
     }
 
 
@@ -89,7 +91,8 @@ def run(settings: Settings | None = None) -> BenchmarkResult:
     preds = torch.randint(0, NUM_CLASSES, (batch,), generator=generator).to(settings.device)
     targets = torch.randint(0, NUM_CLASSES, (batch,), generator=generator).to(settings.device)
 
-    accuracy, confusion = metric_bricks(settings.device)
+    collection = metric_bricks(settings.device)
+    named_inputs = {"head/class_prediction": preds, "targets": targets}
     lower_bound = BincountConfusion(NUM_CLASSES, settings.device)
     plain = (MulticlassAccuracy(NUM_CLASSES).to(settings.device), MulticlassConfusionMatrix(NUM_CLASSES))
     plain[1].to(settings.device)
@@ -99,8 +102,7 @@ def run(settings: Settings | None = None) -> BenchmarkResult:
     )
 
     def bricks_step() -> None:
-        _call_eagerly(accuracy, preds, targets, stage=Stage.TRAIN)
-        _call_eagerly(confusion, preds, targets, stage=Stage.TRAIN)
+        collection(named_inputs, Stage.TRAIN)
 
     def torchmetrics_step() -> None:
         plain[0].update(preds, targets)
@@ -122,17 +124,20 @@ def run(settings: Settings | None = None) -> BenchmarkResult:
     details: dict[str, Any] = {"equal": check_equal(settings), "samples": samples, "batch": batch}
     figures: list[Figure] = [
         ratio_figure(
-            f"metrics{suffix}: head metric bricks (accuracy + confusion matrix) per step",
+            f"metrics{suffix}: head metric brick (accuracy + confusion matrix) per step",
             samples,
             "bricks",
             "bincount",
             unit="us/step",
             scale=1e6,
             max_ratio=MAX_RATIO,
-            notes=f"batch {batch}, {NUM_CLASSES} classes; baseline: one torch.bincount into a confusion matrix",
+            notes=(
+                f"batch {batch}, {NUM_CLASSES} classes; a BrickCollection runs the head's ConfusionMatrixMetrics "
+                "brick; baseline: one torch.bincount into a confusion matrix"
+            ),
         ),
         ratio_figure(
-            f"metrics{suffix}: the same torchmetrics updated directly (no brick)",
+            f"metrics{suffix}: torchmetrics accuracy + confusion matrix updated directly (no brick)",
             samples,
             "torchmetrics",
             "bincount",

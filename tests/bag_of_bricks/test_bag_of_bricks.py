@@ -169,9 +169,9 @@ def test_create_image_classification_head_bricks() -> None:
         num_classes=4, in_channels=7, features_name="features", targets_name="targets", loss_weight=0.5
     )
 
-    assert list(head) == ["classify", "accuracy", "loss"]
+    assert list(head) == ["classify", "metrics", "loss"]
     assert all(isinstance(brick, BrickInterface) for brick in head.values())
-    classify, accuracy, loss = head["classify"], head["accuracy"], head["loss"]
+    classify, accuracy, loss = head["classify"], head["metrics"], head["loss"]
     assert isinstance(classify, BrickTrainable)
     assert isinstance(classify.model, ImageClassifier)
     assert classify.model.fc.in_features == 7
@@ -180,6 +180,7 @@ def test_create_image_classification_head_bricks() -> None:
     assert classify.output_names == ["./logits", "./probabilities", "./class_prediction"]
     assert isinstance(accuracy, BrickMetricSingle)
     assert accuracy.input_names == ["./class_prediction", "targets"]
+    assert accuracy.report_names == ["accuracy"]
     assert isinstance(loss, BrickLoss)
     assert isinstance(loss.model, nn.CrossEntropyLoss)
     assert loss.input_names == ["./logits", "targets"]
@@ -191,7 +192,7 @@ def test_two_heads_from_the_factory_are_independent() -> None:
     first = create_image_classification_head(3, 5, "features", "targets")
     second = create_image_classification_head(3, 5, "features", "targets")
     assert first["classify"].model is not second["classify"].model
-    assert first["accuracy"] is not second["accuracy"]
+    assert first["metrics"] is not second["metrics"]
 
 
 def test_spec_nested_heads_example(capsys: pytest.CaptureFixture[str]) -> None:
@@ -217,7 +218,7 @@ def test_spec_nested_heads_example(capsys: pytest.CaptureFixture[str]) -> None:
     assert 'subgraph group_head1["head1"]' in printed
     assert '--> |"head0/logits"| brick_head0_sloss' in printed
     assert '--> |"features"| brick_head1_sclassify' in printed
-    assert "BrickMetricSingle(['MulticlassAccuracy']" in printed
+    assert "BrickMetricSingle(['ConfusionMatrixMetrics']" in printed
 
     batch_size = 2
     named_inputs = {"raw": torch.rand(batch_size, 3, 32, 32), "targets": torch.tensor([1, 2])}

@@ -11,11 +11,13 @@ from torchbricks_lightning.bag_of_bricks.heads import (
     ImageClassifier,
     create_image_classification_head,
 )
+from torchbricks_lightning.bag_of_bricks.metrics import ConfusionMatrixMetrics
 from torchbricks_lightning.bag_of_bricks.preprocessors import Preprocessor
 
 __all__ = [
     "BackboneResnet",
     "ClassificationHead",
+    "ConfusionMatrixMetrics",
     "ImageClassifier",
     "Preprocessor",
     "SmallConvNet",

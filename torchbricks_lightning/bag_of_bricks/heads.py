@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from torchbricks_lightning.bag_of_bricks.metrics import ConfusionMatrixMetrics
 from torchbricks_lightning.core.bricks import BrickInterface, BrickLoss, BrickMetricSingle, BrickTrainable
 from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.errors import BrickDefinitionError
@@ -55,10 +55,11 @@ def create_image_classification_head(
     loss_weight: float = 1.0,
     with_confusion_matrix: bool = False,
 ) -> dict[str, BrickInterface]:
-    """The bricks of one classification task: a classifier, its cross-entropy loss and its accuracy.
+    """The bricks of one classification task: a classifier, its cross-entropy loss and its metrics.
 
-    With ``with_confusion_matrix=True`` a ``confusion`` metric brick is added too (drawn as a picture in
-    TensorBoard by ``LightningBrickCollection``).
+    The ``metrics`` brick holds one :class:`ConfusionMatrixMetrics` (a single bincount per step) and reports
+    ``accuracy`` (macro, as torchmetrics' ``MulticlassAccuracy``) and, with ``with_confusion_matrix=True``,
+    ``confusion`` (drawn as a picture in TensorBoard by ``LightningBrickCollection``).
 
     Outputs use relative names, so the same head can be nested under several names: inside ``head0``
     they become ``head0/logits``, ``head0/probabilities``, ``head0/class_prediction`` and ``head0/loss_ce``.
@@ -77,8 +78,14 @@ def create_image_classification_head(
             input_names=[features_name],
             output_names=["./logits", "./probabilities", "./class_prediction"],
         ),
-        "accuracy": BrickMetricSingle(
-            MulticlassAccuracy(num_classes=num_classes), input_names=["./class_prediction", targets_name]
+        "metrics": BrickMetricSingle(
+            # The predictions are the classifier's argmax, so always in range; targets are checked for free.
+            ConfusionMatrixMetrics(
+                num_classes,
+                values=("accuracy", "confusion") if with_confusion_matrix else ("accuracy",),
+                validate_args=False,
+            ),
+            input_names=["./class_prediction", targets_name],
         ),
         "loss": BrickLoss(
             nn.CrossEntropyLoss(),
@@ -87,10 +94,6 @@ def create_image_classification_head(
             loss_weight=loss_weight,
         ),
     }
-    if with_confusion_matrix:
-        bricks["confusion"] = BrickMetricSingle(
-            MulticlassConfusionMatrix(num_classes=num_classes), input_names=["./class_prediction", targets_name]
-        )
     return bricks
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import keyword
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Literal, cast
 
 import torch
@@ -13,7 +13,7 @@ from torch import nn
 from torchmetrics import Metric, MetricCollection
 
 from torchbricks_lightning.core.stages import ALL_STAGES, AliveStages, Stage, StageLike, parse_alive_stages, parse_stage
-from torchbricks_lightning.errors import BrickDefinitionError, InvalidNameError
+from torchbricks_lightning.errors import BrickDefinitionError, BrickOutputError, InvalidNameError
 
 __all__ = [
     "ALL_INPUTS",
@@ -116,6 +116,20 @@ def detach_outputs(outputs: Any) -> Any:
 def _stage_key(stage: Stage) -> str:
     """The ModuleDict key of a stage's metrics ('train' itself would clash with ``nn.Module.train``)."""
     return f"stage_{stage.value}"
+
+
+def _declared_value_names(metric: Metric, name: str, where: str) -> tuple[str, ...] | None:
+    """The ``value_names`` a dict-valued metric declares, checked; None for a metric returning one value."""
+    declared = getattr(metric, "value_names", None)
+    if declared is None:
+        return None
+    values = (declared,) if isinstance(declared, str) else tuple(declared)
+    if not values or not all(isinstance(value, str) and value and "/" not in value for value in values):
+        raise BrickDefinitionError(
+            f"Metric {name!r} of {where} declares value_names {declared!r}; expected a non-empty list of names "
+            "without '/'."
+        )
+    return values
 
 
 class BrickInterface(nn.Module, ABC):
@@ -449,6 +463,23 @@ class BrickMetrics(BrickInterface):
         super().__init__(input_names=input_names, output_names=[], alive_stages=alive_stages)
         self.return_metrics = bool(return_metrics)
         self._metric_names = [str(name) for name in metric_collection.keys(keep_base=False)]
+        # A metric whose compute() returns a dict declares the dict's keys in ``value_names``; each value is
+        # reported on its own. Others report one value under the metric's name.
+        self._value_names: list[tuple[str, ...] | None] = [
+            _declared_value_names(metric, name, where)
+            for name, metric in zip(self._metric_names, metric_collection.values(copy_state=False), strict=True)
+        ]
+        self._report_names = [
+            reported
+            for name, values in zip(self._metric_names, self._value_names, strict=True)
+            for reported in (values if values is not None else (name,))
+        ]
+        clashes = sorted({name for name in self._report_names if self._report_names.count(name) > 1})
+        if clashes:
+            raise BrickDefinitionError(
+                f"The metrics of {where} report {clashes} more than once. Give the metrics distinct names, or put "
+                "them in separate metric bricks."
+            )
         # One independent copy per alive stage (torchmetrics' own advice for train/val/test).
         template = metric_collection
         self.metrics_per_stage = nn.ModuleDict(
@@ -469,9 +500,17 @@ class BrickMetrics(BrickInterface):
         """The names of the metrics inside this brick."""
         return list(self._metric_names)
 
+    @property
+    def report_names(self) -> list[str]:
+        """The names of the values that :meth:`compute` returns (a dict-valued metric gives several)."""
+        return list(self._report_names)
+
     def metric_keys(self, brick_path: str) -> list[str]:
-        """The keys under which ``summarize`` reports this brick's metrics when it sits at ``brick_path``."""
-        return [f"{brick_path}/{name}" for name in self._metric_names]
+        """The keys under which ``summarize`` reports this brick's values when it sits at ``brick_path``.
+
+        They follow the order of :attr:`report_names`.
+        """
+        return [f"{brick_path}/{name}" for name in self._report_names]
 
     @BrickInterface.alive_stages.setter  # type: ignore[attr-defined]
     def alive_stages(self, value: AliveStages) -> None:
@@ -508,17 +547,49 @@ class BrickMetrics(BrickInterface):
             for metric in self._metrics_of(stage):
                 metric.update(*args, **kwargs)
             return None
-        return tuple(metric(*args, **kwargs) for metric in self._metrics_of(stage))
+        outputs: list[Any] = []
+        for name, values, metric in zip(self._metric_names, self._value_names, self._metrics_of(stage), strict=True):
+            outputs.extend(self._flatten(name, values, metric(*args, **kwargs)).values())
+        return tuple(outputs)
+
+    def stage_updater(self, stage: Stage) -> Callable[..., None] | None:
+        """The update of ``stage``'s metrics as one callable, for generated stage code (None with return_metrics).
+
+        It is built once per plan, so a step does not look up the stage's copy or loop over a list when the brick
+        holds a single metric.
+        """
+        if self.return_metrics or _stage_key(stage) not in self.metrics_per_stage:
+            return None
+        updates = tuple(metric.update for metric in self._metrics_of(stage))
+        if len(updates) == 1:
+            return updates[0]
+
+        def update_all(*args: Any, **kwargs: Any) -> None:
+            for update in updates:
+                update(*args, **kwargs)
+
+        return update_all
 
     def compute(self, stage: Stage) -> dict[str, torch.Tensor]:
-        """Compute the accumulated metrics of ``stage`` (only those that saw at least one update)."""
+        """Compute the accumulated values of ``stage`` (of the metrics that saw at least one update)."""
         if _stage_key(stage) not in self.metrics_per_stage or stage not in self._alive_stages:
             return {}
-        return {
-            name: metric.compute()
-            for name, metric in zip(self._metric_names, self._metrics_of(stage), strict=True)
-            if metric.update_called
-        }
+        result: dict[str, torch.Tensor] = {}
+        for name, values, metric in zip(self._metric_names, self._value_names, self._metrics_of(stage), strict=True):
+            if metric.update_called:
+                result.update(self._flatten(name, values, metric.compute()))
+        return result
+
+    def _flatten(self, name: str, values: tuple[str, ...] | None, computed: Any) -> dict[str, Any]:
+        if values is None:
+            return {name: computed}
+        if not isinstance(computed, Mapping) or any(value not in computed for value in values):
+            got = list(computed) if isinstance(computed, Mapping) else type(computed).__name__
+            raise BrickOutputError(
+                f"Metric {name!r} of {type(self).__name__} declares value_names {list(values)}, but it returned "
+                f"{got}. Return a dict with those keys from compute()/forward()."
+            )
+        return {value: computed[value] for value in values}
 
     def reset(self, stage: Stage | None = None) -> None:
         """Reset the metrics of ``stage``, or of every stage."""
@@ -569,7 +640,10 @@ class BrickMetricSingle(BrickMetrics):
         )
 
     def metric_keys(self, brick_path: str) -> list[str]:
+        directory = brick_path.rpartition("/")[0]
+        if self._value_names[0] is not None:
+            # A dict-valued metric reports its values beside the brick, like a brick's relative outputs.
+            return [f"{directory}/{value}" if directory else value for value in self._report_names]
         if self.metric_name is None:
             return [brick_path]
-        directory = brick_path.rpartition("/")[0]
         return [f"{directory}/{self.metric_name}" if directory else self.metric_name]

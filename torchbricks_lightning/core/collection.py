@@ -296,12 +296,13 @@ class BrickCollection(nn.ModuleDict):
         Raises:
             BrickGraphError: ``named_outputs`` holds no loss.
         """
-        weights = self.loss_weights()
+        self._check_cache()
+        weights = self._loss_weights_cache if self._loss_weights_cache is not None else self.loss_weights()
         if loss_weights:
             unknown = [name for name in loss_weights if name not in weights]
             if unknown:
                 raise BrickGraphError(f"loss_weights names unknown losses {unknown}; the losses are {list(weights)}.")
-            weights.update(loss_weights)
+            weights = {**weights, **loss_weights}
         terms = [
             named_outputs[name] if weights[name] == 1.0 else weights[name] * named_outputs[name]
             for name in weights
@@ -336,7 +337,7 @@ class BrickCollection(nn.ModuleDict):
         stage = parse_stage(stage, where="summarize")
         values: dict[str, torch.Tensor] = {}
         for path, brick in self._metric_bricks():
-            keys = dict(zip(brick.metric_names, brick.metric_keys(path), strict=True))
+            keys = dict(zip(brick.report_names, brick.metric_keys(path), strict=True))
             for name, value in brick.compute(stage).items():
                 values[keys[name]] = value
             if reset:

@@ -19,7 +19,8 @@ preprocessor and a head it reads like this::
 
 ``b0`` is the brick and ``m0`` the module it wraps. Calling a brick through ``nn.Module.__call__`` costs about
 a microsecond, so when no hook is registered on any brick (and no global module hook exists) the wrapped
-module is called directly; one check per call decides, so a hook registered at any time still fires. The
+module is called directly (and a metric brick's stage updates, outside ``torch.compile``); one check per call
+decides, so a hook registered at any time still fires. The
 checks on output counts and losses only call into Python helpers when something is wrong, so
 ``torch.compile`` sees one graph with no breaks.
 """
@@ -33,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchbricks_lightning.core.bricks import ALL_INPUTS, STAGE_INPUT, BrickModule, detach_outputs
+from torchbricks_lightning.core.bricks import ALL_INPUTS, STAGE_INPUT, BrickMetrics, BrickModule, detach_outputs
 from torchbricks_lightning.core.graph import BrickNode, StagePlan, check_input_names
 from torchbricks_lightning.errors import BrickOutputError, LossNotScalarError, TorchBricksError
 
@@ -119,6 +120,13 @@ def _direct_call(module: nn.Module) -> tuple[nn.Module, bool] | None:
     return module.model, not module.calculate_gradients
 
 
+def _stage_updater(module: nn.Module, stage: Any) -> Callable[..., None] | None:
+    """A metric brick's direct update for ``stage`` (None for other bricks, or when the brick returns metrics)."""
+    if not isinstance(module, BrickMetrics) or type(module).forward is not BrickMetrics.forward:
+        return None
+    return module.stage_updater(stage)
+
+
 def _always() -> bool:
     return True
 
@@ -179,8 +187,11 @@ def compile_stage(plan: StagePlan, modules: Sequence[nn.Module]) -> CompiledStag
         "_eager": _call_eagerly,
     }
     direct = [_direct_call(module) for module in modules]
-    namespace["_hooked"] = _hook_check(modules) if any(direct) else _always
+    updaters = [_stage_updater(module, plan.stage) for module in modules]
+    has_fast_path = any(direct) or any(updater is not None for updater in updaters)
+    namespace["_hooked"] = _hook_check(modules) if has_fast_path else _always
     namespace["_no_grad"] = torch.no_grad
+    namespace["_compiling"] = torch.compiler.is_compiling
     namespace["_detach"] = detach_outputs
     lines = [f"def _run_{plan.stage.value}(named_inputs):"]
     if plan.required_inputs:
@@ -198,8 +209,20 @@ def compile_stage(plan: StagePlan, modules: Sequence[nn.Module]) -> CompiledStag
         first = len(lines) + 1
         outputs = node.output_names
         target = "t = " if outputs else ""
-        if node.receives_stage:
+        if node.receives_stage and (updater := updaters[i]) is not None:
             # Metric bricks: torchmetrics updates are not traceable, so they run eagerly under torch.compile.
+            # Without hooks, and outside compilation, the stage's metric updates are called directly.
+            namespace[f"u{i}"] = updater
+            plain = ", ".join(
+                [_argument(name) for name in node.positional_inputs]
+                + [f"{argument}={_argument(name)}" for argument, name in node.keyword_inputs]
+            )
+            lines += [
+                f"    if h or _compiling(): {target}_eager(b{i}, {arguments})",
+                "    else:",
+                f"        {target}u{i}({plain})",
+            ]
+        elif node.receives_stage:
             lines.append(f"    {target}_eager(b{i}, {arguments})")
         elif (wrapped := direct[i]) is None:
             lines.append(f"    {target}b{i}({arguments})")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -193,7 +194,7 @@ class LightningBrickCollection(pl.LightningModule):
                 "No loss is alive in the 'train' stage, so there is nothing to optimise. Add a BrickLoss alive in "
                 f"'train' (the collection produces {self.brick_collection.output_names(Stage.TRAIN)})."
             )
-        if self.check_finite_loss and not bool(torch.isfinite(total)):
+        if self.check_finite_loss and not math.isfinite(total.item()):  # one sync, as bool(isfinite) would be
             losses = self.brick_collection.extract_losses(named_outputs)
             bad = {name: float(value.detach()) for name, value in losses.items() if not bool(torch.isfinite(value))}
             raise LossNotFiniteError(
