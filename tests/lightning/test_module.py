@@ -782,3 +782,58 @@ def test_custom_brick_subclass_trains(tmp_path: Path) -> None:
     module = LightningBrickCollection(bricks, optimizer=functools.partial(torch.optim.SGD, lr=0.5))
     make_trainer(tmp_path).fit(module, make_loader())
     assert float(module.brick_collection["scale"].factor) != 1.0
+
+
+# ------------------------------------------------------------------------------------ epoch metric state
+class StoppedMidEpochError(Exception):
+    pass
+
+
+class StopAtBatch(pl.Callback):
+    """Raises inside a validation epoch, as an interrupted notebook cell or a failing callback would."""
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
+        raise StoppedMidEpochError("stopped mid-epoch")
+
+
+def accuracy_bricks() -> dict[str, Any]:
+    from torchbricks_lightning.bag_of_bricks import ConfusionMatrixMetrics
+    from torchbricks_lightning.core.bricks import BrickMetricSingle
+
+    bricks = linear_bricks()
+    bricks["metrics"] = BrickMetricSingle(
+        ConfusionMatrixMetrics(NUM_CLASSES, values=("accuracy", "confusion")),
+        input_names=["class_prediction", "targets"],
+    )
+    return bricks
+
+
+def test_an_epoch_stopped_midway_leaves_no_metric_state_behind(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    module = LightningBrickCollection(accuracy_bricks())
+    loader = make_loader()
+    with pytest.raises(StoppedMidEpochError):
+        make_trainer(tmp_path / "stopped", callbacks=[StopAtBatch()]).validate(module, loader, verbose=False)
+    metric = module.brick_collection["metrics"].metrics_for(Stage.VALIDATION)["ConfusionMatrixMetrics"]
+    assert int(metric.confmat.sum()) == BATCH_SIZE
+
+    first = make_trainer(tmp_path / "first").validate(module, loader, verbose=False)[0]
+    second = make_trainer(tmp_path / "second").validate(module, loader, verbose=False)[0]
+
+    assert first["validation/accuracy"] == second["validation/accuracy"]
+    assert int(metric.confmat.sum()) == 0  # summarised and reset at the epoch end
+    confusion = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.long)
+    features, targets = make_data()
+    with torch.no_grad():
+        predictions = module({"raw": features})["class_prediction"]
+    confusion.index_put_((targets, predictions), torch.ones_like(targets), accumulate=True)
+    recall = confusion.diagonal() / confusion.sum(dim=1).clamp(min=1)
+    assert first["validation/accuracy"] == pytest.approx(float(recall[confusion.sum(dim=1) > 0].mean()), abs=1e-6)
+
+
+def test_resumable_epoch_logs_is_added_to_every_fit(tmp_path: Path) -> None:
+    from torchbricks_lightning.lightning import ResumableEpochLogs
+
+    trainer = make_trainer(tmp_path)
+    trainer.fit(LightningBrickCollection(linear_bricks()), make_loader())
+    assert sum(isinstance(callback, ResumableEpochLogs) for callback in trainer.callbacks) == 1

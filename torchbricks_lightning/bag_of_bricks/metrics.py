@@ -8,7 +8,7 @@ one ``(C, C)`` count matrix and derives every value from it at ``compute``, with
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 from torchmetrics import Metric
@@ -50,9 +50,9 @@ class ConfusionMatrixMetrics(Metric):
         (0.8333, [[1, 0, 0], [0, 1, 1], [0, 0, 1]])
     """
 
-    is_differentiable: ClassVar[bool] = False
-    higher_is_better: ClassVar[bool] = True
-    full_state_update: ClassVar[bool] = False
+    is_differentiable: bool = False
+    higher_is_better: bool = True
+    full_state_update: bool = False
     confmat: torch.Tensor
 
     def __init__(

@@ -2,6 +2,24 @@
 
 from torchbricks_lightning.datamodules.cifar10 import CIFAR10_MEAN, CIFAR10_STD, CIFAR10DataModule
 from torchbricks_lightning.datamodules.digits import DigitsDataModule
+from torchbricks_lightning.datamodules.loading import (
+    EvaluationSampler,
+    LoaderStateError,
+    ResumableDataLoader,
+    ResumableSampler,
+    SeededIndex,
+)
 from torchbricks_lightning.datamodules.synthetic import SyntheticImageDataModule
 
-__all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "CIFAR10DataModule", "DigitsDataModule", "SyntheticImageDataModule"]
+__all__ = [
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "CIFAR10DataModule",
+    "DigitsDataModule",
+    "EvaluationSampler",
+    "LoaderStateError",
+    "ResumableDataLoader",
+    "ResumableSampler",
+    "SeededIndex",
+    "SyntheticImageDataModule",
+]

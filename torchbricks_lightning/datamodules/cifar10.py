@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms
 from torchvision.datasets import CIFAR10
 
+from torchbricks_lightning.datamodules.loading import EvaluationSampler, ResumableDataLoader
 from torchbricks_lightning.errors import BrickDefinitionError, TorchBricksError
 
 __all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "CIFAR10DataModule", "DatasetNotAvailableError"]
@@ -55,12 +56,16 @@ class CIFAR10DataModule(pl.LightningDataModule):
     :data:`CIFAR10_MEAN` and :data:`CIFAR10_STD`, so an exported ONNX model takes raw images; set
     ``normalize=True`` for models without one.
 
+    The training loader is a :class:`ResumableDataLoader`: its order and augmentations depend on ``(seed, epoch)``
+    only (not on workers or processes), and a resumed run continues an interrupted epoch at the next batch. The
+    other loaders use an :class:`EvaluationSampler`, so under DDP every image is evaluated exactly once.
+
     Args:
         data_dir: where the dataset lives or is downloaded to (``data/`` by default).
         batch_size: the batch size.
         num_workers: dataloader workers.
         val_size: training images held out for validation.
-        seed: the seed of the split.
+        seed: the seed of the split, of the training order and of the augmentations.
         download: download the dataset when it is not on disk.
         augment: augment the training images.
         normalize: normalise with the CIFAR-10 statistics in the datamodule.
@@ -142,19 +147,31 @@ class CIFAR10DataModule(pl.LightningDataModule):
         if stage in (None, "test", "predict") and "test" not in self.datasets:
             self.datasets["test"] = self._dataset(train=False, transform=self.eval_transform)
 
-    def _loader(self, split: str, shuffle: bool = False) -> DataLoader[Any]:
+    def _dataset_of(self, split: str) -> Dataset[Any]:
         if split not in self.datasets:
             self.setup("fit" if split in ("train", "val") else "test")
+        return self.datasets[split]
+
+    def _loader(self, split: str) -> DataLoader[Any]:
+        dataset = self._dataset_of(split)
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=EvaluationSampler(dataset),  # type: ignore[arg-type]
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader[Any]:
-        return self._loader("train", shuffle=True)
+        return ResumableDataLoader(
+            self._dataset_of("train"),
+            batch_size=self.batch_size,
+            shuffle=True,
+            seed=self.seed,
+            seed_samples=True,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def val_dataloader(self) -> DataLoader[Any]:
         return self._loader("val")

@@ -8,6 +8,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from torchbricks_lightning.datamodules.loading import EvaluationSampler, ResumableDataLoader
 from torchbricks_lightning.errors import BrickDefinitionError
 
 __all__ = ["DigitsDataModule", "load_digits_tensors"]
@@ -49,11 +50,15 @@ class DigitsDataModule(pl.LightningDataModule):
     Batches are dicts: ``raw`` (images ``(B, 1, 8, 8)`` in ``[0, 1]``), ``targets`` (the digit), and ``parity``
     (0 for even digits, 1 for odd), a second label for multi-task recipes.
 
+    The training loader is a :class:`ResumableDataLoader` (its order depends on ``(seed, epoch)`` only, and a
+    resumed run continues an interrupted epoch at the next batch); the other loaders use an
+    :class:`EvaluationSampler`, so under DDP every image is evaluated exactly once.
+
     Args:
         batch_size: the batch size.
         val_fraction: the share of each digit held out for validation.
         test_fraction: the share of each digit held out for testing.
-        seed: the seed of the split.
+        seed: the seed of the split and of the training order.
         num_workers: dataloader workers.
     """
 
@@ -99,14 +104,22 @@ class DigitsDataModule(pl.LightningDataModule):
             order = torch.tensor(sorted(chosen), dtype=torch.int64)
             self.splits[split] = {"raw": images[order], "targets": digits[order], "parity": digits[order] % 2}
 
-    def _loader(self, split: str, shuffle: bool = False) -> DataLoader[Any]:
+    def _loader(self, split: str) -> DataLoader[Any]:
         self.setup()
+        dataset = _NamedDataset(self.splits[split])
         return DataLoader(
-            _NamedDataset(self.splits[split]), batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers
+            dataset, batch_size=self.batch_size, sampler=EvaluationSampler(dataset), num_workers=self.num_workers
         )
 
     def train_dataloader(self) -> DataLoader[Any]:
-        return self._loader("train", shuffle=True)
+        self.setup()
+        return ResumableDataLoader(
+            _NamedDataset(self.splits["train"]),
+            batch_size=self.batch_size,
+            shuffle=True,
+            seed=self.seed,
+            num_workers=self.num_workers,
+        )
 
     def val_dataloader(self) -> DataLoader[Any]:
         return self._loader("val")

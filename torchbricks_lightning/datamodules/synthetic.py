@@ -6,6 +6,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from torchbricks_lightning.datamodules.loading import EvaluationSampler, ResumableDataLoader
 from torchbricks_lightning.errors import BrickDefinitionError
 
 __all__ = ["SyntheticImageDataModule"]
@@ -34,6 +35,10 @@ def make_images(n: int, num_classes: int, image_size: int, seed: int) -> tuple[t
 class SyntheticImageDataModule(pl.LightningDataModule):
     """Train/val/test splits of generated RGB images; batches are ``(raw, targets)`` tuples.
 
+    The training loader is a :class:`ResumableDataLoader` (its order depends on ``(seed, epoch)`` only, and a
+    resumed run continues an interrupted epoch at the next batch); the other loaders use an
+    :class:`EvaluationSampler`, so under DDP every image is evaluated exactly once.
+
     Args:
         num_classes: the number of classes (at most 12 distinct patterns).
         image_size: the height and width.
@@ -41,7 +46,7 @@ class SyntheticImageDataModule(pl.LightningDataModule):
         n_val: validation images.
         n_test: test (and predict) images.
         batch_size: the batch size of every loader.
-        seed: the seed of the generated data.
+        seed: the seed of the generated data and of the training order.
     """
 
     def __init__(
@@ -70,14 +75,20 @@ class SyntheticImageDataModule(pl.LightningDataModule):
                 images, targets = make_images(size, self.num_classes, self.image_size, self.seed + offset)
                 self.datasets[split] = TensorDataset(images, targets)
 
+    def _evaluation_loader(self, split: str) -> DataLoader[tuple[torch.Tensor, ...]]:
+        self.setup()
+        dataset = self.datasets[split]
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=EvaluationSampler(dataset))
+
     def train_dataloader(self) -> DataLoader[tuple[torch.Tensor, ...]]:
-        return DataLoader(self.datasets["train"], batch_size=self.batch_size, shuffle=True)
+        self.setup()
+        return ResumableDataLoader(self.datasets["train"], batch_size=self.batch_size, shuffle=True, seed=self.seed)
 
     def val_dataloader(self) -> DataLoader[tuple[torch.Tensor, ...]]:
-        return DataLoader(self.datasets["val"], batch_size=self.batch_size)
+        return self._evaluation_loader("val")
 
     def test_dataloader(self) -> DataLoader[tuple[torch.Tensor, ...]]:
-        return DataLoader(self.datasets["test"], batch_size=self.batch_size)
+        return self._evaluation_loader("test")
 
     def predict_dataloader(self) -> DataLoader[tuple[torch.Tensor, ...]]:
-        return DataLoader(self.datasets["test"], batch_size=self.batch_size)
+        return self._evaluation_loader("test")

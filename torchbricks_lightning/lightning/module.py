@@ -25,6 +25,7 @@ from torchbricks_lightning.lightning.checkpoints import (
     read_checkpoint,
 )
 from torchbricks_lightning.lightning.metric_logging import render_matrix, split_metrics, warn_once
+from torchbricks_lightning.lightning.resume import ResumableEpochLogs, load_resume_state, save_resume_state
 
 __all__ = ["DEFAULT_BATCH_NAMES", "EXAMPLE_INPUTS_KEY", "LightningBrickCollection", "LossNotFiniteError"]
 
@@ -214,6 +215,18 @@ class LightningBrickCollection(pl.LightningModule):
         return self._run(self.named_inputs_of(batch, Stage.INFERENCE), Stage.INFERENCE)
 
     # ---------------------------------------------------------------------------------------- metrics
+    # Each stage starts its epoch from empty metrics, so a run that stopped mid-epoch in this process (an
+    # exception, an interrupted notebook cell) leaves nothing behind. A mid-epoch resume does not call
+    # on_train_epoch_start, so the metric states restored from the checkpoint are kept.
+    def on_train_epoch_start(self) -> None:
+        self.brick_collection.reset_metrics(Stage.TRAIN)
+
+    def on_validation_epoch_start(self) -> None:
+        self.brick_collection.reset_metrics(Stage.VALIDATION)
+
+    def on_test_epoch_start(self) -> None:
+        self.brick_collection.reset_metrics(Stage.TEST)
+
     def on_train_epoch_end(self) -> None:
         self._log_metrics(Stage.TRAIN)
 
@@ -268,6 +281,10 @@ class LightningBrickCollection(pl.LightningModule):
             config["monitor"] = self.lr_scheduler_monitor
         return {"optimizer": optimizer, "lr_scheduler": config}
 
+    def configure_callbacks(self) -> list[pl.Callback]:
+        """Adds :class:`ResumableEpochLogs`, so a mid-epoch resume also carries the epoch sums of logged losses."""
+        return [ResumableEpochLogs()]
+
     # ---------------------------------------------------------------------------------------- checkpoints
     def _record_example_inputs(self, named_inputs: Mapping[str, Any]) -> None:
         example: dict[str, dict[str, Any]] = {}
@@ -280,9 +297,13 @@ class LightningBrickCollection(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.example_inputs:
             checkpoint[EXAMPLE_INPUTS_KEY] = self.example_inputs
+        # The interrupted epoch's train metric states and the random generators (see lightning/resume.py).
+        save_resume_state(self, self.brick_collection, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.example_inputs = dict(checkpoint.get(EXAMPLE_INPUTS_KEY, {}))
+        # Only when trainer.fit resumes: load_from_checkpoint and validate/test/predict leave metrics and RNGs alone.
+        load_resume_state(self, self.brick_collection, checkpoint)
 
     @classmethod
     def load_from_checkpoint(  # type: ignore[override]
