@@ -3,8 +3,8 @@
 All variants train the same model (same initial weights, copied from one seeded build), with the same loss
 (cross-entropy), the same metric (the head's ``ConfusionMatrixMetrics`` accuracy, summarised and reset at each
 epoch end), the same optimizer (Adam, lr 1e-3) and the same data in the same order. The hand-written module logs
-what the brick module logs: ``train/head/loss_ce`` and ``train/loss`` per step and per epoch with ``batch_size`` and ``sync_dist``, and
-``train/head/accuracy`` at the epoch end. Two models: a tiny MLP and a small CNN.
+what the brick module logs: ``train/head/loss_ce`` and ``train/loss`` per step and per epoch with ``batch_size``
+and ``sync_dist``, and ``train/head/accuracy`` at the epoch end. Two models: a tiny MLP and a small CNN.
 
 Figures per model:
 

@@ -7,24 +7,39 @@ ONNX file.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import inspect
+import random
+import re
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 import yaml
 from jsonargparse import ArgumentParser, Namespace
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from typing_extensions import override
 
+from torchbricks_lightning.core.bricks import BrickInterface
+from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.core.stages import Stage, parse_alive_stages
 from torchbricks_lightning.errors import TorchBricksError, did_you_mean
-from torchbricks_lightning.lightning.checkpoints import _importable_paths
+from torchbricks_lightning.lightning.checkpoints import _importable_paths, read_checkpoint
 from torchbricks_lightning.lightning.export import export_checkpoint_as_onnx
 from torchbricks_lightning.lightning.module import LightningBrickCollection
 
-__all__ = ["TorchBricksCLI", "main"]
+__all__ = ["RecipeError", "TorchBricksCLI", "main"]
+
+_LIGHTNING_CKPT_PATHS = re.compile(r"^(last|best|hpc)$|^(?i:registry)(:.*)?$|://")
+"""``--ckpt_path`` values that Lightning resolves itself (special names, the model registry, remote URLs)."""
+
+
+class RecipeError(TorchBricksError, RuntimeError):
+    """The bricks of a recipe fail on a batch of its datamodule (found before any training or logging)."""
 
 
 class TorchBricksCLI(LightningCLI):
@@ -32,8 +47,10 @@ class TorchBricksCLI(LightningCLI):
 
     The model is always a ``LightningBrickCollection`` (configure its ``brick_collection``, ``optimizer`` and
     ``lr_scheduler`` under ``model:``), the datamodule is any ``LightningDataModule`` given by ``class_path``.
-    Before fitting, the stage names in the recipe are checked, and one batch is compared with the inputs the
-    training and validation graphs need, so a wrong recipe fails before any training.
+    Before anything runs, the recipe is checked (classes that cannot be imported, misspelt arguments of bricks,
+    plain modules where a brick belongs, stage names) and so is a ``--ckpt_path`` file. Before fitting, one
+    batch is compared with the inputs the training and validation graphs need and run through both, so a wrong
+    recipe fails before any training, and before any log or checkpoint folder is written.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -47,10 +64,14 @@ class TorchBricksCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         if isinstance(args, (list, tuple)) or args is None:
             for config_file in _config_files(list(sys.argv[1:] if args is None else args)):
-                problem = _first_unimportable_class(config_file)
+                problem = _first_recipe_problem(config_file)
                 if problem:
                     parser.error(problem)
         super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path is not None:
+            _check_ckpt_path(ckpt_path)
 
     @override
     def before_instantiate_classes(self) -> None:
@@ -66,17 +87,93 @@ class TorchBricksCLI(LightningCLI):
                 self.parser.error(f"Invalid value for {where}: {err}")
 
     def before_fit(self) -> None:
-        """Check one training batch against the training and validation graphs, before any training."""
+        """Check one training batch against the validation and training graphs, and run it, before any training.
+
+        The first two samples of the batch run through both graphs, on the CPU, to find bricks that do not fit
+        together; this adds milliseconds (about 5 ms for the digits example, 35 ms for its resnet18 variant).
+
+        It runs before ``trainer.fit`` writes the config, logs or checkpoints, so a recipe whose bricks do not fit
+        together leaves nothing behind. The check draws no random numbers that training would see (the random
+        generators are restored), updates no metric (they are reset) and no batch-norm statistics (it runs in eval
+        mode, without gradients).
+
+        Raises:
+            MissingInputError: the batch lacks a name that a stage needs.
+            RecipeError: a brick fails on the batch (e.g. sizes of connected bricks that do not agree).
+        """
         model = self.model
         datamodule = self.datamodule
         if not isinstance(model, LightningBrickCollection) or datamodule is None:
             return
-        datamodule.prepare_data()
-        datamodule.setup("fit")
-        batch = next(iter(datamodule.train_dataloader()))
-        names = list(model.named_inputs_of(batch, Stage.TRAIN))
-        for stage in (Stage.TRAIN, Stage.VALIDATION):
-            model.brick_collection.check_input_names(stage, names)
+        with _random_state_kept():
+            datamodule.prepare_data()
+            datamodule.setup("fit")
+            batch = next(iter(datamodule.train_dataloader()))
+            named_inputs = model.named_inputs_of(batch, Stage.TRAIN)
+            # Validation first: it is what Lightning's sanity check would run first.
+            for stage in (Stage.VALIDATION, Stage.TRAIN):
+                model.brick_collection.check_input_names(stage, list(named_inputs))
+            small = _first_samples(named_inputs)
+            for stage in (Stage.VALIDATION, Stage.TRAIN):
+                _run_once(model.brick_collection, small, stage)
+
+
+@contextlib.contextmanager
+def _random_state_kept() -> Iterator[None]:
+    """Restore the random generators of torch (CPU), Python and NumPy on exit."""
+    states = (torch.get_rng_state(), random.getstate(), np.random.get_state())
+    try:
+        yield
+    finally:
+        torch.set_rng_state(states[0])
+        random.setstate(states[1])
+        np.random.set_state(states[2])
+
+
+def _first_samples(named_inputs: Mapping[str, Any], n: int = 2) -> dict[str, Any]:
+    """The first ``n`` samples of a batch, so that checking a large model on CPU stays cheap.
+
+    Tensors are cut along their first dimension when every tensor of the batch has the same first size; otherwise
+    the batch is kept whole.
+    """
+    sizes = {value.shape[0] for value in named_inputs.values() if isinstance(value, torch.Tensor) and value.ndim}
+    if len(sizes) != 1 or next(iter(sizes)) <= n:
+        return dict(named_inputs)
+    return {
+        name: value[:n] if isinstance(value, torch.Tensor) and value.ndim else value
+        for name, value in named_inputs.items()
+    }
+
+
+def _run_once(collection: BrickCollection, named_inputs: Mapping[str, Any], stage: Stage) -> None:
+    """Run ``stage`` on one batch in eval mode without gradients, then put the modes and the metrics back."""
+    training = {module: module.training for module in collection.modules()}
+    collection.eval()
+    try:
+        with torch.no_grad():
+            collection(named_inputs, stage)
+    except TorchBricksError:
+        raise
+    except Exception as err:
+        notes = " ".join(note for note in getattr(err, "__notes__", []) if note.startswith("While running brick"))
+        first_line = (str(err).strip().splitlines() or [""])[0].rstrip(".")
+        raise RecipeError(
+            f"The bricks fail on the first training samples in stage {stage.value!r}, so training was not started: "
+            f"{type(err).__name__}: {first_line}. {notes} Make the sizes of connected bricks agree (e.g. a head's "
+            "in_channels with the channels its backbone outputs)."
+        ) from err
+    finally:
+        for module, was_training in training.items():
+            module.training = was_training
+        collection.reset_metrics(stage)
+
+
+def _check_ckpt_path(ckpt_path: str | Path) -> None:
+    """Raise :class:`CheckpointError` if a ``--ckpt_path`` file is missing or unreadable (Lightning's own values such
+    as ``last`` or ``best``, and URLs, pass)."""
+    if isinstance(ckpt_path, str) and _LIGHTNING_CKPT_PATHS.search(ckpt_path):
+        return
+    read_checkpoint(ckpt_path)
 
 
 def _alive_stage_values(config: Any, where: str) -> Iterator[tuple[str, Any]]:
@@ -100,16 +197,25 @@ def _config_files(arguments: Sequence[str]) -> Iterator[Path]:
             yield Path(argument.split("=", 1)[1])
 
 
-def _first_unimportable_class(config_file: Path) -> str | None:
-    """A message for the first class path or dotted callable in a YAML file that cannot be imported, naming its key.
+def _first_recipe_problem(config_file: Path) -> str | None:
+    """A message for the first mistake in a YAML recipe that jsonargparse would report unclearly, naming its key.
 
-    It walks the recipe like the checkpoint allowlist does: ``class_path`` entries, and dotted names of callables
-    (an optimizer given as ``torch.optim.Adam``) in installed packages.
+    The checks, in order: :func:`_first_unimportable_class`, then :func:`_first_brick_problem`.
     """
     try:
         config = yaml.safe_load(config_file.read_text())
     except (OSError, yaml.YAMLError):
         return None  # jsonargparse reports unreadable files itself
+    problem = _first_unimportable_class(config) or _first_brick_problem(config)
+    return f"{config_file}: {problem}" if problem else None
+
+
+def _first_unimportable_class(config: Any) -> str | None:
+    """A message for the first class path or dotted callable in a recipe that cannot be imported, naming its key.
+
+    It walks the recipe like the checkpoint allowlist does: ``class_path`` entries, and dotted names of callables
+    (an optimizer given as ``torch.optim.Adam``) in installed packages.
+    """
     for where, class_path in _importable_paths(config):
         module_name, _, attribute = class_path.rpartition(".")
         if not module_name:
@@ -117,14 +223,117 @@ def _first_unimportable_class(config_file: Path) -> str | None:
         try:
             module = importlib.import_module(module_name)
         except (ImportError, ValueError):
-            return f"{config_file}: {where}: cannot import module {module_name!r} for class_path {class_path!r}."
+            return f"{where}: cannot import module {module_name!r} for class_path {class_path!r}."
         if not hasattr(module, attribute):
             names = [name for name in dir(module) if not name.startswith("_")]
-            return (
-                f"{config_file}: {where}: module {module_name!r} has no class {attribute!r}."
-                f"{did_you_mean(attribute, names)}"
-            )
+            return f"{where}: module {module_name!r} has no class {attribute!r}.{did_you_mean(attribute, names)}"
     return None
+
+
+def _first_brick_problem(config: Any) -> str | None:
+    """A message for the first entry under ``model.brick_collection`` that is not a brick or has an unknown argument.
+
+    jsonargparse reports both as a dump of nested Union failures that leads with an unrelated option, so they are
+    checked here first: each entry directly under a brick collection must be a brick, a ``BrickCollection`` or a
+    dict of bricks, and every ``init_args`` key (at any depth) must be an argument of its class.
+    """
+    model = config.get("model") if isinstance(config, Mapping) else None
+    bricks = model.get("brick_collection") if isinstance(model, Mapping) else None
+    return next(_collection_problems(bricks, "model.brick_collection"), None)
+
+
+def _collection_problems(node: Any, where: str) -> Iterator[str]:
+    """Problems of a brick collection: a ``BrickCollection`` class path, or a dict of bricks."""
+    if not isinstance(node, Mapping):
+        return
+    if "class_path" in node:
+        yield from _entry_problems(node, where, brick_allowed=False)
+        return
+    for name, value in node.items():
+        here = f"{where}.{name}"
+        if isinstance(value, Mapping) and "class_path" in value:
+            yield from _entry_problems(value, here, brick_allowed=True)
+        else:
+            yield from _collection_problems(value, here)  # a nested dict of bricks
+
+
+def _entry_problems(node: Mapping[str, Any], where: str, brick_allowed: bool) -> Iterator[str]:
+    cls = _resolve(node.get("class_path"))
+    if cls is None:
+        return  # a short name that LightningCLI resolves itself (an unimportable one was reported already)
+    allowed: tuple[type, ...] = (BrickInterface, BrickCollection) if brick_allowed else (BrickCollection,)
+    if not (inspect.isclass(cls) and issubclass(cls, allowed)):
+        class_path = node["class_path"]
+        if brick_allowed:
+            yield (
+                f"{where}.class_path: {class_path!r} is not a brick. An entry under a brick collection must be a "
+                "BrickInterface (e.g. torchbricks_lightning.BrickTrainable), a BrickCollection or a dict of bricks. "
+                f"Wrap the module in a brick: class_path: torchbricks_lightning.BrickTrainable, with init_args "
+                f"model (class_path: {class_path}), input_names and output_names."
+            )
+        else:
+            yield (
+                f"{where}.class_path: {class_path!r} is not a BrickCollection. model.brick_collection must be a "
+                "BrickCollection or a dict of bricks."
+            )
+        return
+    yield from _argument_problems(node, where)
+    init_args = node.get("init_args")
+    if issubclass(cls, BrickCollection) and isinstance(init_args, Mapping):
+        yield from _collection_problems(init_args.get("bricks"), f"{where}.init_args.bricks")
+
+
+def _argument_problems(node: Any, where: str) -> Iterator[str]:
+    """Unknown ``init_args`` keys of ``node`` and of the class paths nested in its arguments (a brick's model)."""
+    if isinstance(node, (list, tuple)):
+        for index, value in enumerate(node):
+            yield from _argument_problems(value, f"{where}[{index}]")
+        return
+    if not isinstance(node, Mapping):
+        return
+    init_args = node.get("init_args")
+    if "class_path" in node and isinstance(init_args, Mapping):
+        cls = _resolve(node["class_path"])
+        accepted = _accepted_arguments(cls) if cls is not None else None
+        for key in init_args:
+            if accepted is not None and key not in accepted:
+                yield (
+                    f"{where}.init_args.{key}: {node['class_path']} takes no argument {key!r}."
+                    f"{did_you_mean(str(key), accepted)} Its arguments are {accepted}."
+                )
+        for key, value in init_args.items():
+            if key != "bricks" or cls is None or not issubclass(cls, BrickCollection):
+                yield from _argument_problems(value, f"{where}.init_args.{key}")
+    elif "class_path" not in node:
+        for key, value in node.items():
+            yield from _argument_problems(value, f"{where}.{key}")
+
+
+def _resolve(class_path: object) -> Any:
+    """The object a dotted ``class_path`` names, or None when it is not a dotted path or cannot be imported."""
+    if not isinstance(class_path, str):
+        return None
+    module_name, _, attribute = class_path.rpartition(".")
+    if not module_name:
+        return None
+    try:
+        return getattr(importlib.import_module(module_name), attribute, None)
+    except (ImportError, ValueError):
+        return None
+
+
+def _accepted_arguments(cls: Any) -> list[str] | None:
+    """The keyword arguments of ``cls``'s constructor, or None when it takes ``**kwargs`` or has no signature."""
+    if not inspect.isclass(cls):
+        return None
+    try:
+        parameters = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters):
+        return None
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [parameter.name for parameter in parameters if parameter.kind in keyword]
 
 
 def _export_parser() -> ArgumentParser:

@@ -7,6 +7,7 @@ A few tests run the installed console script in a subprocess (what users do); th
 from __future__ import annotations
 
 import copy
+import io
 import os
 import subprocess
 import sys
@@ -401,3 +402,209 @@ def test_a_typo_in_a_dotted_callable_names_its_key(tmp_path: Path, capsys: pytes
         main(["fit", "--config", str(recipe)])
     assert exit_info.value.code == 2
     assert "model.optimizer: module 'torch.optim' has no class 'Adamm'. Did you mean 'Adam'?" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ bricks in recipes
+def _bricks_config(bricks: dict[str, Any]) -> dict[str, Any]:
+    return {"model": {"brick_collection": bricks}}
+
+
+LINEAR = {"class_path": "torch.nn.Linear", "init_args": {"in_features": 8, "out_features": 2}}
+BRICK_PROBLEMS: dict[str, tuple[dict[str, Any], str]] = {
+    "argument-of-a-brick": (
+        {
+            "head0": {
+                "class_path": "torchbricks_lightning.bag_of_bricks.ClassificationHead",
+                "init_args": {"num_clases": 4},
+            }
+        },
+        "model.brick_collection.head0.init_args.num_clases: torchbricks_lightning.bag_of_bricks.ClassificationHead "
+        "takes no argument 'num_clases'. Did you mean 'num_classes'?",
+    ),
+    "argument-of-a-wrapped-module": (
+        {
+            "backbone": {
+                "class_path": "torchbricks_lightning.BrickTrainable",
+                "init_args": {
+                    "model": {"class_path": "torch.nn.Conv2d", "init_args": {"in_channels": 3, "out_chanels": 8}},
+                    "input_names": ["raw"],
+                    "output_names": ["features"],
+                },
+            }
+        },
+        "model.brick_collection.backbone.init_args.model.init_args.out_chanels: torch.nn.Conv2d takes no argument "
+        "'out_chanels'. Did you mean 'out_channels'?",
+    ),
+    "module-as-a-brick": (
+        {"extra": LINEAR},
+        "model.brick_collection.extra.class_path: 'torch.nn.Linear' is not a brick. An entry under a brick "
+        "collection must be a BrickInterface",
+    ),
+    "module-in-a-nested-dict-of-bricks": (
+        {"head1": {"classify": LINEAR}},
+        "model.brick_collection.head1.classify.class_path: 'torch.nn.Linear' is not a brick",
+    ),
+    "module-in-a-brick-collection-class": (
+        {"class_path": "torchbricks_lightning.BrickCollection", "init_args": {"bricks": {"extra": LINEAR}}},
+        "model.brick_collection.init_args.bricks.extra.class_path: 'torch.nn.Linear' is not a brick",
+    ),
+    "brick-as-the-collection": (
+        {"class_path": "torchbricks_lightning.BrickTrainable", "init_args": {}},
+        "model.brick_collection.class_path: 'torchbricks_lightning.BrickTrainable' is not a BrickCollection",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BRICK_PROBLEMS))
+def test_the_recipe_pre_check_names_a_brick_mistake_by_its_key(case: str) -> None:
+    from torchbricks_lightning.cli import _first_brick_problem
+
+    bricks, message = BRICK_PROBLEMS[case]
+    problem = _first_brick_problem(_bricks_config(bricks))
+    assert problem is not None
+    assert problem.startswith(message), problem
+
+
+def test_the_recipe_pre_check_accepts_good_recipes() -> None:
+    from torchbricks_lightning.cli import _first_brick_problem
+
+    examples = Path(__file__).parents[2] / "examples" / "configs"
+    for recipe in [RECIPE, *sorted(examples.glob("*.yaml"))]:
+        assert _first_brick_problem(yaml.safe_load(recipe.read_text())) is None, recipe
+    # Short class paths are LightningCLI's to resolve; values that are not entries are jsonargparse's to check.
+    assert _first_brick_problem(_bricks_config({"extra": {"class_path": "Linear"}, "other": None})) is None
+
+
+def test_arguments_of_a_class_that_takes_kwargs_are_not_checked() -> None:
+    from torchbricks_lightning.cli import _accepted_arguments
+
+    class TakesKwargs:
+        def __init__(self, size: int, *, scale: float = 1.0, **kwargs: Any) -> None: ...
+
+    class TakesNamedArguments:
+        def __init__(self, size: int, *args: int, scale: float = 1.0) -> None: ...
+
+    assert _accepted_arguments(TakesKwargs) is None
+    assert _accepted_arguments(TakesNamedArguments) == ["size", "scale"]
+    assert _accepted_arguments(len) is None  # not a class
+
+
+def test_a_misspelt_argument_of_a_wrapped_module_fails_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _recipe()
+    config["model"]["brick_collection"]["backbone"]["init_args"]["model"]["init_args"]["kernel_sise"] = 3
+    path = _write(config, tmp_path / "typo.yaml")
+
+    assert _exit_code(["fit", "--config", str(path), *QUIET], tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "model.brick_collection.backbone.init_args.model.init_args.kernel_sise" in err
+    assert "Did you mean 'kernel_size'?" in err
+    assert "is not accepted" not in err  # not jsonargparse's nested Union dump
+    _assert_no_training_output(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------ one batch first
+def test_bricks_that_do_not_fit_fail_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _recipe()
+    config["model"]["brick_collection"]["head0"]["init_args"]["in_channels"] = 7
+    path = _write(config, tmp_path / "misfit.yaml")
+
+    assert _exit_code(["fit", "--config", str(path), *QUIET], tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "RecipeError: The bricks fail on the first training samples in stage 'validation'" in err
+    assert "mat1 and mat2 shapes cannot be multiplied (2x8 and 7x4)" in err  # two samples of the batch
+    assert "While running brick 'head0/classify' in stage 'validation'" in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["misfit.yaml"]  # no lightning_logs, no checkpoints
+
+
+def test_the_batch_check_before_fit_leaves_no_trace(tmp_path: Path) -> None:
+    """Running one batch before fit draws no random numbers, updates no metric and restores the modules' modes."""
+    config = _recipe()
+    config["trainer"]["callbacks"] = config["trainer"]["callbacks"][:1]
+    path = _write(config, tmp_path / "recipe.yaml")
+    with _cwd(tmp_path):
+        cli = TorchBricksCLI(args=["--config", str(path), *QUIET], run=False)
+    collection = cli.model.brick_collection
+    collection["backbone"].eval()  # a mix of modes, to see that each is put back
+    modes = {name: module.training for name, module in collection.named_modules()}
+    rng = torch.get_rng_state()
+
+    cli.before_fit()
+
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert {name: module.training for name, module in collection.named_modules()} == modes
+    for stage in ("train", "validation"):
+        assert collection.summarize(stage) == {}, stage
+
+
+@pytest.mark.slow
+def test_training_is_the_same_with_and_without_the_batch_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = _recipe()
+    config["trainer"]["callbacks"] = config["trainer"]["callbacks"][:1]
+    path = _write(config, tmp_path / "recipe.yaml")
+    runs = {}
+    for name, check in (("checked", True), ("unchecked", False)):
+        folder = tmp_path / name
+        folder.mkdir()
+        with monkeypatch.context() as patch, _cwd(folder):
+            if not check:
+                patch.setattr(TorchBricksCLI, "before_fit", lambda self: None)
+            cli = TorchBricksCLI(args=["fit", "--config", str(path), *QUIET])
+        state = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+        runs[name] = (state, dict(cli.trainer.logged_metrics))
+    (checked_state, checked_logged), (unchecked_state, unchecked_logged) = runs["checked"], runs["unchecked"]
+    assert checked_state.keys() == unchecked_state.keys()
+    for key, value in checked_state.items():
+        torch.testing.assert_close(unchecked_state[key], value, rtol=0, atol=0, msg=key)
+    assert checked_logged.keys() == unchecked_logged.keys()
+    for key, value in checked_logged.items():
+        torch.testing.assert_close(unchecked_logged[key], value, rtol=0, atol=0, msg=key)
+
+
+# ------------------------------------------------------------------------------------------------ --ckpt_path
+@pytest.mark.parametrize("subcommand", ["fit", "validate", "test", "predict"])
+@pytest.mark.parametrize("broken", ["missing", "truncated"])
+def test_a_broken_ckpt_path_fails_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], subcommand: str, broken: str
+) -> None:
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    checkpoint = inputs / "run.ckpt"
+    if broken == "truncated":
+        data = io.BytesIO()
+        torch.save({"state_dict": {"weight": torch.zeros(100)}}, data)
+        checkpoint.write_bytes(data.getvalue()[: len(data.getvalue()) // 2])
+    work = tmp_path / "work"
+    work.mkdir()
+
+    args = [subcommand, "--config", str(RECIPE), "--ckpt_path", str(checkpoint), *QUIET]
+    assert _exit_code(args, work) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"CheckpointError: {'Checkpoint' if broken == 'missing' else 'Could not read checkpoint'} {str(checkpoint)!r}"
+        in err
+    )
+    assert ("does not exist" if broken == "missing" else "The file is truncated") in err
+    assert list(work.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "ckpt_path", ["last", "best", "hpc", "registry", "registry:my-model:v1", "s3://bucket/run.ckpt", "REGISTRY:model"]
+)
+def test_lightning_special_ckpt_paths_pass_the_check(ckpt_path: str) -> None:
+    from torchbricks_lightning.cli import _check_ckpt_path
+
+    _check_ckpt_path(ckpt_path)  # left to Lightning, which resolves them
+
+
+def test_fit_with_ckpt_path_last_and_no_checkpoint_yet_trains(tmp_path: Path) -> None:
+    config = _recipe()
+    config["trainer"]["callbacks"] = config["trainer"]["callbacks"][:1]
+    path = _write(config, tmp_path / "recipe.yaml")
+    with pytest.warns(UserWarning, match="no last checkpoint available"):
+        assert _exit_code(["fit", "--config", str(path), "--ckpt_path", "last", *QUIET], tmp_path) == 0
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()

@@ -138,6 +138,25 @@ def test_not_trainable_without_gradients_compiles_without_breaks() -> None:
     torch.testing.assert_close(outputs["logits"], collection(inputs, Stage.TRAIN)["logits"])
 
 
+class Ignores(nn.Module):
+    """A brick module without outputs (it could log or check something); it returns None."""
+
+    def forward(self, features: torch.Tensor) -> None:
+        return None
+
+
+def test_brick_without_outputs_compiles_without_breaks() -> None:
+    """The check that a brick without outputs returned None is decided at trace time: no guard, no break."""
+    bricks = boring_bricks()
+    bricks["accuracy"].alive_stages = "none"  # type: ignore[attr-defined]
+    bricks["probe"] = BrickNotTrainable(Ignores(), input_names=["features"], output_names=[])
+    collection = BrickCollection(bricks)  # type: ignore[arg-type]
+
+    explanation = torch._dynamo.explain(collection)(_inputs(), Stage.TRAIN)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+
+
 def test_compile_with_an_alive_metric_brick_runs_the_metric_eagerly() -> None:
     """torchmetrics updates cannot be traced; metric bricks run eagerly inside the compiled stage."""
     torch._dynamo.reset()

@@ -320,6 +320,36 @@ def test_output_count_mismatch(returned: int, declared: list[str], got: str, sta
     assert_message(info.value, "'head'", f"stage {stage.value!r}", str(declared), f"declares {len(declared)} output")
 
 
+@pytest.mark.parametrize("hooked", [False, True], ids=["direct", "hooked"])
+@pytest.mark.parametrize(("returned", "got"), [(1, "one Tensor"), (2, "a tuple of 2 values")])
+def test_value_returned_by_a_brick_without_outputs(returned: int, got: str, hooked: bool) -> None:
+    """A brick that declares no outputs must not return a value that would be silently dropped."""
+    probe = BrickNotTrainable(Returns(returned), input_names=["x"], output_names=[])
+    if hooked:  # through nn.Module.__call__ rather than the direct call of the wrapped module
+        probe.register_forward_hook(lambda module, args, output: None)
+    collection = BrickCollection({"probe": probe})
+    with pytest.raises(BrickOutputError, match=re.escape(got)) as info:
+        collection({"x": torch.ones(2)}, stage=Stage.INFERENCE)
+    assert_message(info.value, "Brick 'probe' declares 0 output(s) []", "stage 'inference'", "return None")
+
+
+def test_brick_without_outputs_may_return_none_or_an_empty_tuple() -> None:
+    recorded: list[torch.Tensor] = []
+
+    class Record(nn.Module):
+        def forward(self, x: torch.Tensor) -> None:
+            recorded.append(x)
+
+    collection = BrickCollection(
+        {
+            "record": BrickNotTrainable(Record(), input_names=["x"], output_names=[]),
+            "empty": BrickNotTrainable(Returns(0), input_names=["x"], output_names=[]),
+        }
+    )
+    assert list(collection({"x": torch.ones(2)}, stage=Stage.TRAIN)) == ["x"]
+    assert len(recorded) == 1
+
+
 def test_loss_that_is_not_a_scalar(batch: dict) -> None:
     bricks = boring_bricks()
     bricks["loss"] = BrickLoss(

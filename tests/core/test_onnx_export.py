@@ -294,6 +294,15 @@ def test_non_tensor_input_raises(tmp_path: Path) -> None:
         export_bricks_as_onnx(tmp_path / "model.onnx", collection, {"raw": [[0.0] * 5]})
 
 
+@pytest.mark.parametrize("named_inputs", [torch.randn(2, 5), [torch.randn(2, 5)]], ids=["tensor", "list"])
+def test_named_inputs_that_are_not_a_dict_raise(tmp_path: Path, named_inputs: object) -> None:
+    collection = BrickCollection(boring_bricks())  # type: ignore[arg-type]
+    with pytest.raises(BrickDefinitionError, match=r"Expected named_inputs to be a dict") as info:
+        export_bricks_as_onnx(tmp_path / "model.onnx", collection, named_inputs)  # type: ignore[arg-type]
+    assert f"got {type(named_inputs).__name__}. Stage 'export' needs ['raw']" in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---------------------------------------------------------------------------------------- spec example
 def test_spec_onnx_example_with_resnet18(tmp_path: Path) -> None:
     num_classes = 10

@@ -28,6 +28,7 @@ from torchbricks_lightning import BrickCollection, BrickNotTrainable, BrickTrain
 from torchbricks_lightning.bag_of_bricks import ClassificationHead, Preprocessor
 from torchbricks_lightning.cli import TorchBricksCLI, main
 from torchbricks_lightning.datamodules.synthetic import make_images
+from torchbricks_lightning.errors import BrickDefinitionError
 from torchbricks_lightning.lightning import (
     CheckpointError,
     LightningBrickCollection,
@@ -496,8 +497,27 @@ def test_load_from_checkpoint_with_a_missing_weight(cli_checkpoint: Path, tmp_pa
 def test_a_checkpoint_without_a_state_dict(tmp_path: Path) -> None:
     path = tmp_path / "plain.ckpt"
     torch.save({"epoch": 3}, path)
-    with pytest.raises(CheckpointError, match="no 'state_dict'"):
+    with pytest.raises(CheckpointError, match="no 'state_dict'") as error:
         load_brick_collection_weights(_recipe_bricks(), path)
+    assert f"Checkpoint {str(path)!r} holds no 'state_dict' (its keys: ['epoch'])" in str(error.value)
+
+
+# ------------------------------------------------------------------------------------------------ wrong arguments
+def test_weights_load_only_into_a_collection_not_a_dict_of_bricks(cli_checkpoint: Path) -> None:
+    """A dict of bricks is refused with the fix, before the file is read (it would be loaded but not runnable)."""
+    bricks = dict(_recipe_bricks().items())
+    with pytest.raises(BrickDefinitionError, match=r"got dict\. Wrap the bricks first") as error:
+        load_brick_collection_weights(bricks, cli_checkpoint)  # type: ignore[arg-type]
+    assert "BrickCollection(bricks)" in str(error.value)
+    with pytest.raises(BrickDefinitionError, match="got list"):
+        load_brick_collection_weights(list(bricks.values()), Path("nowhere.ckpt"))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bricks", [[], "bricks", None], ids=["list", "str", "none"])
+def test_load_from_checkpoint_with_bricks_that_are_not_a_collection(cli_checkpoint: Path, bricks: Any) -> None:
+    with pytest.raises(BrickDefinitionError, match="a BrickCollection or a dict of bricks, but got") as error:
+        LightningBrickCollection.load_from_checkpoint(cli_checkpoint, brick_collection=bricks)
+    assert type(bricks).__name__ in str(error.value)
 
 
 # ------------------------------------------------------------------------------------------------ built in Python

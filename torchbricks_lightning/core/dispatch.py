@@ -86,6 +86,12 @@ class _Checks:
             return value[0]
         self.bad_count(index, value)
 
+    def no_output(self, index: int, value: Any) -> None:
+        """A brick without outputs returned ``value`` (not None): an empty tuple or list is fine, else an error."""
+        if isinstance(value, (tuple, list)) and not value:
+            return
+        self.bad_count(index, value)
+
     def bad_count(self, index: int, value: Any) -> None:
         node = self.plan.nodes[index]
         got = (
@@ -93,10 +99,14 @@ class _Checks:
             if isinstance(value, (tuple, list))
             else (f"one {type(value).__name__}")
         )
+        fix = (
+            "Make output_names match what the module returns (a tuple for several outputs)."
+            if node.output_names
+            else "Name its outputs in output_names, or make the module return None."
+        )
         raise BrickOutputError(
             f"Brick {node.path!r} declares {len(node.output_names)} output(s) {list(node.output_names)} in stage "
-            f"{self.plan.stage.value!r}, but its module returned {got}. Make output_names match what the module "
-            "returns (a tuple for several outputs)."
+            f"{self.plan.stage.value!r}, but its module returned {got}. {fix}"
         )
 
     def bad_loss(self, index: int, name: str, value: Any) -> None:
@@ -182,6 +192,7 @@ def compile_stage(plan: StagePlan, modules: Sequence[nn.Module]) -> CompiledStag
         "_on_missing": checks.on_missing,
         "_single": checks.single,
         "_bad_count": checks.bad_count,
+        "_no_output": checks.no_output,
         "_bad_loss": checks.bad_loss,
         "_Tensor": torch.Tensor,
         "_eager": _call_eagerly,
@@ -208,7 +219,7 @@ def compile_stage(plan: StagePlan, modules: Sequence[nn.Module]) -> CompiledStag
         )
         first = len(lines) + 1
         outputs = node.output_names
-        target = "t = " if outputs else ""
+        target = "t = "
         if node.receives_stage and (updater := updaters[i]) is not None:
             # Metric bricks: torchmetrics updates are not traceable, so they run eagerly under torch.compile.
             # Without hooks, and outside compilation, the stage's metric updates are called directly.
@@ -233,7 +244,8 @@ def compile_stage(plan: StagePlan, modules: Sequence[nn.Module]) -> CompiledStag
             fast = f"with _no_grad(): {target}_detach(m{i}({arguments}))" if no_grad else f"{target}m{i}({arguments})"
             lines += [f"    if h: {target}b{i}({arguments})", "    else:", f"        {fast}"]
         if not outputs:
-            pass
+            # A brick without outputs returns None (metric bricks do); anything else would be silently dropped.
+            lines.append(f"    if t is not None: _no_output({i}, t)")
         elif len(outputs) == 1:
             lines += [
                 f"    if type(t) is tuple: t = _single({i}, t)",

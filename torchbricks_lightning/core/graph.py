@@ -243,11 +243,20 @@ def plan_stage(nodes: Sequence[BrickNode], stage: Stage) -> StagePlan:
     )
 
 
-def check_input_names(plan: StagePlan, available: Iterable[str]) -> None:
+def check_input_names(
+    plan: StagePlan, available: Iterable[str], *, given: str = "Inputs given", hint: str = ""
+) -> None:
     """Raise :class:`MissingInputError` if ``available`` lacks a name that ``plan`` needs.
 
     The message names the first brick that needs the missing name, the stage, what is available and a
     close match if there is one.
+
+    Args:
+        plan: the stage's plan.
+        available: the names the caller provides.
+        given: how the message introduces ``available`` (say where the names came from if the caller did not
+            give them).
+        hint: a sentence appended to the message (a fix that fits the caller).
     """
     available = list(available)
     present = set(available)
@@ -260,6 +269,6 @@ def check_input_names(plan: StagePlan, available: Iterable[str]) -> None:
     more = f" (also missing: {missing[1:]})" if len(missing) > 1 else ""
     raise MissingInputError(
         f"Brick {consumer.path!r} needs input {name!r} in stage {plan.stage.value!r}, but neither the inputs nor "
-        f"an alive brick provides it{more}. Inputs given: {sorted(present)}; produced by bricks alive in this "
-        f"stage: {list(plan.output_names)}.{did_you_mean(name, candidates)}"
+        f"an alive brick provides it{more}. {given}: {sorted(present)}; produced by bricks alive in this "
+        f"stage: {list(plan.output_names)}.{did_you_mean(name, candidates)}{f' {hint}' if hint else ''}"
     )

@@ -103,6 +103,8 @@ def export_bricks_as_onnx(
         An :class:`OnnxExportResult` with the path, names and the max abs difference per output.
 
     Raises:
+        BrickDefinitionError: ``brick_collection`` is not a collection, ``named_inputs`` is not a dict of tensors,
+            ``path_onnx`` does not end with ``.onnx``, or ``output_names`` names something the stage does not produce.
         MissingInputError: ``named_inputs`` lacks a name the stage needs.
         ExportError: tracing or exporting failed, or onnxruntime disagrees with PyTorch beyond the tolerance.
 
@@ -129,8 +131,13 @@ def export_bricks_as_onnx(
     path = Path(path_onnx)
     if path.suffix != ".onnx":
         raise BrickDefinitionError(f"Expected path_onnx to end with '.onnx', but got {str(path)!r}.")
-    brick_collection.check_input_names(parsed_stage, named_inputs.keys())
     input_names = brick_collection.input_names(parsed_stage)
+    if not isinstance(named_inputs, Mapping):
+        raise BrickDefinitionError(
+            f"Expected named_inputs to be a dict of named example inputs, e.g. {{'raw': tensor}}, but got "
+            f"{type(named_inputs).__name__}. Stage {parsed_stage.value!r} needs {input_names}."
+        )
+    brick_collection.check_input_names(parsed_stage, named_inputs.keys())
     tensors = tuple(named_inputs[name] for name in input_names)
     not_tensors = [
         name for name, value in zip(input_names, tensors, strict=True) if not isinstance(value, torch.Tensor)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from torchbricks_lightning.core.collection import BrickCollection
-from torchbricks_lightning.errors import TorchBricksError
+from torchbricks_lightning.errors import BrickDefinitionError, TorchBricksError
 
 __all__ = [
     "TRUSTED_CLASS_PREFIXES",
@@ -174,11 +174,23 @@ def _lightning_instantiators() -> set[str]:
     return set(_ALLOWED_INSTANTIATORS)
 
 
-def brick_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """The brick collection's weights inside a Lightning checkpoint, without the ``brick_collection.`` prefix."""
+def brick_state_dict(checkpoint: Mapping[str, Any], source: str | None = None) -> dict[str, torch.Tensor]:
+    """The brick collection's weights inside a Lightning checkpoint, without the ``brick_collection.`` prefix.
+
+    Args:
+        checkpoint: the loaded checkpoint dict.
+        source: the checkpoint's path, named in the error.
+
+    Raises:
+        CheckpointError: the checkpoint holds no ``state_dict``.
+    """
     state = checkpoint.get("state_dict")
     if not isinstance(state, Mapping):
-        raise CheckpointError("The checkpoint holds no 'state_dict'; is it a Lightning checkpoint?")
+        which = f"Checkpoint {source!r}" if source is not None else "The checkpoint"
+        raise CheckpointError(
+            f"{which} holds no 'state_dict' (its keys: {sorted(map(str, checkpoint))}); is it a Lightning "
+            "checkpoint? Pass a .ckpt file written by a Trainer that trained a LightningBrickCollection."
+        )
     return {key[len(_BRICKS_PREFIX) :]: value for key, value in state.items() if key.startswith(_BRICKS_PREFIX)}
 
 
@@ -199,16 +211,51 @@ def load_brick_collection_weights(
         checkpoint that the collection lacks.
 
     Raises:
-        CheckpointError: with ``strict``, when the checkpoint and the collection do not hold the same names, or
-            shapes differ.
+        BrickDefinitionError: ``brick_collection`` is not a :class:`BrickCollection` (wrap a dict of bricks in one).
+        CheckpointError: the file is unreadable or not a Lightning checkpoint, or, with ``strict``, the checkpoint
+            and the collection do not hold the same names, or shapes differ.
     """
-    state = brick_state_dict(read_checkpoint(checkpoint_path))
-    return _load_state(brick_collection, state, strict=strict, source=str(checkpoint_path))
+    if not isinstance(brick_collection, BrickCollection):
+        wrap = (
+            " Wrap the bricks first: load_brick_collection_weights(BrickCollection(bricks), path), and run that "
+            "collection."
+            if isinstance(brick_collection, Mapping)
+            else ""
+        )
+        raise BrickDefinitionError(
+            f"Expected brick_collection to be a BrickCollection, but got {type(brick_collection).__name__}.{wrap}"
+        )
+    source = str(checkpoint_path)
+    state = brick_state_dict(read_checkpoint(checkpoint_path), source=source)
+    return _load_state(brick_collection, state, strict=strict, source=source)
 
 
 def _load_state(
     brick_collection: BrickCollection, state: Mapping[str, torch.Tensor], strict: bool, source: str
 ) -> tuple[list[str], list[str]]:
+    if not isinstance(brick_collection, BrickCollection):
+        # LightningBrickCollection.load_from_checkpoint has turned a dict of bricks into a collection already.
+        raise BrickDefinitionError(
+            "Expected brick_collection to be a BrickCollection or a dict of bricks, but got "
+            f"{type(brick_collection).__name__}. Pass the bricks by name: {{'backbone': brick, ...}}."
+        )
+    missing, unexpected = check_state_fits(brick_collection, state, strict, source)
+    brick_collection.load_state_dict(state, strict=False)
+    return missing, unexpected
+
+
+def check_state_fits(
+    brick_collection: BrickCollection, state: Mapping[str, Any], strict: bool, source: str
+) -> tuple[list[str], list[str]]:
+    """Check that checkpoint weights fit a collection, before anything is loaded.
+
+    Returns:
+        The names missing in the checkpoint and the names the collection does not have.
+
+    Raises:
+        CheckpointError: a shape differs, or (with ``strict``) names are missing or unexpected; the message lists
+            them and names ``source``.
+    """
     expected = brick_collection.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -223,7 +270,6 @@ def _load_state(
             f"unexpected in the checkpoint: {_short(unexpected)}; shape mismatches: {_short(mismatched)}. Build the "
             "collection as it was when trained, or pass strict=False to load the matching names only."
         )
-    brick_collection.load_state_dict(state, strict=False)
     return missing, unexpected
 
 

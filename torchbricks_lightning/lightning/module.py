@@ -22,6 +22,7 @@ from torchbricks_lightning.lightning.checkpoints import (
     _load_state,
     brick_state_dict,
     check_class_paths,
+    check_state_fits,
     read_checkpoint,
 )
 from torchbricks_lightning.lightning.metric_logging import render_matrix, split_metrics, warn_once
@@ -301,6 +302,16 @@ class LightningBrickCollection(pl.LightningModule):
         save_resume_state(self, self.brick_collection, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._trainer is not None and "state_dict" in checkpoint:
+            # A Trainer restoring ckpt_path loads the weights right after this hook, with torch's own error for a
+            # checkpoint of other bricks; say which names and shapes differ first. (load_from_checkpoint checks
+            # the weights itself, before this hook.)
+            check_state_fits(
+                self.brick_collection,
+                brick_state_dict(checkpoint),
+                strict=self.strict_loading,
+                source=str(getattr(self._trainer, "ckpt_path", None) or "ckpt_path"),
+            )
         self.example_inputs = dict(checkpoint.get(EXAMPLE_INPUTS_KEY, {}))
         # Only when trainer.fit resumes: load_from_checkpoint and validate/test/predict leave metrics and RNGs alone.
         load_resume_state(self, self.brick_collection, checkpoint)
@@ -340,7 +351,12 @@ class LightningBrickCollection(pl.LightningModule):
             if isinstance(bricks, Mapping) and not isinstance(bricks, BrickCollection):
                 bricks = BrickCollection(bricks)
             kwargs["brick_collection"] = bricks
-            _load_state(bricks, brick_state_dict(checkpoint), strict=strict is not False, source=str(checkpoint_path))
+            _load_state(
+                bricks,
+                brick_state_dict(checkpoint, source=str(checkpoint_path)),
+                strict=strict is not False,
+                source=str(checkpoint_path),
+            )
         try:
             module = super().load_from_checkpoint(
                 Path(checkpoint_path), map_location=map_location, strict=strict, weights_only=True, **kwargs
