@@ -6,7 +6,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import pytorch_lightning as pl
 import torch
@@ -172,7 +172,8 @@ class LightningBrickCollection(pl.LightningModule):
         if not losses:
             return named_outputs, None
         total = self.brick_collection.total_loss(losses, self.loss_weights)  # the losses only, found once
-        batch_size = _batch_size(named_inputs)
+        # Lightning types batch_size as int but sums it as given; a float keeps epoch means exact (see _batch_size).
+        batch_size = cast("int | None", _batch_size(named_inputs))
         on_step = stage is Stage.TRAIN
         for name, value in losses.items():
             self.log(
@@ -238,6 +239,12 @@ class LightningBrickCollection(pl.LightningModule):
         self._log_metrics(Stage.TEST)
 
     def _log_metrics(self, stage: Stage) -> None:
+        if self.trainer.world_size > 1:
+            # Lightning's progress bar (rank 0 only) computes the epoch's logged values, one collective each,
+            # before this hook; the other ranks would compute them after it. The metrics' sync below is a
+            # collective too, so compute the logged values here on every rank first: each rank then runs the
+            # collectives in the same order (otherwise DDP deadlocks, Lightning-AI/pytorch-lightning#21264).
+            _ = self.trainer.callback_metrics
         metrics = self.brick_collection.summarize(stage, reset=True)
         if not metrics or self.trainer.sanity_checking:
             return
@@ -383,10 +390,13 @@ class LightningBrickCollection(pl.LightningModule):
         return tensors
 
 
-def _batch_size(named_inputs: Mapping[str, Any]) -> int | None:
+def _batch_size(named_inputs: Mapping[str, Any]) -> float | None:
+    # A float: Lightning averages the summed batch sizes across processes when it syncs an epoch mean, and an
+    # integer sum would round down when processes hold uneven shards (37 samples on 2 processes: 18, not 18.5),
+    # so the logged epoch loss would read high (Lightning-AI/pytorch-lightning#21859).
     for value in named_inputs.values():
         if isinstance(value, torch.Tensor) and value.ndim:
-            return int(value.shape[0])
+            return float(value.shape[0])
     return None
 
 
