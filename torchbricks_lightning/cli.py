@@ -27,8 +27,8 @@ from typing_extensions import override
 from torchbricks_lightning.core.bricks import BrickInterface
 from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.core.stages import Stage, parse_alive_stages
-from torchbricks_lightning.errors import TorchBricksError, did_you_mean
-from torchbricks_lightning.lightning.checkpoints import _importable_paths, read_checkpoint
+from torchbricks_lightning.errors import RecipeError, TorchBricksError, did_you_mean
+from torchbricks_lightning.lightning.checkpoints import importable_paths, read_checkpoint
 from torchbricks_lightning.lightning.export import export_checkpoint_as_onnx
 from torchbricks_lightning.lightning.module import LightningBrickCollection
 
@@ -36,10 +36,6 @@ __all__ = ["RecipeError", "TorchBricksCLI", "main"]
 
 _LIGHTNING_CKPT_PATHS = re.compile(r"^(last|best|hpc)$|^(?i:registry)(:.*)?$|://")
 """``--ckpt_path`` values that Lightning resolves itself (special names, the model registry, remote URLs)."""
-
-
-class RecipeError(TorchBricksError, RuntimeError):
-    """The bricks of a recipe fail on a batch of its datamodule (found before any training or logging)."""
 
 
 class TorchBricksCLI(LightningCLI):
@@ -216,7 +212,7 @@ def _first_unimportable_class(config: Any) -> str | None:
     It walks the recipe like the checkpoint allowlist does: ``class_path`` entries, and dotted names of callables
     (an optimizer given as ``torch.optim.Adam``) in installed packages.
     """
-    for where, class_path in _importable_paths(config):
+    for where, class_path in importable_paths(config):
         module_name, _, attribute = class_path.rpartition(".")
         if not module_name:
             continue  # a short name such as 'ModelCheckpoint': LightningCLI resolves those itself

@@ -1,7 +1,9 @@
-"""The exceptions raised by torchbricks_lightning.
+"""Every exception raised on purpose by torchbricks_lightning, in one place.
 
-Every error derives from :class:`TorchBricksError` and also from the builtin that fits it, so
-``except ValueError`` or ``except TypeError`` keep working for callers who do not know this package.
+Every error derives from :class:`TorchBricksError` and also from ``ValueError`` (a bad value: a name, a
+number, a file, a recipe) or ``TypeError`` (an argument of the wrong type), so ``except ValueError`` or
+``except TypeError`` keep working for callers who do not know this package. The same mistake raises the same
+type wherever it is found.
 
 Example:
     >>> from torchbricks_lightning.errors import MissingInputError, TorchBricksError
@@ -18,14 +20,23 @@ __all__ = [
     "BrickDefinitionError",
     "BrickGraphError",
     "BrickOutputError",
+    "CheckpointError",
+    "ConfigError",
     "CycleError",
+    "DatasetNotAvailableError",
     "DuplicateOutputError",
     "ExportError",
     "InvalidNameError",
+    "LoaderStateError",
+    "LossNotFiniteError",
     "LossNotScalarError",
     "MissingInputError",
+    "RecipeError",
+    "ResumeStateError",
     "TorchBricksError",
     "UnknownStageError",
+    "UntrustedCheckpointError",
+    "did_you_mean",
 ]
 
 
@@ -33,8 +44,14 @@ class TorchBricksError(Exception):
     """Base class of every error raised on purpose by torchbricks_lightning."""
 
 
+# ------------------------------------------------------------------------------------------------ wrong types
 class BrickDefinitionError(TorchBricksError, TypeError):
-    """A brick or collection was given an argument of the wrong type."""
+    """An argument has the wrong type: a brick where a module belongs, a string where a list belongs, ..."""
+
+
+# ------------------------------------------------------------------------------------------------ bad values
+class ConfigError(TorchBricksError, ValueError):
+    """An argument has the right type but a bad value: an unknown name, a number out of range, a bad option."""
 
 
 class BrickGraphError(TorchBricksError, ValueError):
@@ -69,8 +86,37 @@ class LossNotScalarError(BrickOutputError):
     """A loss brick returned a tensor that is not a scalar."""
 
 
-class ExportError(TorchBricksError, RuntimeError):
-    """Exporting to ONNX failed, or the exported file does not match the eager model."""
+class LossNotFiniteError(BrickOutputError):
+    """A training loss is NaN or infinite."""
+
+
+# ``RuntimeError`` is kept as a base of the next three for callers written when they were runtime errors.
+class ExportError(TorchBricksError, ValueError, RuntimeError):
+    """Exporting failed, or the exported file does not match the eager model."""
+
+
+class RecipeError(TorchBricksError, ValueError, RuntimeError):
+    """The bricks of a recipe fail on a batch of its datamodule (found before any training or logging)."""
+
+
+class DatasetNotAvailableError(TorchBricksError, ValueError, RuntimeError):
+    """A dataset is neither on disk nor downloadable."""
+
+
+class CheckpointError(TorchBricksError, ValueError):
+    """A checkpoint cannot be read, or does not fit the model it is loaded into."""
+
+
+class UntrustedCheckpointError(CheckpointError):
+    """A checkpoint asks to instantiate a class outside the trusted packages, or holds arbitrary code."""
+
+
+class ResumeStateError(CheckpointError):
+    """A checkpoint's resume state does not fit the bricks or the processes of the resumed run."""
+
+
+class LoaderStateError(TorchBricksError, ValueError):
+    """A saved loader state cannot continue the current data: the data, batch size, seed or processes changed."""
 
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:

@@ -15,7 +15,7 @@ from torchbricks_lightning.bag_of_bricks import (
     TorchvisionBackbone,
     create_image_classification_head,
 )
-from torchbricks_lightning.errors import BrickDefinitionError
+from torchbricks_lightning.errors import BrickDefinitionError, ConfigError
 
 
 # ------------------------------------------------------------------------------------------------ torchvision
@@ -54,7 +54,7 @@ def test_torchvision_backbone_passes_builder_kwargs() -> None:
 
 
 def test_unknown_torchvision_model_suggests_a_name() -> None:
-    with pytest.raises(BrickDefinitionError, match="Did you mean") as info:
+    with pytest.raises(ConfigError, match="Did you mean") as info:
         TorchvisionBackbone("resnet81")
     message = str(info.value)
     assert "'resnet81'" in message
@@ -121,7 +121,7 @@ def test_small_conv_net_default() -> None:
 
 @pytest.mark.parametrize("widths", [(), [], (16, 0), (-1,), (8, -2, 4)])
 def test_small_conv_net_rejects_invalid_widths(widths: tuple[int, ...]) -> None:
-    with pytest.raises(BrickDefinitionError, match="positive channel counts"):
+    with pytest.raises(ConfigError, match="positive channel counts"):
         SmallConvNet(widths=widths)
 
 

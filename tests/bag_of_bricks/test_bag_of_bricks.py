@@ -27,7 +27,7 @@ from torchbricks_lightning.bag_of_bricks import (
     resnet_to_brick,
 )
 from torchbricks_lightning.bag_of_bricks.preprocessors import IMAGENET_MEAN, IMAGENET_STD
-from torchbricks_lightning.errors import BrickDefinitionError
+from torchbricks_lightning.errors import BrickDefinitionError, ConfigError
 
 
 # ---------------------------------------------------------------------------------------------- Preprocessor
@@ -63,7 +63,7 @@ def test_preprocessor_statistics_are_buffers_that_move_with_the_module() -> None
     ],
 )
 def test_preprocessor_rejects_bad_statistics(mean: list[float], std: list[float], match: str) -> None:
-    with pytest.raises(BrickDefinitionError, match=match):
+    with pytest.raises(ConfigError, match=match):
         Preprocessor(mean=mean, std=std)
 
 
@@ -159,7 +159,7 @@ def test_image_classifier_without_pooling_flattens_feature_maps() -> None:
 
 @pytest.mark.parametrize(("num_classes", "n_features"), [(0, 4), (3, 0)])
 def test_image_classifier_rejects_non_positive_sizes(num_classes: int, n_features: int) -> None:
-    with pytest.raises(BrickDefinitionError, match="Expected num_classes and n_features to be positive"):
+    with pytest.raises(ConfigError, match="Expected num_classes and n_features to be positive"):
         ImageClassifier(num_classes=num_classes, n_features=n_features)
 
 

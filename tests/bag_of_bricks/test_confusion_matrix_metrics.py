@@ -12,7 +12,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from torchbricks_lightning import BrickCollection, BrickMetrics, BrickMetricSingle, BrickNotTrainable, Stage
 from torchbricks_lightning.bag_of_bricks import ConfusionMatrixMetrics, create_image_classification_head
-from torchbricks_lightning.errors import BrickDefinitionError, BrickOutputError
+from torchbricks_lightning.errors import BrickOutputError, ConfigError
 
 NUM_CLASSES = 5
 
@@ -119,7 +119,7 @@ def test_a_target_out_of_range_is_caught_without_validation() -> None:
     ],
 )
 def test_bad_arguments_are_rejected(kwargs: dict[str, object], message: str) -> None:
-    with pytest.raises(BrickDefinitionError, match=message):
+    with pytest.raises(ConfigError, match=message):
         ConfusionMatrixMetrics(**kwargs)  # type: ignore[arg-type]
 
 
@@ -217,7 +217,7 @@ def test_a_metric_that_breaks_its_declared_values_is_named() -> None:
 
 
 def test_reported_names_must_not_clash() -> None:
-    with pytest.raises(BrickDefinitionError, match=r"report \['total'\] more than once"):
+    with pytest.raises(ConfigError, match=r"report \['total'\] more than once"):
         BrickMetrics({"a": TwoValues(), "total": MulticlassAccuracy(3)}, input_names=["x"])
 
 

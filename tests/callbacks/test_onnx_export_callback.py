@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from torchbricks_lightning import OnnxExportResult
 from torchbricks_lightning.callbacks import OnnxExportCallback
-from torchbricks_lightning.errors import BrickDefinitionError, UnknownStageError
+from torchbricks_lightning.errors import BrickDefinitionError, ConfigError, UnknownStageError
 from torchbricks_lightning.lightning import LightningBrickCollection
 
 
@@ -195,7 +195,7 @@ def test_static_batch_size_and_another_stage(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("filename", ["model.pt", "model", "model.onnx.tmp", "model.ONNX.bak"])
 def test_filename_must_end_with_onnx(filename: str) -> None:
-    with pytest.raises(BrickDefinitionError, match=r"end with '\.onnx'.*" + re.escape(repr(filename))):
+    with pytest.raises(ConfigError, match=r"end with '\.onnx'.*" + re.escape(repr(filename))):
         OnnxExportCallback(filename=filename)
 
 

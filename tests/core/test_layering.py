@@ -125,13 +125,27 @@ def test_top_level_exports_the_core_api() -> None:
     assert expected <= set(torchbricks_lightning.__all__)
 
 
-def test_every_error_derives_from_the_base_and_a_builtin() -> None:
+def _all_subclasses(cls: type) -> list[type]:
+    found: list[type] = []
+    for sub in cls.__subclasses__():
+        found += [sub, *_all_subclasses(sub)]
+    return found
+
+
+def test_every_error_lives_in_errors_py_and_is_a_value_or_type_error() -> None:
+    """Walk every subclass of TorchBricksError defined by the package (after importing all of it)."""
+    for info in pkgutil.walk_packages(torchbricks_lightning.__path__, "torchbricks_lightning."):
+        importlib.import_module(info.name)
     base = torchbricks_lightning.errors.TorchBricksError
+    subclasses = [cls for cls in _all_subclasses(base) if cls.__module__.startswith("torchbricks_lightning")]
+    assert len(subclasses) >= 15
+    for cls in subclasses:
+        assert cls.__module__ == "torchbricks_lightning.errors", f"{cls.__name__} is defined in {cls.__module__}"
+        assert cls.__name__ in torchbricks_lightning.errors.__all__, f"{cls.__name__} is not exported"
+        assert issubclass(cls, (ValueError, TypeError)), f"{cls.__name__} is neither a ValueError nor a TypeError"
     for name in torchbricks_lightning.errors.__all__:
-        error = getattr(torchbricks_lightning.errors, name)
-        assert issubclass(error, base), name
-        if error is not base:
-            assert issubclass(error, (ValueError, TypeError, RuntimeError)), name
+        exported = getattr(torchbricks_lightning.errors, name)
+        assert exported is base or not isinstance(exported, type) or issubclass(exported, base), name
 
 
 def test_no_module_named_utils_in_the_package() -> None:

@@ -28,7 +28,7 @@ from torchbricks_lightning.bag_of_bricks import (
     create_image_classification_head,
     resnet_to_brick,
 )
-from torchbricks_lightning.errors import BrickGraphError, DuplicateOutputError
+from torchbricks_lightning.errors import BrickGraphError, ConfigError, DuplicateOutputError
 
 N_FEATURES = 6
 
@@ -403,7 +403,7 @@ def test_total_loss_weights_can_be_overridden() -> None:
 def test_total_loss_with_unknown_override_name_raises() -> None:
     collection = _two_heads()
     outputs = collection(_head_inputs(), Stage.TRAIN)
-    with pytest.raises(BrickGraphError, match=r"unknown losses \['head2/loss_ce'\]"):
+    with pytest.raises(ConfigError, match=r"unknown losses \['head2/loss_ce'\]"):
         collection.total_loss(outputs, loss_weights={"head2/loss_ce": 1.0})
 
 

@@ -30,7 +30,7 @@ from torchbricks_lightning.bag_of_bricks import (
     create_image_classification_head,
     resnet_to_brick,
 )
-from torchbricks_lightning.errors import BrickDefinitionError, ExportError, MissingInputError
+from torchbricks_lightning.errors import BrickDefinitionError, ConfigError, ExportError, MissingInputError
 
 
 def _inputs(batch_size: int = 4) -> dict[str, torch.Tensor]:
@@ -276,14 +276,14 @@ def test_missing_input_of_a_stage_chosen_by_string_raises(tmp_path: Path) -> Non
 @pytest.mark.parametrize("name", ["model.onx", "model", "model.onnx.bak"])
 def test_path_not_ending_in_onnx_raises(tmp_path: Path, name: str) -> None:
     collection = BrickCollection(boring_bricks())  # type: ignore[arg-type]
-    with pytest.raises(BrickDefinitionError, match=r"Expected path_onnx to end with '\.onnx'"):
+    with pytest.raises(ConfigError, match=r"Expected path_onnx to end with '\.onnx'"):
         export_bricks_as_onnx(tmp_path / name, collection, _inputs())
     assert list(tmp_path.iterdir()) == []
 
 
 def test_unknown_output_name_raises(tmp_path: Path) -> None:
     collection = BrickCollection(boring_bricks())  # type: ignore[arg-type]
-    with pytest.raises(BrickDefinitionError, match=r"output_names \['loss_ce'\] are not produced in stage 'export'"):
+    with pytest.raises(ConfigError, match=r"output_names \['loss_ce'\] are not produced in stage 'export'"):
         export_bricks_as_onnx(tmp_path / "model.onnx", collection, _inputs(), output_names=["logits", "loss_ce"])
     assert list(tmp_path.iterdir()) == []
 

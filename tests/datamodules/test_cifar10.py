@@ -20,7 +20,7 @@ import yaml
 from torchbricks_lightning.cli import main
 from torchbricks_lightning.datamodules import CIFAR10_MEAN, CIFAR10_STD, CIFAR10DataModule
 from torchbricks_lightning.datamodules.cifar10 import DatasetNotAvailableError
-from torchbricks_lightning.errors import BrickDefinitionError
+from torchbricks_lightning.errors import ConfigError
 
 TRAIN_FILES = [f"data_batch_{index}" for index in range(1, 6)]
 PER_FILE = 8
@@ -224,9 +224,9 @@ def test_missing_file_is_not_available(cifar: tuple[Path, dict]) -> None:
 
 def test_val_size_too_large_raises(cifar: tuple[Path, dict]) -> None:
     root, _ = cifar
-    with pytest.raises(BrickDefinitionError, match=r"val_size=40 .*40"):
+    with pytest.raises(ConfigError, match=r"val_size=40 .*40"):
         _datamodule(root, val_size=N_TRAIN).setup("fit")
-    with pytest.raises(BrickDefinitionError, match="val_size"):
+    with pytest.raises(ConfigError, match="val_size"):
         _datamodule(root, val_size=-1)
     train, val = _split_indices(_datamodule(root, val_size=N_TRAIN - 1))
     assert (len(train), len(val)) == (1, N_TRAIN - 1)

@@ -10,7 +10,7 @@ import torch
 from torchbricks_lightning.datamodules import DigitsDataModule, SyntheticImageDataModule
 from torchbricks_lightning.datamodules.digits import load_digits_tensors
 from torchbricks_lightning.datamodules.synthetic import make_images
-from torchbricks_lightning.errors import BrickDefinitionError
+from torchbricks_lightning.errors import ConfigError
 
 N_DIGITS = 1797
 SPLITS = ("train", "val", "test")
@@ -109,7 +109,7 @@ def test_digits_test_loader_matches_the_split_in_order() -> None:
     ("val_fraction", "test_fraction"), [(-0.1, 0.2), (0.15, 0.0), (0.15, 1.0), (1.0, 0.2), (0.5, 0.5), (0.6, 0.5)]
 )
 def test_digits_invalid_fractions_raise(val_fraction: float, test_fraction: float) -> None:
-    with pytest.raises(BrickDefinitionError, match="val_fraction and test_fraction"):
+    with pytest.raises(ConfigError, match="val_fraction and test_fraction"):
         DigitsDataModule(val_fraction=val_fraction, test_fraction=test_fraction)
 
 
@@ -174,5 +174,5 @@ def test_synthetic_num_classes_bounds_accepted(num_classes: int) -> None:
 
 @pytest.mark.parametrize("num_classes", [0, -1, 13])
 def test_synthetic_num_classes_out_of_bounds_raise(num_classes: int) -> None:
-    with pytest.raises(BrickDefinitionError, match=rf"num_classes in \[1, 12\], but got {num_classes}"):
+    with pytest.raises(ConfigError, match=rf"num_classes in \[1, 12\], but got {num_classes}"):
         SyntheticImageDataModule(num_classes=num_classes)

@@ -26,7 +26,7 @@ from torchbricks_lightning import (
     Stage,
 )
 from torchbricks_lightning.datamodules.synthetic import SyntheticImageDataModule
-from torchbricks_lightning.errors import BrickDefinitionError, MissingInputError
+from torchbricks_lightning.errors import BrickDefinitionError, ConfigError, MissingInputError
 from torchbricks_lightning.lightning import (
     CheckpointError,
     LightningBrickCollection,
@@ -297,7 +297,7 @@ def test_lr_scheduler_interval(tmp_path: Path, interval: str, max_epochs: int, e
 
 
 def test_invalid_lr_scheduler_interval_raises() -> None:
-    with pytest.raises(BrickDefinitionError, match="lr_scheduler_interval"):
+    with pytest.raises(ConfigError, match="lr_scheduler_interval"):
         LightningBrickCollection(linear_bricks(), lr_scheduler_interval="batch")  # type: ignore[arg-type]
 
 
@@ -387,7 +387,7 @@ def test_batch_with_more_items_than_names_raises(tmp_path: Path) -> None:
     features, targets = make_data()
     loader = DataLoader(TensorDataset(features, targets, targets.clone()), batch_size=BATCH_SIZE)
     module = LightningBrickCollection(linear_bricks())
-    with pytest.raises(BrickDefinitionError) as info:
+    with pytest.raises(ConfigError) as info:
         make_trainer(tmp_path).fit(module, loader)
     message = str(info.value)
     assert "3 items" in message
@@ -448,7 +448,7 @@ def test_loss_weights_override_the_logged_total(
 
 
 def test_unknown_loss_weight_names_raise_at_construction() -> None:
-    with pytest.raises(BrickDefinitionError) as info:
+    with pytest.raises(ConfigError) as info:
         LightningBrickCollection(two_loss_bricks(), loss_weights={"ce": 1.0, "cross_entropy": 2.0})
     message = str(info.value)
     assert "'cross_entropy'" in message
@@ -460,7 +460,7 @@ def test_training_without_a_loss_raises_clearly(tmp_path: Path) -> None:
     bricks = linear_bricks()
     bricks["loss"].alive_stages = ["validation", "test"]
     module = LightningBrickCollection(bricks)
-    with pytest.raises(BrickDefinitionError) as info:
+    with pytest.raises(ConfigError) as info:
         make_trainer(tmp_path).fit(module, make_loader())
     message = str(info.value)
     assert "No loss is alive in the 'train' stage" in message
@@ -752,7 +752,7 @@ def test_example_inputs_keep_integer_dtypes(tmp_path: Path) -> None:
         "loss": BrickLoss(nn.CrossEntropyLoss(), input_names=["logits", "targets"], output_names=["ce"]),
     }
     module = LightningBrickCollection(bricks, batch_names=["tokens", "targets"])
-    with pytest.raises(BrickDefinitionError, match="No example inputs"):
+    with pytest.raises(ConfigError, match="No example inputs"):
         module.example_named_inputs()
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, 10, (32, 7), generator=generator)

@@ -54,6 +54,7 @@ from torchbricks_lightning.cli import main
 from torchbricks_lightning.errors import (
     BrickDefinitionError,
     BrickOutputError,
+    ConfigError,
     CycleError,
     DuplicateOutputError,
     ExportError,
@@ -473,7 +474,7 @@ CORE_CASES = [
     Case(
         "core-loss-output-name-is-not-an-output",
         lambda work: BrickLoss(nn.L1Loss(), ["logits", "targets"], ["l1"], loss_output_names=["l2"]),
-        BrickDefinitionError,
+        ConfigError,
         ("loss_output_names ['l2']", "BrickLoss", "output_names ['l1']"),
     ),
     Case(
@@ -707,7 +708,7 @@ LIGHTNING_CASES = [
             tiny_bricks(),
             loader(torch.randn(16, N_FEATURES), torch.zeros(16, dtype=torch.long), torch.ones(16)),
         ),
-        BrickDefinitionError,
+        ConfigError,
         ("train batch has 3 items", "['raw', 'targets']", "Pass batch_names with one name per item"),
     ),
     Case(
@@ -785,13 +786,13 @@ LIGHTNING_CASES = [
         lambda work: fit(
             work, tiny(loss=BrickLoss(nn.CrossEntropyLoss(), ["logits", "targets"], ["ce"], alive_stages=["test"]))
         ),
-        BrickDefinitionError,
+        ConfigError,
         ("No loss is alive in the 'train' stage", "Add a BrickLoss alive in 'train'"),
     ),
     Case(
         "lightning-loss-weight-for-an-unknown-loss",
         lambda work: LightningBrickCollection(tiny_bricks(), loss_weights={"cross_entropy": 2.0}),
-        BrickDefinitionError,
+        ConfigError,
         ("loss_weights", "unknown losses ['cross_entropy']", "losses are ['ce']"),
     ),
 ]
@@ -1026,13 +1027,13 @@ EXPORT_CASES = [
     Case(
         "export-to-a-path-that-is-not-onnx",
         lambda work: export_bricks_as_onnx(work / "model.onx", BrickCollection(tiny_bricks()), named_inputs()),
-        BrickDefinitionError,
+        ConfigError,
         ("path_onnx", "end with '.onnx'", "model.onx"),
     ),
     Case(
         "export-an-output-the-stage-does-not-produce",
         lambda work: export(work, BrickCollection(tiny_bricks()), named_inputs(), output_names=["logits", "ce"]),
-        BrickDefinitionError,
+        ConfigError,
         ("output_names ['ce'] are not produced in stage 'export'", "it produces ['features', 'logits'"),
     ),
     Case(

@@ -7,7 +7,7 @@ from torch import nn
 
 from torchbricks_lightning.core.bricks import BrickTrainable
 from torchbricks_lightning.core.stages import AliveStages
-from torchbricks_lightning.errors import BrickDefinitionError, did_you_mean
+from torchbricks_lightning.errors import BrickDefinitionError, ConfigError, did_you_mean
 
 __all__ = ["BackboneResnet", "SmallConvNet", "TorchvisionBackbone", "resnet_to_brick"]
 
@@ -120,7 +120,7 @@ class TorchvisionBackbone(nn.Module):
             model = torchvision.models.get_model(name, weights=weights, **kwargs)
         except ValueError as err:
             available = torchvision.models.list_models(module=torchvision.models)
-            raise BrickDefinitionError(
+            raise ConfigError(
                 f"Unknown torchvision classification model {name!r}.{did_you_mean(name, available)} "
                 f"Available: {', '.join(available[:12])}, ..."
             ) from err
@@ -163,7 +163,7 @@ class SmallConvNet(nn.Module):
     def __init__(self, in_channels: int = 3, widths: tuple[int, ...] | list[int] = (32, 64, 128)) -> None:
         super().__init__()
         if not widths or any(width < 1 for width in widths):
-            raise BrickDefinitionError(f"Expected widths to be positive channel counts, but got {widths!r}.")
+            raise ConfigError(f"Expected widths to be positive channel counts, but got {widths!r}.")
         layers: list[nn.Module] = []
         channels = in_channels
         for index, width in enumerate(widths):

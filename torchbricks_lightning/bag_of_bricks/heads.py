@@ -8,7 +8,7 @@ from torch import nn
 from torchbricks_lightning.bag_of_bricks.metrics import ConfusionMatrixMetrics
 from torchbricks_lightning.core.bricks import BrickInterface, BrickLoss, BrickMetricSingle, BrickTrainable
 from torchbricks_lightning.core.collection import BrickCollection
-from torchbricks_lightning.errors import BrickDefinitionError
+from torchbricks_lightning.errors import ConfigError
 
 __all__ = ["ClassificationHead", "ImageClassifier", "create_image_classification_head"]
 
@@ -33,7 +33,7 @@ class ImageClassifier(nn.Module):
     def __init__(self, num_classes: int, n_features: int, use_average_pooling: bool = True) -> None:
         super().__init__()
         if num_classes < 1 or n_features < 1:
-            raise BrickDefinitionError(
+            raise ConfigError(
                 f"Expected num_classes and n_features to be positive, but got {num_classes} and {n_features}."
             )
         self.use_average_pooling = use_average_pooling

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import torch
 from torchmetrics import Metric
 
-from torchbricks_lightning.errors import BrickDefinitionError
+from torchbricks_lightning.errors import ConfigError
 
 __all__ = ["ConfusionMatrixMetrics"]
 
@@ -65,18 +65,16 @@ class ConfusionMatrixMetrics(Metric):
     ) -> None:
         super().__init__(**kwargs)
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise BrickDefinitionError(f"Expected argument `num_classes` to be an int >= 2, but got {num_classes!r}.")
+            raise ConfigError(f"Expected argument `num_classes` to be an int >= 2, but got {num_classes!r}.")
         if isinstance(values, str):
             values = (values,)
         unknown = [value for value in values if value not in _VALUES]
         if unknown or not values or len(set(values)) != len(values):
-            raise BrickDefinitionError(
+            raise ConfigError(
                 f"Expected argument `values` to be distinct names from {list(_VALUES)}, but got {list(values)}."
             )
         if average not in _AVERAGES:
-            raise BrickDefinitionError(
-                f"Expected argument `average` to be one of {list(_AVERAGES)}, but got {average!r}."
-            )
+            raise ConfigError(f"Expected argument `average` to be one of {list(_AVERAGES)}, but got {average!r}.")
         self.num_classes = num_classes
         self.value_names: tuple[str, ...] = tuple(values)
         self.average = average
@@ -118,13 +116,13 @@ class ConfusionMatrixMetrics(Metric):
         # Targets need no check of their own: one out of range makes the bincount fail or grow, which is caught.
         where = type(self).__name__
         if preds.shape != targets.shape:
-            raise ValueError(
+            raise ConfigError(
                 f"{where} expected `preds` of shape (N, ...) or (N, C, ...) and `targets` of shape (N, ...), "
                 f"but got preds {tuple(preds.shape)} and targets {tuple(targets.shape)}."
             )
         for name, tensor in (("preds", preds), ("targets", targets)):
             if tensor.is_floating_point() or tensor.is_complex():
-                raise ValueError(f"{where} expected integer class indices in `{name}`, but got {tensor.dtype}.")
+                raise ConfigError(f"{where} expected integer class indices in `{name}`, but got {tensor.dtype}.")
         self._check_range("preds", preds)
 
     def _check_range(self, name: str, tensor: torch.Tensor) -> None:
@@ -132,7 +130,7 @@ class ConfusionMatrixMetrics(Metric):
             return
         low, high = (int(value) for value in torch.aminmax(tensor))
         if low < 0 or high >= self.num_classes:
-            raise ValueError(
+            raise ConfigError(
                 f"{type(self).__name__} expected `{name}` in [0, {self.num_classes}), but got values from {low} to "
                 f"{high}. Check num_classes, or map ignored labels out before the metric."
             )

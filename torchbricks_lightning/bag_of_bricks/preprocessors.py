@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from torchbricks_lightning.errors import BrickDefinitionError
+from torchbricks_lightning.errors import ConfigError
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Preprocessor"]
 
@@ -34,9 +34,9 @@ class Preprocessor(nn.Module):
     def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
         super().__init__()
         if len(mean) != len(std):
-            raise BrickDefinitionError(f"Expected mean and std of equal length, but got {len(mean)} and {len(std)}.")
+            raise ConfigError(f"Expected mean and std of equal length, but got {len(mean)} and {len(std)}.")
         if any(value <= 0 for value in std):
-            raise BrickDefinitionError(f"Expected every std to be positive, but got {list(std)}.")
+            raise ConfigError(f"Expected every std to be positive, but got {list(std)}.")
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
 

@@ -11,7 +11,7 @@ from typing_extensions import override
 
 from torchbricks_lightning.core.onnx_export import OnnxExportResult, export_bricks_as_onnx
 from torchbricks_lightning.core.stages import Stage, StageLike, parse_stage
-from torchbricks_lightning.errors import BrickDefinitionError
+from torchbricks_lightning.errors import BrickDefinitionError, ConfigError
 from torchbricks_lightning.lightning.module import LightningBrickCollection
 
 __all__ = ["OnnxExportCallback"]
@@ -46,7 +46,7 @@ class OnnxExportCallback(pl.Callback):
         stage: StageLike = Stage.EXPORT,
     ) -> None:
         if not filename.endswith(".onnx"):
-            raise BrickDefinitionError(f"Expected filename to end with '.onnx', but got {filename!r}.")
+            raise ConfigError(f"Expected filename to end with '.onnx', but got {filename!r}.")
         self.filename = filename
         self.dirpath = dirpath
         self.on_best = on_best

@@ -13,7 +13,7 @@ from torch import nn
 from torchmetrics import Metric, MetricCollection
 
 from torchbricks_lightning.core.stages import ALL_STAGES, AliveStages, Stage, StageLike, parse_alive_stages, parse_stage
-from torchbricks_lightning.errors import BrickDefinitionError, BrickOutputError, InvalidNameError
+from torchbricks_lightning.errors import BrickDefinitionError, BrickOutputError, ConfigError, InvalidNameError
 
 __all__ = [
     "ALL_INPUTS",
@@ -125,7 +125,7 @@ def _declared_value_names(metric: Metric, name: str, where: str) -> tuple[str, .
         return None
     values = (declared,) if isinstance(declared, str) else tuple(declared)
     if not values or not all(isinstance(value, str) and value and "/" not in value for value in values):
-        raise BrickDefinitionError(
+        raise ConfigError(
             f"Metric {name!r} of {where} declares value_names {declared!r}; expected a non-empty list of names "
             "without '/'."
         )
@@ -284,7 +284,7 @@ class BrickModule(BrickInterface):
             self._loss_output_names = _normalize_output_names(loss_output_names, where=where)
             unknown = [name for name in self._loss_output_names if name not in self._output_names]
             if unknown:
-                raise BrickDefinitionError(
+                raise ConfigError(
                     f"loss_output_names {unknown} of {where} are not among its output_names {self._output_names}."
                 )
         if not self.trainable:
@@ -476,7 +476,7 @@ class BrickMetrics(BrickInterface):
         ]
         clashes = sorted({name for name in self._report_names if self._report_names.count(name) > 1})
         if clashes:
-            raise BrickDefinitionError(
+            raise ConfigError(
                 f"The metrics of {where} report {clashes} more than once. Give the metrics distinct names, or put "
                 "them in separate metric bricks."
             )
@@ -530,7 +530,7 @@ class BrickMetrics(BrickInterface):
         parsed = parse_stage(stage, where=type(self).__name__)
         key = _stage_key(parsed)
         if key not in self.metrics_per_stage:
-            raise BrickDefinitionError(
+            raise ConfigError(
                 f"{type(self).__name__} keeps no metrics for stage {parsed.value!r}: it is alive in "
                 f"{[s.value for s in self._alive_stages]}."
             )

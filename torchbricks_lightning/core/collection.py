@@ -21,6 +21,7 @@ from torchbricks_lightning.core.stages import ALL_STAGES, Stage, StageLike, pars
 from torchbricks_lightning.errors import (
     BrickDefinitionError,
     BrickGraphError,
+    ConfigError,
     DuplicateOutputError,
     InvalidNameError,
     TorchBricksError,
@@ -301,7 +302,7 @@ class BrickCollection(nn.ModuleDict):
         if loss_weights:
             unknown = [name for name in loss_weights if name not in weights]
             if unknown:
-                raise BrickGraphError(f"loss_weights names unknown losses {unknown}; the losses are {list(weights)}.")
+                raise ConfigError(f"loss_weights names unknown losses {unknown}; the losses are {list(weights)}.")
             weights = {**weights, **loss_weights}
         terms = [
             named_outputs[name] if weights[name] == 1.0 else weights[name] * named_outputs[name]

@@ -17,7 +17,7 @@ from torch import nn
 
 from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.core.stages import Stage, StageLike, parse_stage
-from torchbricks_lightning.errors import BrickDefinitionError, ExportError, TorchBricksError
+from torchbricks_lightning.errors import BrickDefinitionError, ConfigError, ExportError, TorchBricksError
 
 __all__ = ["OnnxExportResult", "export_bricks_as_onnx"]
 
@@ -130,7 +130,7 @@ def export_bricks_as_onnx(
     parsed_stage = parse_stage(stage, where="export_bricks_as_onnx")
     path = Path(path_onnx)
     if path.suffix != ".onnx":
-        raise BrickDefinitionError(f"Expected path_onnx to end with '.onnx', but got {str(path)!r}.")
+        raise ConfigError(f"Expected path_onnx to end with '.onnx', but got {str(path)!r}.")
     input_names = brick_collection.input_names(parsed_stage)
     if not isinstance(named_inputs, Mapping):
         raise BrickDefinitionError(
@@ -154,7 +154,7 @@ def export_bricks_as_onnx(
             chosen = list(output_names)
             unknown = [name for name in chosen if name not in produced]
             if unknown:
-                raise BrickDefinitionError(
+                raise ConfigError(
                     f"output_names {unknown} are not produced in stage {parsed_stage.value!r}; it produces {produced}."
                 )
         if not chosen:

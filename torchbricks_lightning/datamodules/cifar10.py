@@ -14,16 +14,12 @@ from torchvision import transforms
 from torchvision.datasets import CIFAR10
 
 from torchbricks_lightning.datamodules.loading import EvaluationSampler, ResumableDataLoader
-from torchbricks_lightning.errors import BrickDefinitionError, TorchBricksError
+from torchbricks_lightning.errors import ConfigError, DatasetNotAvailableError
 
 __all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "CIFAR10DataModule", "DatasetNotAvailableError"]
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-
-
-class DatasetNotAvailableError(TorchBricksError, RuntimeError):
-    """A dataset is neither on disk nor downloadable."""
 
 
 class _CIFAR10(CIFAR10):
@@ -86,7 +82,7 @@ class CIFAR10DataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         if val_size < 0:
-            raise BrickDefinitionError(f"Expected val_size >= 0, but got {val_size}.")
+            raise ConfigError(f"Expected val_size >= 0, but got {val_size}.")
         self.data_dir = data_dir
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -138,7 +134,7 @@ class CIFAR10DataModule(pl.LightningDataModule):
             train_augmented = self._dataset(train=True, transform=self.train_transform)
             train_plain = self._dataset(train=True, transform=self.eval_transform)
             if self.val_size >= len(train_augmented):
-                raise BrickDefinitionError(
+                raise ConfigError(
                     f"val_size={self.val_size} leaves no training images (the training set has {len(train_augmented)})."
                 )
             order = torch.randperm(len(train_augmented), generator=torch.Generator().manual_seed(self.seed)).tolist()

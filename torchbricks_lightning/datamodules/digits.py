@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from torchbricks_lightning.datamodules.loading import EvaluationSampler, ResumableDataLoader
-from torchbricks_lightning.errors import BrickDefinitionError
+from torchbricks_lightning.errors import ConfigError
 
 __all__ = ["DigitsDataModule", "load_digits_tensors"]
 
@@ -72,7 +72,7 @@ class DigitsDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         if not (0 <= val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
-            raise BrickDefinitionError(
+            raise ConfigError(
                 f"Expected val_fraction and test_fraction in [0, 1) summing below 1, but got {val_fraction} and "
                 f"{test_fraction}."
             )

@@ -21,16 +21,12 @@ from typing import Any, NamedTuple, cast
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
 
-from torchbricks_lightning.errors import TorchBricksError
+from torchbricks_lightning.errors import BrickDefinitionError, ConfigError, LoaderStateError
 
 __all__ = ["EvaluationSampler", "LoaderStateError", "ResumableDataLoader", "ResumableSampler", "SeededIndex"]
 
 _MASK64 = (1 << 64) - 1
 _STATE_VERSION = 1
-
-
-class LoaderStateError(TorchBricksError, ValueError):
-    """A saved loader state cannot continue the current data: the data, batch size, seed or processes changed."""
 
 
 def _mix_seed(*values: int) -> int:
@@ -56,13 +52,13 @@ def _process_group(num_replicas: int | None, rank: int | None) -> tuple[int, int
     world = num_replicas if num_replicas is not None else (torch.distributed.get_world_size() if distributed else 1)
     this = rank if rank is not None else (torch.distributed.get_rank() if distributed else 0)
     if world < 1 or not 0 <= this < world:
-        raise ValueError(f"Expected num_replicas >= 1 and 0 <= rank < num_replicas, but got {world} and {this}.")
+        raise ConfigError(f"Expected num_replicas >= 1 and 0 <= rank < num_replicas, but got {world} and {this}.")
     return world, this
 
 
 def _length(data_source: object) -> int:
     if not isinstance(data_source, Sized):
-        raise TypeError(
+        raise BrickDefinitionError(
             f"The samplers of torchbricks_lightning need a dataset with a length, but got "
             f"{type(data_source).__name__}. Use a map-style dataset (with __len__ and __getitem__)."
         )
@@ -155,7 +151,7 @@ class ResumableSampler(DistributedSampler[Any]):
     def start_next_pass_at(self, position: int) -> None:
         """Make the next pass skip its first ``position`` indices (once); later passes start at the beginning."""
         if position < 0:
-            raise ValueError(f"Expected a position >= 0, but got {position}.")
+            raise ConfigError(f"Expected a position >= 0, but got {position}.")
         self._start = position
 
     def __iter__(self) -> Iterator[Any]:
@@ -204,7 +200,7 @@ class EvaluationSampler(DistributedSampler[int]):
         self.num_replicas, self.rank = _process_group(*self._requested)
         n = _length(self.dataset)
         if 0 < n < self.num_replicas:
-            raise ValueError(
+            raise ConfigError(
                 f"EvaluationSampler: the dataset has {n} samples for {self.num_replicas} processes, so process "
                 f"{n} would get none and the others would wait for it when metrics are reduced. Evaluate on at "
                 "least as many samples as processes, or on fewer processes."
@@ -319,14 +315,14 @@ class ResumableDataLoader(DataLoader[Any]):
         }
         refused = sorted(name for name, value in others.items() if value is not None)
         if refused:
-            raise ValueError(
+            raise ConfigError(
                 f"ResumableDataLoader draws its own order from (seed, epoch) and cannot take {refused}. Use a plain "
                 "DataLoader for a sampler of your own."
             )
         if isinstance(dataset, _SeededSamples):  # Lightning rebuilding this loader passes the wrapped dataset back
             dataset = dataset.dataset
         if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"Expected a batch_size >= 1, but got {batch_size!r}.")
+            raise ConfigError(f"Expected a batch_size >= 1, but got {batch_size!r}.")
         self.resumable_sampler = ResumableSampler(
             cast(Sized, dataset),
             shuffle=shuffle,

@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from torchbricks_lightning.datamodules.loading import EvaluationSampler, ResumableDataLoader
-from torchbricks_lightning.errors import BrickDefinitionError
+from torchbricks_lightning.errors import ConfigError
 
 __all__ = ["SyntheticImageDataModule"]
 
@@ -61,7 +61,7 @@ class SyntheticImageDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         if not 1 <= num_classes <= 12:
-            raise BrickDefinitionError(f"Expected num_classes in [1, 12], but got {num_classes}.")
+            raise ConfigError(f"Expected num_classes in [1, 12], but got {num_classes}.")
         self.num_classes = num_classes
         self.image_size = image_size
         self.sizes = {"train": n_train, "val": n_val, "test": n_test}

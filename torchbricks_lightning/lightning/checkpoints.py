@@ -15,14 +15,17 @@ from typing import Any
 import torch
 
 from torchbricks_lightning.core.collection import BrickCollection
-from torchbricks_lightning.errors import BrickDefinitionError, TorchBricksError
+from torchbricks_lightning.errors import BrickDefinitionError, CheckpointError, UntrustedCheckpointError
 
 __all__ = [
     "TRUSTED_CLASS_PREFIXES",
     "CheckpointError",
     "UntrustedCheckpointError",
     "check_class_paths",
+    "check_state_fits",
+    "importable_paths",
     "load_brick_collection_weights",
+    "load_state_into",
     "read_checkpoint",
 ]
 
@@ -35,14 +38,6 @@ TRUSTED_CLASS_PREFIXES: tuple[str, ...] = (
 """Packages whose classes a checkpoint may ask to instantiate without the user opting in."""
 
 _BRICKS_PREFIX = "brick_collection."
-
-
-class CheckpointError(TorchBricksError, ValueError):
-    """A checkpoint cannot be read, or does not fit the model it is loaded into."""
-
-
-class UntrustedCheckpointError(CheckpointError):
-    """A checkpoint asks to instantiate a class outside the trusted packages, or holds arbitrary code."""
 
 
 def read_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
@@ -105,7 +100,7 @@ def _unreadable(path: Path, err: BaseException) -> str:
 _DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
 
 
-def _importable_paths(config: Any, where: str = "") -> Iterator[tuple[str, str]]:
+def importable_paths(config: Any, where: str = "") -> Iterator[tuple[str, str]]:
     """Every value that jsonargparse could import: ``class_path`` entries and dotted names of importable modules.
 
     Callable arguments (an optimizer factory, say) are stored as plain dotted strings such as
@@ -116,10 +111,10 @@ def _importable_paths(config: Any, where: str = "") -> Iterator[tuple[str, str]]
             here = f"{where}.{key}" if where else str(key)
             if key == "_instantiator":
                 continue  # Lightning checks it against its own allowlist
-            yield from _importable_paths(value, here)
+            yield from importable_paths(value, here)
     elif isinstance(config, (list, tuple)):
         for index, value in enumerate(config):
-            yield from _importable_paths(value, f"{where}[{index}]")
+            yield from importable_paths(value, f"{where}[{index}]")
     elif isinstance(config, str) and where.endswith("class_path"):
         yield where, config
     elif isinstance(config, str) and _DOTTED.match(config):
@@ -147,7 +142,7 @@ def check_class_paths(config: Any, trusted_class_prefixes: Iterable[str] = ()) -
         >>> check_class_paths({"model": {"class_path": "evil.Payload"}})
         Traceback (most recent call last):
         ...
-        torchbricks_lightning.lightning.checkpoints.UntrustedCheckpointError: ...'evil.Payload' at 'model.class_path'...
+        torchbricks_lightning.errors.UntrustedCheckpointError: ...'evil.Payload' at 'model.class_path'...
     """
     trusted = (*TRUSTED_CLASS_PREFIXES, *trusted_class_prefixes)
     instantiator = config.get("_instantiator") if isinstance(config, Mapping) else None
@@ -157,7 +152,7 @@ def check_class_paths(config: Any, trusted_class_prefixes: Iterable[str] = ()) -
             "Lightning's "
             "trusted instantiators; it was not loaded."
         )
-    for where, class_path in _importable_paths(config):
+    for where, class_path in importable_paths(config):
         if not class_path.startswith(trusted):
             raise UntrustedCheckpointError(
                 f"The checkpoint asks to instantiate {class_path!r} at {where!r}, which is not in a trusted package "
@@ -227,12 +222,17 @@ def load_brick_collection_weights(
         )
     source = str(checkpoint_path)
     state = brick_state_dict(read_checkpoint(checkpoint_path), source=source)
-    return _load_state(brick_collection, state, strict=strict, source=source)
+    return load_state_into(brick_collection, state, strict=strict, source=source)
 
 
-def _load_state(
+def load_state_into(
     brick_collection: BrickCollection, state: Mapping[str, torch.Tensor], strict: bool, source: str
 ) -> tuple[list[str], list[str]]:
+    """Load brick weights (``state``, without the ``brick_collection.`` prefix) after :func:`check_state_fits`.
+
+    Returns:
+        ``(missing, unexpected)`` names, as :func:`load_brick_collection_weights`.
+    """
     if not isinstance(brick_collection, BrickCollection):
         # LightningBrickCollection.load_from_checkpoint has turned a dict of bricks into a collection already.
         raise BrickDefinitionError(

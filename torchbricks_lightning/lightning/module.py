@@ -16,13 +16,13 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torchbricks_lightning.core.bricks import BrickInterface
 from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.core.stages import Stage
-from torchbricks_lightning.errors import BrickDefinitionError, BrickOutputError
+from torchbricks_lightning.errors import BrickDefinitionError, ConfigError, LossNotFiniteError
 from torchbricks_lightning.lightning.checkpoints import (
     CheckpointError,
-    _load_state,
     brick_state_dict,
     check_class_paths,
     check_state_fits,
+    load_state_into,
     read_checkpoint,
 )
 from torchbricks_lightning.lightning.metric_logging import render_matrix, split_metrics, warn_once
@@ -35,10 +35,6 @@ EXAMPLE_INPUTS_KEY = "torchbricks_example_inputs"
 """Checkpoint key holding the shape and dtype of each export input, so a checkpoint can be exported alone."""
 
 BrickValue = BrickInterface | BrickCollection | Mapping[str, BrickInterface | BrickCollection]
-
-
-class LossNotFiniteError(BrickOutputError):
-    """A loss is NaN or infinite."""
 
 
 def _adam(parameters: Any) -> torch.optim.Optimizer:
@@ -107,7 +103,7 @@ class LightningBrickCollection(pl.LightningModule):
         if isinstance(batch_names, str) or not all(isinstance(name, str) for name in batch_names):
             raise BrickDefinitionError(f"Expected batch_names to be a list of names, but got {batch_names!r}.")
         if lr_scheduler_interval not in ("epoch", "step"):
-            raise BrickDefinitionError(
+            raise ConfigError(
                 f"Expected lr_scheduler_interval to be 'epoch' or 'step', but got {lr_scheduler_interval!r}."
             )
         self.brick_collection = brick_collection
@@ -121,7 +117,7 @@ class LightningBrickCollection(pl.LightningModule):
             known = brick_collection.loss_weights()
             unknown = [name for name in self.loss_weights if name not in known]
             if unknown:
-                raise BrickDefinitionError(
+                raise ConfigError(
                     f"loss_weights names unknown losses {unknown}; the collection's losses are {list(known)}."
                 )
         self.check_finite_loss = check_finite_loss
@@ -149,7 +145,7 @@ class LightningBrickCollection(pl.LightningModule):
             batch = (batch,)
         if isinstance(batch, (tuple, list)):
             if len(batch) > len(self.batch_names):
-                raise BrickDefinitionError(
+                raise ConfigError(
                     f"A {stage.value} batch has {len(batch)} items, but batch_names names {len(self.batch_names)}: "
                     f"{list(self.batch_names)}. Pass batch_names with one name per item, or return a dict batch."
                 )
@@ -193,7 +189,7 @@ class LightningBrickCollection(pl.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         named_outputs, total = self._shared_step(batch, Stage.TRAIN)
         if total is None:
-            raise BrickDefinitionError(
+            raise ConfigError(
                 "No loss is alive in the 'train' stage, so there is nothing to optimise. Add a BrickLoss alive in "
                 f"'train' (the collection produces {self.brick_collection.output_names(Stage.TRAIN)})."
             )
@@ -358,7 +354,7 @@ class LightningBrickCollection(pl.LightningModule):
             if isinstance(bricks, Mapping) and not isinstance(bricks, BrickCollection):
                 bricks = BrickCollection(bricks)
             kwargs["brick_collection"] = bricks
-            _load_state(
+            load_state_into(
                 bricks,
                 brick_state_dict(checkpoint, source=str(checkpoint_path)),
                 strict=strict is not False,
@@ -375,7 +371,7 @@ class LightningBrickCollection(pl.LightningModule):
     def example_named_inputs(self, batch_size: int = 2) -> dict[str, torch.Tensor]:
         """Random inputs shaped like the export inputs seen in training (recorded in checkpoints)."""
         if not self.example_inputs:
-            raise BrickDefinitionError(
+            raise ConfigError(
                 "No example inputs are known: the module has not seen a batch and its checkpoint holds none. "
                 "Pass named_inputs explicitly."
             )

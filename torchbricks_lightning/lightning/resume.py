@@ -37,7 +37,7 @@ from torchmetrics import Metric
 from torchbricks_lightning.core.bricks import BrickMetrics
 from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.core.stages import Stage
-from torchbricks_lightning.lightning.checkpoints import CheckpointError
+from torchbricks_lightning.errors import ResumeStateError
 
 __all__ = [
     "RESUME_STATE_KEY",
@@ -57,10 +57,6 @@ RESUME_STATE_KEY = "torchbricks_resume"
 _VERSION = 1
 MetricStates = dict[str, dict[str, dict[str, Any]]]
 """``{brick path: {metric name: {"update_count": int, "state": {state name: tensor or list of tensors}}}}``."""
-
-
-class ResumeStateError(CheckpointError):
-    """A checkpoint's resume state does not fit the bricks or the processes of the resumed run."""
 
 
 # ------------------------------------------------------------------------------------------------ processes
