@@ -7,17 +7,14 @@ ONNX file.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import inspect
-import random
 import re
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 from jsonargparse import ArgumentParser, Namespace
@@ -31,6 +28,7 @@ from torchbricks_lightning.errors import RecipeError, TorchBricksError, did_you_
 from torchbricks_lightning.lightning.checkpoints import importable_paths, read_checkpoint
 from torchbricks_lightning.lightning.export import export_checkpoint_as_onnx
 from torchbricks_lightning.lightning.module import LightningBrickCollection
+from torchbricks_lightning.random_state import preserved_random_state
 
 __all__ = ["RecipeError", "TorchBricksCLI", "main"]
 
@@ -101,7 +99,7 @@ class TorchBricksCLI(LightningCLI):
         datamodule = self.datamodule
         if not isinstance(model, LightningBrickCollection) or datamodule is None:
             return
-        with _random_state_kept():
+        with preserved_random_state():
             datamodule.prepare_data()
             datamodule.setup("fit")
             batch = next(iter(datamodule.train_dataloader()))
@@ -112,18 +110,6 @@ class TorchBricksCLI(LightningCLI):
             small = _first_samples(named_inputs)
             for stage in (Stage.VALIDATION, Stage.TRAIN):
                 _run_once(model.brick_collection, small, stage)
-
-
-@contextlib.contextmanager
-def _random_state_kept() -> Iterator[None]:
-    """Restore the random generators of torch (CPU), Python and NumPy on exit."""
-    states = (torch.get_rng_state(), random.getstate(), np.random.get_state())
-    try:
-        yield
-    finally:
-        torch.set_rng_state(states[0])
-        random.setstate(states[1])
-        np.random.set_state(states[2])
 
 
 def _first_samples(named_inputs: Mapping[str, Any], n: int = 2) -> dict[str, Any]:

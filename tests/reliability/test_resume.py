@@ -36,10 +36,9 @@ from torchbricks_lightning.lightning.resume import (
     RESUME_STATE_KEY,
     ResumeStateError,
     collect_metric_states,
-    collect_rng_states,
     restore_metric_states,
-    restore_rng_states,
 )
+from torchbricks_lightning.random_state import capture_random_state, restore_random_state
 
 JOB = Path(__file__).with_name("resume_job.py")
 KILL_AT_STEP = 30  # epoch 1 (19 batches per epoch), 2 batches after the checkpoint of step 28
@@ -350,9 +349,9 @@ def test_metric_states_round_trip_and_refuse_other_bricks() -> None:
 def test_rng_states_round_trip() -> None:
     import numpy
 
-    saved = collect_rng_states()
+    saved = capture_random_state()
     draws = (torch.rand(3), random.random(), numpy.random.rand())  # noqa: S311 - the global generators, on purpose
-    restore_rng_states(saved)
+    restore_random_state(saved)
     again = (torch.rand(3), random.random(), numpy.random.rand())  # noqa: S311
     assert torch.equal(draws[0], again[0])
     assert draws[1:] == again[1:]

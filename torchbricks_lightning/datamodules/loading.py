@@ -13,15 +13,14 @@ them instead of putting its own in their place, and they shard by the process gr
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator, Sized
-from contextlib import contextmanager
 from typing import Any, NamedTuple, cast
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
 
 from torchbricks_lightning.errors import BrickDefinitionError, ConfigError, LoaderStateError
+from torchbricks_lightning.random_state import seeded
 
 __all__ = ["EvaluationSampler", "LoaderStateError", "ResumableDataLoader", "ResumableSampler", "SeededIndex"]
 
@@ -227,22 +226,8 @@ class _SeededSamples(Dataset[Any]):
         return _length(self.dataset)
 
     def __getitem__(self, key: SeededIndex) -> Any:
-        with _seeded(key.seed):
+        with seeded(key.seed):
             return self.dataset[key.item]
-
-
-@contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    """Seed torch's CPU generator and Python's ``random`` inside the block; restore both afterwards."""
-    torch_state = torch.get_rng_state()
-    python_state = random.getstate()
-    torch.manual_seed(seed)
-    random.seed(seed)
-    try:
-        yield
-    finally:
-        torch.set_rng_state(torch_state)
-        random.setstate(python_state)
 
 
 class ResumableDataLoader(DataLoader[Any]):

@@ -23,7 +23,6 @@ validation and test metrics start empty after a resume.
 
 from __future__ import annotations
 
-import random
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -38,16 +37,15 @@ from torchbricks_lightning.core.bricks import BrickMetrics
 from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.core.stages import Stage
 from torchbricks_lightning.errors import ResumeStateError
+from torchbricks_lightning.random_state import capture_random_state, restore_random_state
 
 __all__ = [
     "RESUME_STATE_KEY",
     "ResumableEpochLogs",
     "ResumeStateError",
     "collect_metric_states",
-    "collect_rng_states",
     "load_resume_state",
     "restore_metric_states",
-    "restore_rng_states",
     "save_resume_state",
 ]
 
@@ -225,54 +223,6 @@ def _load_metric(metric: Metric, saved: Mapping[str, Any], where: str) -> None:
     metric._update_count = int(saved["update_count"])
 
 
-# ------------------------------------------------------------------------------------------------ random numbers
-def collect_rng_states() -> dict[str, Any]:
-    """The states of torch's CPU (and initialised CUDA) generators, Python's ``random`` and NumPy's global one.
-
-    The values are tensors, numbers and tuples, so the checkpoint still loads with ``weights_only=True``.
-    """
-    states: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    try:
-        import numpy
-    except ModuleNotFoundError:  # pragma: no cover - numpy comes with torch's usual installs
-        return states
-    numpy_state = numpy.random.get_state(legacy=False)
-    states["numpy"] = {
-        "bit_generator": str(numpy_state["bit_generator"]),
-        "key": torch.from_numpy(numpy_state["state"]["key"].astype("int64")),
-        "pos": int(numpy_state["state"]["pos"]),
-        "has_gauss": int(numpy_state["has_gauss"]),
-        "gauss": float(numpy_state["gauss"]),
-    }
-    return states
-
-
-def restore_rng_states(states: Mapping[str, Any]) -> None:
-    """Set the generators to states from :func:`collect_rng_states` (those it holds; CUDA only if in use)."""
-    if "torch" in states:
-        torch.set_rng_state(states["torch"].cpu())
-    if "python" in states:
-        version, internal, gauss = states["python"]
-        random.setstate((version, tuple(internal), gauss))
-    cuda = states.get("cuda")
-    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all([state.cpu() for state in cuda])
-    saved_numpy = states.get("numpy")
-    if saved_numpy is not None:
-        import numpy
-
-        numpy.random.set_state(
-            {
-                "bit_generator": saved_numpy["bit_generator"],
-                "state": {"key": saved_numpy["key"].numpy().astype("uint32"), "pos": saved_numpy["pos"]},
-                "has_gauss": saved_numpy["has_gauss"],
-                "gauss": saved_numpy["gauss"],
-            }
-        )
-
-
 # ------------------------------------------------------------------------------------------------ the module's hooks
 def save_resume_state(module: pl.LightningModule, collection: BrickCollection, checkpoint: dict[str, Any]) -> None:
     """Write what a resume needs into ``checkpoint`` (call from ``on_save_checkpoint``, in every process).
@@ -294,7 +244,7 @@ def save_resume_state(module: pl.LightningModule, collection: BrickCollection, c
     mid_epoch = _mid_epoch(trainer)
     local = {
         "metrics": collect_metric_states(collection, Stage.TRAIN) if mid_epoch else None,
-        "rng": collect_rng_states(),
+        "rng": capture_random_state(),
     }
     per_rank = _gather(local)
     checkpoint[RESUME_STATE_KEY] = {
@@ -346,7 +296,7 @@ def load_resume_state(module: pl.LightningModule, collection: BrickCollection, c
         restore_metric_states(collection, metric_states[rank], Stage.TRAIN)
     rng_states = state.get("rng_states") or []
     if len(rng_states) == world:
-        restore_rng_states(rng_states[rank])
+        restore_random_state(rng_states[rank])
     else:
         warnings.warn(
             f"The checkpoint holds the random generator states of {len(rng_states)} processes and this run has "
