@@ -69,8 +69,8 @@ def _wrapper_figures(settings: Settings, mode: str, suffix: str) -> tuple[Figure
         comparison=difference_us,
         comparison_kind="difference",
         comparison_unit="us/call",
-        notes="informational: BrickTrainable(Identity)(x) vs Identity()(x), the brick's own nn.Module call; "
-        "the generated stage function skips it when no hook is registered (it then calls the wrapped module)",
+        notes="informational: BrickTrainable(Identity)(x) vs Identity()(x), the brick's own nn.Module call, "
+        "which the generated stage function makes for every brick (so hooks and brick.compile() apply)",
         extra={"repeats": samples.repeats, "inner_iterations": samples.inner_iterations},
     )
     return figure, {"samples": samples}

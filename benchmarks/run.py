@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import build, dispatch, lightning_parity, metrics, onnx_export
 from benchmarks import compile as compile_benchmark
-from benchmarks import dispatch, lightning_parity, metrics, onnx_export
 from benchmarks.common import BenchmarkResult, Figure, Settings, environment, pin_threads
 from benchmarks.report import build_report, write_report
 
@@ -30,6 +30,7 @@ __all__ = ["BENCHMARKS", "main", "run_benchmarks"]
 
 BENCHMARKS: dict[str, Callable[[Settings], BenchmarkResult]] = {
     "dispatch": dispatch.run,
+    "build": build.run,
     "metrics": metrics.run,
     "lightning_parity": lightning_parity.run,
     "onnx": onnx_export.run,

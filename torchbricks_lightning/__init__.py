@@ -10,15 +10,15 @@ The top level holds the core API (it never imports Lightning):
 from torchbricks_lightning.core.bricks import (
     BrickInterface,
     BrickLoss,
-    BrickMetrics,
-    BrickMetricSingle,
     BrickModule,
     BrickNotTrainable,
+    BrickSpec,
     BrickTrainable,
 )
 from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.core.graph import BrickNode, StagePlan
 from torchbricks_lightning.core.mermaid import create_mermaid_dag_graph
+from torchbricks_lightning.core.metric_bricks import BrickMetrics, BrickMetricSingle
 from torchbricks_lightning.core.onnx_export import OnnxExportResult, export_bricks_as_onnx
 from torchbricks_lightning.core.stages import Stage
 from torchbricks_lightning.errors import TorchBricksError
@@ -34,6 +34,7 @@ __all__ = [
     "BrickModule",
     "BrickNode",
     "BrickNotTrainable",
+    "BrickSpec",
     "BrickTrainable",
     "OnnxExportResult",
     "Stage",

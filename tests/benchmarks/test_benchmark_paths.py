@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # the benchmarks package lives at the repository root, beside the library
     sys.path.insert(0, str(ROOT))
 
+from benchmarks import build, dispatch, lightning_parity, metrics, models, onnx_export  # noqa: E402
 from benchmarks import compile as compile_benchmark  # noqa: E402
-from benchmarks import dispatch, lightning_parity, metrics, models, onnx_export  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     BenchmarkResult,
     Figure,
@@ -32,7 +32,7 @@ from benchmarks.common import (  # noqa: E402
 )
 from benchmarks.report import TABLE_HEADER, build_report, markdown, write_report  # noqa: E402
 from benchmarks.run import BENCHMARKS, main  # noqa: E402
-from torchbricks_lightning import Stage  # noqa: E402
+from torchbricks_lightning import BrickCollection, Stage  # noqa: E402
 
 QUICK = Settings.fast()
 FIGURE_KEYS = {
@@ -127,6 +127,18 @@ def test_dispatch_quick() -> None:
             assert f"dispatch chain{n} ({mode}): extra time per brick" in names
         assert f"dispatch small_cnn ({mode}): time ratio" in names
         assert f"dispatch resnet18 ({mode}): time ratio" in names
+
+
+def test_build_quick() -> None:
+    data = _check_result(build.run(QUICK), "build")
+    names = [figure["name"] for figure in data["figures"]]  # type: ignore[union-attr]
+    assert names == [f"build {shape}, {n} bricks" for shape in build.SHAPES for n in (10, 100)]
+    for shape, make in build.SHAPES.items():  # the shapes are what their names say
+        collection = BrickCollection(make(50))
+        nodes = collection.plan(Stage.INFERENCE).nodes
+        assert len(nodes) == 50, shape
+        fan_in = max(len(node.input_names) for node in nodes)
+        assert fan_in == (48 if shape == "fan-out + fan-in" else 1), shape
 
 
 def test_compile_quick() -> None:
@@ -260,4 +272,4 @@ def test_run_entry_point_writes_both_files(tmp_path: Path) -> None:
     assert report["method"]["benchmarks"] == ["metrics"]
     assert [figure["benchmark"] for figure in report["figures"]] == ["metrics"] * len(report["figures"])
     assert (tmp_path / "results.md").read_text(encoding="utf-8").startswith("# torchbricks_lightning benchmarks")
-    assert set(BENCHMARKS) == {"dispatch", "compile", "lightning_parity", "metrics", "onnx"}
+    assert set(BENCHMARKS) == {"dispatch", "build", "compile", "lightning_parity", "metrics", "onnx"}

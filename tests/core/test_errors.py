@@ -386,7 +386,7 @@ def test_output_names_as_a_dict() -> None:
         BrickTrainable(nn.Linear(2, 2), input_names=["x"], output_names={"y": "z"})  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("input_names", [[1], [None], {"not an identifier": "x"}, 5])
+@pytest.mark.parametrize("input_names", [[1], [None], {1: "x"}, {"": "x"}, 5])
 def test_malformed_input_names(input_names: Any) -> None:
     with pytest.raises(BrickDefinitionError, match=r"input_names of BrickTrainable"):
         BrickTrainable(nn.Linear(2, 2), input_names=input_names, output_names=["y"])

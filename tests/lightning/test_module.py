@@ -798,7 +798,7 @@ class StopAtBatch(pl.Callback):
 
 def accuracy_bricks() -> dict[str, Any]:
     from torchbricks_lightning.bag_of_bricks import ConfusionMatrixMetrics
-    from torchbricks_lightning.core.bricks import BrickMetricSingle
+    from torchbricks_lightning.core.metric_bricks import BrickMetricSingle
 
     bricks = linear_bricks()
     bricks["metrics"] = BrickMetricSingle(

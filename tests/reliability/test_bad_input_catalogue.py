@@ -437,9 +437,9 @@ CORE_CASES = [
     ),
     Case(
         "core-keyword-input-is-not-an-argument-name",
-        lambda work: BrickTrainable(nn.Identity(), input_names={"1st": "raw"}, output_names=["features"]),
+        lambda work: BrickTrainable(nn.Identity(), input_names={1: "raw"}, output_names=["features"]),
         BrickDefinitionError,
-        ("keys of input_names of BrickTrainable", "argument names", "'1st'"),
+        ("keys of input_names of BrickTrainable", "argument names", "1"),
     ),
     Case(
         "core-plain-module-in-a-collection",

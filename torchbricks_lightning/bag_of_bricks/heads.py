@@ -6,8 +6,9 @@ import torch
 from torch import nn
 
 from torchbricks_lightning.bag_of_bricks.metrics import ConfusionMatrixMetrics
-from torchbricks_lightning.core.bricks import BrickInterface, BrickLoss, BrickMetricSingle, BrickTrainable
+from torchbricks_lightning.core.bricks import BrickInterface, BrickLoss, BrickTrainable
 from torchbricks_lightning.core.collection import BrickCollection
+from torchbricks_lightning.core.metric_bricks import BrickMetricSingle
 from torchbricks_lightning.errors import ConfigError
 
 __all__ = ["ClassificationHead", "ImageClassifier", "create_image_classification_head"]

@@ -3,13 +3,13 @@
 from torchbricks_lightning.core.bricks import (
     BrickInterface,
     BrickLoss,
-    BrickMetrics,
-    BrickMetricSingle,
     BrickModule,
     BrickNotTrainable,
+    BrickSpec,
     BrickTrainable,
 )
 from torchbricks_lightning.core.collection import BrickCollection
+from torchbricks_lightning.core.metric_bricks import BrickMetrics, BrickMetricSingle
 from torchbricks_lightning.core.stages import Stage
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "BrickMetrics",
     "BrickModule",
     "BrickNotTrainable",
+    "BrickSpec",
     "BrickTrainable",
     "Stage",
 ]

@@ -8,16 +8,12 @@ from typing import Any, Union
 import torch
 from torch import nn
 
-from torchbricks_lightning.core.bricks import BrickInterface, BrickMetrics, _StructureVersion
+from torchbricks_lightning.core.bricks import BrickInterface
 from torchbricks_lightning.core.dispatch import CompiledStage, compile_stage
-from torchbricks_lightning.core.graph import (
-    BrickNode,
-    StagePlan,
-    check_input_names,
-    plan_stage,
-    resolve_name,
-)
+from torchbricks_lightning.core.graph import BrickNode, StagePlan, check_input_names, plan_stage, resolve_name
+from torchbricks_lightning.core.metric_bricks import BrickMetrics
 from torchbricks_lightning.core.stages import ALL_STAGES, Stage, StageLike, parse_stage
+from torchbricks_lightning.core.structure import StructureNode
 from torchbricks_lightning.errors import (
     BrickDefinitionError,
     BrickGraphError,
@@ -32,16 +28,28 @@ __all__ = ["BrickCollection", "BrickTree"]
 BrickTree = Mapping[str, Union[BrickInterface, "BrickCollection", "BrickTree"]]
 """A (nested) mapping of names to bricks, collections or further mappings."""
 
-_CACHE_ATTRIBUTES = ("_stage_cache", "_cache_version", "_nodes_cache", "_loss_weights_cache")
+_CACHES = ("_compiled", "_plans", "_nodes", "_loss_weights")
 
 
-class BrickCollection(nn.ModuleDict):
+_ATTRIBUTE_NAMES: dict[type, frozenset[str]] = {}
+
+
+def _attribute_names(cls: type) -> frozenset[str]:
+    """The attribute names of a collection class, which brick names must not shadow (looked up once per class)."""
+    names = _ATTRIBUTE_NAMES.get(cls)
+    if names is None:
+        names = _ATTRIBUTE_NAMES[cls] = frozenset(dir(cls))
+    return names
+
+
+class BrickCollection(StructureNode, nn.ModuleDict):
     """Bricks wired by their names into a DAG, and run one stage at a time.
 
     Nested dicts become nested collections; a relative name such as ``./logits`` inside ``head0`` means
     ``head0/logits``, and ``../features`` climbs one level. For each stage the collection keeps only the
     alive bricks, orders them by their names (not by dict order), checks the graph, and generates one
-    straight-line function that it reuses for every call.
+    straight-line function that it reuses for every call. Plans are rebuilt only when the bricks change
+    (a brick's names, alive stages, losses or returned metrics, or the collection's members).
 
     Args:
         bricks: a dict of bricks, collections or nested dicts of them.
@@ -63,18 +71,20 @@ class BrickCollection(nn.ModuleDict):
         >>> outputs = collection({"raw": torch.ones(3, 4)}, stage="inference")
         >>> list(outputs)
         ['raw', 'features', 'logits']
+        >>> list(collection({"raw": torch.ones(3, 4)}, stage="inference", return_inputs=False))
+        ['features', 'logits']
         >>> collection.input_names(Stage.INFERENCE), collection.output_names(Stage.INFERENCE)
         (['raw'], ['features', 'logits'])
     """
 
-    _stage_cache: dict[StageLike, CompiledStage]
-    _cache_version: int
-    _nodes_cache: tuple[BrickNode, ...] | None
-    _loss_weights_cache: dict[str, float] | None
+    _compiled: dict[StageLike, CompiledStage]
+    _plans: dict[Stage, StagePlan] | None
+    _nodes: tuple[BrickNode, ...] | None
+    _loss_weights: dict[str, float] | None
 
     def __init__(self, bricks: BrickTree | None = None) -> None:
         super().__init__()
-        self._reset_cache()
+        self._drop_plans()
         if bricks is not None:
             if not isinstance(bricks, Mapping):
                 raise BrickDefinitionError(
@@ -82,21 +92,26 @@ class BrickCollection(nn.ModuleDict):
                 )
             for name, value in bricks.items():
                 self[name] = value
-        self._stages()  # validate every stage now, not at the first call
+        self.generate_code()  # validate every stage now, not at the first call
 
-    # ----------------------------------------------------------------------------------------- building
-    def _reset_cache(self) -> None:
-        self.__dict__["_stage_cache"] = {}
-        self.__dict__["_cache_version"] = -1
-        self.__dict__["_nodes_cache"] = None
-        self.__dict__["_loss_weights_cache"] = None
+    # ----------------------------------------------------------------------------------------- structure
+    def _drop_plans(self) -> None:
+        self.__dict__["_compiled"] = {}
+        self.__dict__["_plans"] = None
+        self.__dict__["_nodes"] = None
+        self.__dict__["_loss_weights"] = None
+
+    def structure_changed(self) -> None:
+        """Drop the cached plans (rebuilt at the next use) and tell the collections holding this one."""
+        self._drop_plans()
+        super().structure_changed()
 
     @classmethod
     def _nested(cls, bricks: BrickTree) -> BrickCollection:
         """Build a nested collection without validating it as a root (its names may point outside)."""
         collection = cls.__new__(cls)
         nn.ModuleDict.__init__(collection)
-        collection._reset_cache()
+        collection._drop_plans()
         for name, value in bricks.items():
             collection[name] = value
         return collection
@@ -109,7 +124,7 @@ class BrickCollection(nn.ModuleDict):
                 f"Brick name {name!r} contains {'/' if '/' in name else '.'!r}, which separates nested names. "
                 f"Use a nested dict instead, e.g. {{{name.split('/')[0].split('.')[0]!r}: {{...}}}}, or rename it."
             )
-        if name not in self._modules and (name in dir(BrickCollection) or hasattr(self, name)):
+        if name not in self._modules and (name in _attribute_names(type(self)) or name in self.__dict__):
             raise InvalidNameError(
                 f"Brick name {name!r} clashes with the BrickCollection attribute of that name. Rename the brick."
             )
@@ -125,32 +140,52 @@ class BrickCollection(nn.ModuleDict):
                 f"Expected {name!r} to be a brick, a BrickCollection or a dict of bricks, but got "
                 f"{type(value).__name__}.{hint}"
             )
+        previous = self._modules.get(name)
         super().__setitem__(name, value)
-        _StructureVersion.bump()
+        self._member_changed(previous, value)
 
     def __delitem__(self, name: str) -> None:
+        previous = self._modules.get(name)
         super().__delitem__(name)
-        _StructureVersion.bump()
+        self._member_changed(previous, None)
 
     def clear(self) -> None:
+        previous = list(self._modules.values())
         super().clear()
-        _StructureVersion.bump()
+        for module in previous:
+            self._member_changed(module, None)
 
     def __setattr__(self, name: str, value: Any) -> None:
+        previous = self._modules.get(name) if "_modules" in self.__dict__ else None
         super().__setattr__(name, value)
-        if isinstance(value, nn.Module):
-            _StructureVersion.bump()
+        if isinstance(value, nn.Module) or previous is not None:
+            self._member_changed(previous, value if isinstance(value, nn.Module) else None)
+
+    def __delattr__(self, name: str) -> None:
+        previous = self._modules.get(name)
+        super().__delattr__(name)
+        if previous is not None:
+            self._member_changed(previous, None)
+
+    def _member_changed(self, previous: nn.Module | None, new: nn.Module | None) -> None:
+        if isinstance(previous, StructureNode) and previous is not new:
+            previous.remove_owner(self)
+        if isinstance(new, StructureNode):
+            new.add_owner(self)
+        self.structure_changed()
 
     def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
-        state = dict(state)
-        for attribute in _CACHE_ATTRIBUTES:
+        state = self._without_owners(super().__getstate__())
+        for attribute in _CACHES:
             state.pop(attribute, None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        self._reset_cache()
+        self._drop_plans()
+        for module in self._modules.values():
+            if isinstance(module, StructureNode):
+                module.add_owner(self)
 
     # ----------------------------------------------------------------------------------------- graph
     def named_bricks(self) -> Iterator[tuple[str, BrickInterface]]:
@@ -164,32 +199,21 @@ class BrickCollection(nn.ModuleDict):
 
     def brick_nodes(self) -> tuple[BrickNode, ...]:
         """The bricks as :class:`BrickNode` records, with relative names resolved to absolute ones."""
-        self._check_cache()
-        nodes = self._nodes_cache
+        nodes = self._nodes
         if nodes is None:
             nodes = tuple(_node(index, path, brick) for index, (path, brick) in enumerate(self.named_bricks()))
-            self.__dict__["_nodes_cache"] = nodes
+            self.__dict__["_nodes"] = nodes
         return nodes
 
-    def _check_cache(self) -> None:
-        if self._cache_version != _StructureVersion.value:
-            self._stage_cache.clear()
-            self.__dict__["_nodes_cache"] = None
-            self.__dict__["_loss_weights_cache"] = None
-            self.__dict__["_cache_version"] = _StructureVersion.value
-
-    def _stages(self) -> dict[StageLike, CompiledStage]:
-        """Build (once) and return the compiled plan of every stage."""
-        self._check_cache()
-        cache = self._stage_cache
-        if not cache:
+    def _stage_plans(self) -> dict[Stage, StagePlan]:
+        """The validated plan of every stage, built once (code is generated per stage at its first run)."""
+        plans = self._plans
+        if plans is None:
             self._check_metric_keys()
             nodes = self.brick_nodes()
-            modules = dict(self.named_bricks())
             plans = {stage: plan_stage(nodes, stage) for stage in ALL_STAGES}
-            for stage, plan in plans.items():
-                cache[stage] = compile_stage(plan, [modules[node.path] for node in plan.nodes])
-        return cache
+            self.__dict__["_plans"] = plans
+        return plans
 
     def _check_metric_keys(self) -> None:
         owner: dict[str, str] = {}
@@ -203,23 +227,49 @@ class BrickCollection(nn.ModuleDict):
                 owner[key] = path
 
     def _stage(self, stage: StageLike) -> CompiledStage:
-        cache = self._stages()
+        """The generated function of ``stage`` (see :meth:`generate_code`)."""
+        compiled = self._compiled
         try:
-            return cache[stage]
+            return compiled[stage]
         except (KeyError, TypeError):
-            return cache[parse_stage(stage, where="BrickCollection")]
+            pass
+        parsed = parse_stage(stage, where="BrickCollection")
+        if not compiled:
+            self.generate_code()
+        return compiled[parsed]
+
+    @torch.compiler.disable
+    def generate_code(self) -> None:
+        """Generate the function of every stage now (if the bricks changed since the last time).
+
+        The collection does this when it is built and, after its bricks change, at its next call. Call it yourself
+        after changing the bricks of a collection that ``torch.compile(..., fullgraph=True)`` will run next:
+        generating code cannot happen inside a compiled graph.
+        """
+        compiled = self._compiled
+        if compiled:
+            return
+        bricks = dict(self.named_bricks())
+        for stage, plan in self._stage_plans().items():
+            # Every stage at once, so the cache does not change between calls (torch.compile guards on it). Keyed
+            # by the Stage and by its value (they hash alike on some Python versions only).
+            compiled[stage] = compiled[stage.value] = compile_stage(plan, [bricks[node.path] for node in plan.nodes])
 
     def plan(self, stage: StageLike) -> StagePlan:
         """The :class:`StagePlan` of ``stage``: its alive bricks in execution order and its interface."""
-        return self._stage(stage).plan
+        return self._stage_plans()[parse_stage(stage, where="BrickCollection")]
+
+    def stage_source(self, stage: StageLike) -> str:
+        """The Python source generated to run ``stage`` (what a traceback through it shows)."""
+        return self._stage(stage).source
 
     def input_names(self, stage: StageLike) -> list[str]:
         """The names a caller must provide to run ``stage``."""
-        return list(self._stage(stage).plan.required_inputs)
+        return list(self.plan(stage).required_inputs)
 
     def output_names(self, stage: StageLike) -> list[str]:
         """The names the bricks alive in ``stage`` produce, in execution order."""
-        return list(self._stage(stage).plan.output_names)
+        return list(self.plan(stage).output_names)
 
     def check_input_names(self, stage: StageLike, input_names: Iterable[str]) -> None:
         """Raise :class:`MissingInputError` if ``input_names`` lacks something ``stage`` needs.
@@ -231,22 +281,23 @@ class BrickCollection(nn.ModuleDict):
                 f"Expected input_names to be a list of names, but got {type(input_names).__name__}: {input_names!r}."
                 + (f" Wrap it in a list: [{input_names!r}]." if isinstance(input_names, str) else "")
             )
-        check_input_names(self._stage(stage).plan, list(input_names))
+        check_input_names(self.plan(stage), list(input_names))
 
     # ----------------------------------------------------------------------------------------- running
-    def forward(self, named_inputs: Mapping[str, Any], stage: StageLike = Stage.INFERENCE) -> dict[str, Any]:
+    def forward(
+        self, named_inputs: Mapping[str, Any], stage: StageLike = Stage.INFERENCE, return_inputs: bool = True
+    ) -> dict[str, Any]:
         """Run the bricks alive in ``stage`` and return a new dict with the inputs and every output.
 
-        The caller's dict is never modified.
+        Args:
+            named_inputs: the named values the stage needs (more are passed through). The dict is never modified.
+            stage: the stage to run.
+            return_inputs: if False, return only what the bricks produced (as torchbricks 0.0.10 does).
         """
-        if self._cache_version != _StructureVersion.value:
-            self._check_cache()
-        cache = self._stage_cache
         try:
-            compiled = cache[stage]
+            compiled = self._compiled[stage]
         except (KeyError, TypeError):
             compiled = self._stage(stage)
-            cache[stage] = compiled
         if type(named_inputs) is not dict and not isinstance(named_inputs, Mapping):
             raise BrickDefinitionError(
                 f"Expected named_inputs to be a dict of named values, e.g. {{'raw': tensor}}, but got "
@@ -254,36 +305,39 @@ class BrickCollection(nn.ModuleDict):
                 f"{list(compiled.plan.required_inputs)}."
             )
         try:
-            return compiled.run(named_inputs)
+            named_outputs = compiled.run(named_inputs)
         except TorchBricksError:
             raise
         except Exception as err:
             compiled.add_context(err)
             raise
+        if return_inputs:
+            return named_outputs
+        return {name: named_outputs[name] for name in compiled.plan.output_names}
 
     # ----------------------------------------------------------------------------------------- losses
     def loss_names(self, stage: StageLike | None = None) -> list[str]:
         """The names of the losses produced in ``stage`` (or in any stage)."""
-        stages = ALL_STAGES if stage is None else (self._stage(stage).plan.stage,)
-        names: list[str] = []
+        stages = ALL_STAGES if stage is None else (parse_stage(stage, where="loss_names"),)
+        names: dict[str, None] = {}
         for each in stages:
-            names += [name for name, _ in self._stage(each).plan.loss_weights if name not in names]
-        return names
+            names.update((name, None) for name, _ in self.plan(each).loss_weights)
+        return list(names)
 
     def loss_weights(self) -> dict[str, float]:
         """The weight of every loss name, as set on its loss brick."""
-        self._check_cache()
-        weights = self._loss_weights_cache
+        return dict(self._weights())
+
+    def _weights(self) -> dict[str, float]:
+        weights = self._loss_weights
         if weights is None:
             weights = {name: node.loss_weight for node in self.brick_nodes() for name in node.loss_names}
-            self.__dict__["_loss_weights_cache"] = weights
-        return dict(weights)
+            self.__dict__["_loss_weights"] = weights
+        return weights
 
     def extract_losses(self, named_outputs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """The (unweighted) losses found in ``named_outputs``, by name."""
-        self._check_cache()
-        names = self._loss_weights_cache if self._loss_weights_cache is not None else self.loss_weights()
-        return {name: named_outputs[name] for name in names if name in named_outputs}
+        return {name: named_outputs[name] for name in self._weights() if name in named_outputs}
 
     def total_loss(
         self, named_outputs: Mapping[str, Any], loss_weights: Mapping[str, float] | None = None
@@ -295,10 +349,10 @@ class BrickCollection(nn.ModuleDict):
             loss_weights: weights that override the bricks' own, by loss name.
 
         Raises:
+            ConfigError: ``loss_weights`` names a loss the collection does not have.
             BrickGraphError: ``named_outputs`` holds no loss.
         """
-        self._check_cache()
-        weights = self._loss_weights_cache if self._loss_weights_cache is not None else self.loss_weights()
+        weights = self._weights()
         if loss_weights:
             unknown = [name for name in loss_weights if name not in weights]
             if unknown:
@@ -362,28 +416,24 @@ def _node(index: int, path: str, brick: BrickInterface) -> BrickNode:
     def resolve(name: str, role: str) -> str:
         return resolve_name(name, directory, brick_path=path, role=role)
 
-    declared = brick._input_names
-    if isinstance(declared, dict):
-        positional: tuple[str, ...] = ()
-        keyword = tuple((argument, resolve(name, "input")) for argument, name in declared.items())
-    else:
-        positional = tuple(resolve(name, "input") for name in declared)
-        keyword = ()
+    spec = brick.spec
+    positional = tuple(resolve(name, "input") for name in spec.positional_inputs)
+    keyword = tuple((argument, resolve(name, "input")) for argument, name in spec.keyword_inputs)
     if isinstance(brick, BrickMetrics):
-        outputs = tuple(brick.metric_keys(path)) if brick.return_metrics else ()
+        outputs = tuple(brick.metric_keys(path)) if spec.return_metrics else ()
         losses: tuple[str, ...] = ()
     else:
-        outputs = tuple(resolve(name, "output") for name in brick._output_names)
-        by_declared = dict(zip(brick._output_names, outputs, strict=True))
-        losses = tuple(by_declared[name] for name in brick.loss_output_names)
+        outputs = tuple(resolve(name, "output") for name in spec.output_names)
+        by_declared = dict(zip(spec.output_names, outputs, strict=True))
+        losses = tuple(by_declared[name] for name in spec.loss_output_names)
     return BrickNode(
         path=path,
         positional_inputs=positional,
         keyword_inputs=keyword,
         output_names=outputs,
         loss_names=losses,
-        loss_weight=brick.loss_weight,
-        alive_stages=frozenset(brick.alive_stages),
-        receives_stage=brick._receives_stage,
+        loss_weight=spec.loss_weight,
+        alive_stages=frozenset(spec.alive_stages),
+        receives_stage=brick.receives_stage,
         index=index,
     )

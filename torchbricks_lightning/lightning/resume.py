@@ -33,8 +33,8 @@ from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_warn
 from torchmetrics import Metric
 
-from torchbricks_lightning.core.bricks import BrickMetrics
 from torchbricks_lightning.core.collection import BrickCollection
+from torchbricks_lightning.core.metric_bricks import BrickMetrics
 from torchbricks_lightning.core.stages import Stage
 from torchbricks_lightning.errors import ResumeStateError
 from torchbricks_lightning.random_state import capture_random_state, restore_random_state
