@@ -342,7 +342,7 @@ class LightningBrickCollection(pl.LightningModule):
         """
         checkpoint = read_checkpoint(checkpoint_path)
         hyper_parameters = checkpoint.get(cls.CHECKPOINT_HYPER_PARAMS_KEY, {})
-        check_class_paths(hyper_parameters, trusted_class_prefixes)
+        check_class_paths(hyper_parameters, trusted_class_prefixes, owner=cls)
         if "brick_collection" not in kwargs and "brick_collection" not in hyper_parameters:
             raise CheckpointError(
                 f"Checkpoint {str(checkpoint_path)!r} was written by a LightningBrickCollection built in Python, so it "
