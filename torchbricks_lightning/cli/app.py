@@ -55,18 +55,13 @@ class RecipeArgumentParser(LightningArgumentParser):
         self._recipes: list[tuple[str, str]] = []  # (path, text) of the recipes being parsed, innermost last
 
     @override
-    def parse_string(
-        self,
-        content: str,
-        path: str | Path = "",
-        ext_vars: dict[str, Any] | None = None,
-        env: bool | None = None,
-        defaults: bool = True,
-        **kwargs: Any,
-    ) -> Any:
-        self._recipes.append((str(path), content))
+    def parse_string(self, *args: Any, **kwargs: Any) -> Any:
+        # The text and the file name come first (named content and path; cfg_str and cfg_path in older jsonargparse).
+        content = args[0] if args else kwargs.get("content", kwargs.get("cfg_str", ""))
+        path = args[1] if len(args) > 1 else kwargs.get("path", kwargs.get("cfg_path", ""))
+        self._recipes.append((str(path), str(content)))
         try:
-            return super().parse_string(content, path, ext_vars, env, defaults, **kwargs)
+            return super().parse_string(*args, **kwargs)
         finally:
             self._recipes.pop()
 
