@@ -303,6 +303,11 @@ def test_a_cli_checkpoint_holds_the_recipe_and_a_python_one_only_plain_values(tm
     assert not {"brick_collection", "optimizer", "lr_scheduler"} & set(built_in_python.hparams)
     assert built_in_python.hparams["batch_names"] == ("raw", "targets")
 
+    # Without Lightning's instantiator in the checkpoint nothing could rebuild the bricks from their recipe.
+    with _cwd(tmp_path):
+        plain = TorchBricksCLI(args=["--config", str(path), *QUIET], run=False, load_from_checkpoint_support=False)
+    assert "brick_collection" not in plain.model.hparams
+
 
 def test_the_recipe_checks_run_only_when_jsonargparse_refuses_a_recipe(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

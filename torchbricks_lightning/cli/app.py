@@ -98,6 +98,8 @@ class TorchBricksCLI(LightningCLI):
         kwargs.setdefault("auto_configure_optimizers", False)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("parser_class", RecipeArgumentParser)
+        # Lightning then names its CLI instantiator in the hyperparameters, which rebuilds the module from its recipe.
+        self.records_recipe = bool(kwargs.get("load_from_checkpoint_support", True))
         super().__init__(*args, **kwargs)
 
     @override
@@ -115,10 +117,11 @@ class TorchBricksCLI(LightningCLI):
         ``LightningBrickCollection`` leaves its object arguments (the bricks, the optimizer and scheduler factories)
         out of its hyperparameters. Here they are plain recipe values (class paths and arguments), so they are
         added back: a checkpoint of a CLI run then rebuilds the module alone. (Lightning builds the module with
-        its hyperparameters set to the recipe, and names its own CLI instantiator for ``load_from_checkpoint``.)
+        its hyperparameters set to the recipe, and names its own CLI instantiator for ``load_from_checkpoint``;
+        with ``load_from_checkpoint_support=False`` it does neither, and nothing is added.)
         """
         model = self.model
-        if not isinstance(model, LightningBrickCollection):
+        if not (self.records_recipe and isinstance(model, LightningBrickCollection)):
             return
         dumped = yaml.safe_load(self.parser.dump(self.config, format="yaml", skip_link_targets=False))
         section = dumped.get(self.subcommand, {}) if self.subcommand else dumped
