@@ -75,11 +75,12 @@ class RecipeArgumentParser(LightningArgumentParser):
         super().error(message, ex)
 
     def _recipe_problem(self, content: str) -> str | None:
+        # The checks only explain a refusal. When they cannot (text jsonargparse could not load either, a class whose
+        # module fails to import), jsonargparse's own message stands rather than a traceback from here.
         try:
-            config = get_loader(self.parser_mode)(content)
-        except Exception:  # text jsonargparse could not load either: its own message says why
+            return first_recipe_problem(get_loader(self.parser_mode)(content))
+        except Exception:
             return None
-        return first_recipe_problem(config)
 
 
 class TorchBricksCLI(LightningCLI):
