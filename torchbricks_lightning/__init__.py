@@ -1,11 +1,22 @@
 """torchbricks_lightning: build multi-task PyTorch models from bricks wired as a DAG, and train them with Lightning.
 
-The top level holds the core API (it never imports Lightning):
+The top level is the one public entry point. The core API (bricks, collections, stages, ONNX export) is imported
+with the package and never imports Lightning; the Lightning layer (``LightningBrickCollection``, checkpoint
+loading, the pre-fit check) and the callbacks are imported on first use, so ``import torchbricks_lightning`` stays
+free of Lightning:
 
 >>> import torchbricks_lightning as tbl
 >>> sorted(name for name in tbl.__all__ if name.startswith("Brick"))[:3]
-['BrickCollection', 'BrickInterface', 'BrickLoss']
+['BrickCollection', 'BrickGraphLogger', 'BrickInterface']
+>>> from torchbricks_lightning import LightningBrickCollection, OnnxExportCallback, load_brick_collection_weights
+>>> LightningBrickCollection.__module__
+'torchbricks_lightning.lightning.module'
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from torchbricks_lightning.core.bricks import (
     BrickInterface,
@@ -21,12 +32,35 @@ from torchbricks_lightning.core.mermaid import create_mermaid_dag_graph
 from torchbricks_lightning.core.metric_bricks import BrickMetrics, BrickMetricSingle
 from torchbricks_lightning.core.onnx_export import OnnxExportResult, export_bricks_as_onnx
 from torchbricks_lightning.core.stages import Stage
-from torchbricks_lightning.errors import TorchBricksError
+from torchbricks_lightning.errors import (
+    CheckpointError,
+    LossNotFiniteError,
+    ResumeStateError,
+    TorchBricksError,
+    UntrustedCheckpointError,
+)
+
+if TYPE_CHECKING:
+    from torchbricks_lightning.callbacks.graph_logging import BrickGraphLogger
+    from torchbricks_lightning.callbacks.onnx_export import OnnxExportCallback
+    from torchbricks_lightning.lightning.checkpoints import load_brick_collection_weights
+    from torchbricks_lightning.lightning.module import LightningBrickCollection
+    from torchbricks_lightning.lightning.preflight import check_one_batch
 
 __version__ = "0.1.0"
 
+_LAZY: dict[str, str] = {
+    "BrickGraphLogger": "torchbricks_lightning.callbacks.graph_logging",
+    "LightningBrickCollection": "torchbricks_lightning.lightning.module",
+    "OnnxExportCallback": "torchbricks_lightning.callbacks.onnx_export",
+    "check_one_batch": "torchbricks_lightning.lightning.preflight",
+    "load_brick_collection_weights": "torchbricks_lightning.lightning.checkpoints",
+}
+"""Public names of the Lightning layer and the callbacks, by the module that defines them: imported on first use."""
+
 __all__ = [
     "BrickCollection",
+    "BrickGraphLogger",
     "BrickInterface",
     "BrickLoss",
     "BrickMetricSingle",
@@ -36,11 +70,33 @@ __all__ = [
     "BrickNotTrainable",
     "BrickSpec",
     "BrickTrainable",
+    "CheckpointError",
+    "LightningBrickCollection",
+    "LossNotFiniteError",
+    "OnnxExportCallback",
     "OnnxExportResult",
+    "ResumeStateError",
     "Stage",
     "StagePlan",
     "TorchBricksError",
+    "UntrustedCheckpointError",
     "__version__",
+    "check_one_batch",
     "create_mermaid_dag_graph",
     "export_bricks_as_onnx",
+    "load_brick_collection_weights",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name of the Lightning layer or the callbacks on first use (PEP 562)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups find it directly
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

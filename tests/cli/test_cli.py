@@ -24,7 +24,8 @@ import torch
 import yaml
 
 from torchbricks_lightning.bag_of_bricks import TorchvisionBackbone
-from torchbricks_lightning.cli import TorchBricksCLI, main
+from torchbricks_lightning.cli import TorchBricksCLI, check_ckpt_path, main
+from torchbricks_lightning.cli.recipe import accepted_arguments, first_brick_problem
 from torchbricks_lightning.datamodules.synthetic import make_images
 from torchbricks_lightning.lightning import LightningBrickCollection
 
@@ -264,6 +265,105 @@ def test_backbone_and_heads_are_a_config_change_only(tmp_path: Path, backbone: s
     torch.testing.assert_close(logged["validation/loss"], total, atol=1e-5, rtol=1e-5)
 
 
+# ------------------------------------------------------------------------------------------------ the recipe's values
+def test_a_dotted_monitor_is_plain_data_and_the_checkpoint_rebuilds_itself(tmp_path: Path) -> None:
+    """``lr_scheduler_monitor`` is a ``str``: ``test.loss`` names a logged value, not the standard library's ``test``
+    package; the recipe trains and its checkpoint loads alone."""
+    config = _recipe()
+    config["trainer"]["callbacks"] = config["trainer"]["callbacks"][:1]
+    config["model"]["lr_scheduler"] = {"class_path": "torch.optim.lr_scheduler.StepLR", "init_args": {"step_size": 1}}
+    config["model"]["lr_scheduler_monitor"] = "test.loss"
+    path = _write(config, tmp_path / "recipe.yaml")
+
+    assert _exit_code(["fit", "--config", str(path), *QUIET], tmp_path) == 0
+
+    module = LightningBrickCollection.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert module.lr_scheduler_monitor == "test.loss"
+    scheduler = module.configure_optimizers()["lr_scheduler"]
+    assert isinstance(scheduler["scheduler"], torch.optim.lr_scheduler.StepLR)
+    assert scheduler["monitor"] == "test.loss"
+
+
+def test_a_cli_checkpoint_holds_the_recipe_and_a_python_one_only_plain_values(tmp_path: Path) -> None:
+    """The CLI records the recipe of the bricks, optimizer and scheduler in the hyperparameters (so the checkpoint
+    rebuilds the module alone); a module built in Python keeps only its plain values."""
+    config = _recipe()
+    config["trainer"]["callbacks"] = config["trainer"]["callbacks"][:1]
+    path = _write(config, tmp_path / "recipe.yaml")
+    with _cwd(tmp_path):
+        cli = TorchBricksCLI(args=["--config", str(path), *QUIET], run=False)
+    for hyperparameters in (cli.model.hparams, cli.model.hparams_initial):  # saved, and logged by the loggers
+        bricks = hyperparameters["brick_collection"]
+        assert bricks == yaml.safe_load(yaml.safe_dump(bricks))  # plain values: the recipe, not objects
+        assert bricks["head0"]["init_args"]["num_classes"] == NUM_CLASSES
+        assert hyperparameters["optimizer"]["class_path"] == "torch.optim.Adam"
+        assert hyperparameters["lr_scheduler_interval"] == "epoch"
+
+    built_in_python = LightningBrickCollection(cli.model.brick_collection)
+    assert not {"brick_collection", "optimizer", "lr_scheduler"} & set(built_in_python.hparams)
+    assert built_in_python.hparams["batch_names"] == ("raw", "targets")
+
+    # Without Lightning's instantiator in the checkpoint nothing could rebuild the bricks from their recipe.
+    with _cwd(tmp_path):
+        plain = TorchBricksCLI(args=["--config", str(path), *QUIET], run=False, load_from_checkpoint_support=False)
+    assert "brick_collection" not in plain.model.hparams
+
+
+def test_the_recipe_checks_run_only_when_jsonargparse_refuses_a_recipe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A recipe is read once, by jsonargparse; the checks that name a mistake's key look at it only on a refusal."""
+    import torchbricks_lightning.cli.app as app
+
+    seen: list[object] = []
+    monkeypatch.setattr(app, "first_recipe_problem", lambda config: seen.append(config))
+    config = _recipe()
+    config["trainer"]["callbacks"] = config["trainer"]["callbacks"][:1]
+    with _cwd(tmp_path):
+        TorchBricksCLI(args=["--config", str(_write(config, tmp_path / "good.yaml")), *QUIET], run=False)
+    assert seen == []
+
+    config["model"]["brick_collection"]["head0"]["init_args"]["num_clases"] = 4
+    assert _exit_code(["fit", "--config", str(_write(config, tmp_path / "typo.yaml")), *QUIET], tmp_path) == 2
+    assert len(seen) == 1
+    assert seen[0] == config  # the values jsonargparse loaded: the same as the file
+
+
+def test_stages_in_a_recipe_are_typed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """jsonargparse checks ``alive_stages`` against its type: stage values, or the names of ``Stage`` members."""
+    config = _recipe()
+    config["trainer"]["callbacks"] = config["trainer"]["callbacks"][:1]
+    config["model"]["brick_collection"]["backbone"]["init_args"]["alive_stages"] = ["TRAIN", "validation", "export"]
+    with _cwd(tmp_path):
+        cli = TorchBricksCLI(args=["--config", str(_write(config, tmp_path / "good.yaml")), *QUIET], run=False)
+    assert [stage.value for stage in cli.model.brick_collection["backbone"].alive_stages] == [
+        "train",
+        "validation",
+        "export",
+    ]
+
+    config["model"]["brick_collection"]["backbone"]["init_args"]["alive_stages"] = "train"
+    assert _exit_code(["fit", "--config", str(_write(config, tmp_path / "single.yaml")), *QUIET], tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "single.yaml: model.brick_collection.backbone.init_args.alive_stages: Expected 'all', 'none'" in err
+    assert "Wrap a single stage in a list: [train]" in err
+
+
+def test_python_m_runs_the_command(tmp_path: Path) -> None:
+    process = subprocess.run(
+        [sys.executable, "-m", "torchbricks_lightning.cli", "export", "--help"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert process.returncode == 0, process.stderr[-2000:]
+    assert "--ckpt_path" in process.stdout
+    assert "torchbricks-lightning export" in process.stdout
+
+
 # ------------------------------------------------------------------------------------------------ bad recipes
 @pytest.mark.slow
 def test_unknown_brick_class_fails_before_training_in_the_console_script(tmp_path: Path) -> None:
@@ -371,7 +471,8 @@ def test_typo_in_alive_stages_fails_before_training(tmp_path: Path, capsys: pyte
 
     assert _exit_code(["fit", "--config", str(path), *QUIET], tmp_path) == 2
     err = capsys.readouterr().err
-    assert "fit.model.brick_collection.backbone.init_args.alive_stages" in err
+    # The key as written in the recipe file, after the file's name.
+    assert "typo.yaml: model.brick_collection.backbone.init_args.alive_stages: Unknown stage" in err
     assert "'valdation'" in err
     assert "Did you mean 'validation'?" in err
     _assert_no_training_output(tmp_path)
@@ -457,36 +558,30 @@ BRICK_PROBLEMS: dict[str, tuple[dict[str, Any], str]] = {
 
 @pytest.mark.parametrize("case", list(BRICK_PROBLEMS))
 def test_the_recipe_pre_check_names_a_brick_mistake_by_its_key(case: str) -> None:
-    from torchbricks_lightning.cli import _first_brick_problem
-
     bricks, message = BRICK_PROBLEMS[case]
-    problem = _first_brick_problem(_bricks_config(bricks))
+    problem = first_brick_problem(_bricks_config(bricks))
     assert problem is not None
     assert problem.startswith(message), problem
 
 
 def test_the_recipe_pre_check_accepts_good_recipes() -> None:
-    from torchbricks_lightning.cli import _first_brick_problem
-
     examples = Path(__file__).parents[2] / "examples" / "configs"
     for recipe in [RECIPE, *sorted(examples.glob("*.yaml"))]:
-        assert _first_brick_problem(yaml.safe_load(recipe.read_text())) is None, recipe
+        assert first_brick_problem(yaml.safe_load(recipe.read_text())) is None, recipe
     # Short class paths are LightningCLI's to resolve; values that are not entries are jsonargparse's to check.
-    assert _first_brick_problem(_bricks_config({"extra": {"class_path": "Linear"}, "other": None})) is None
+    assert first_brick_problem(_bricks_config({"extra": {"class_path": "Linear"}, "other": None})) is None
 
 
 def test_arguments_of_a_class_that_takes_kwargs_are_not_checked() -> None:
-    from torchbricks_lightning.cli import _accepted_arguments
-
     class TakesKwargs:
         def __init__(self, size: int, *, scale: float = 1.0, **kwargs: Any) -> None: ...
 
     class TakesNamedArguments:
         def __init__(self, size: int, *args: int, scale: float = 1.0) -> None: ...
 
-    assert _accepted_arguments(TakesKwargs) is None
-    assert _accepted_arguments(TakesNamedArguments) == ["size", "scale"]
-    assert _accepted_arguments(len) is None  # not a class
+    assert accepted_arguments(TakesKwargs) is None
+    assert accepted_arguments(TakesNamedArguments) == ["size", "scale"]
+    assert accepted_arguments(len) is None  # not a class
 
 
 def test_a_misspelt_argument_of_a_wrapped_module_fails_before_training(
@@ -596,9 +691,7 @@ def test_a_broken_ckpt_path_fails_before_anything_is_written(
     "ckpt_path", ["last", "best", "hpc", "registry", "registry:my-model:v1", "s3://bucket/run.ckpt", "REGISTRY:model"]
 )
 def test_lightning_special_ckpt_paths_pass_the_check(ckpt_path: str) -> None:
-    from torchbricks_lightning.cli import _check_ckpt_path
-
-    _check_ckpt_path(ckpt_path)  # left to Lightning, which resolves them
+    check_ckpt_path(ckpt_path)  # left to Lightning, which resolves them
 
 
 def test_fit_with_ckpt_path_last_and_no_checkpoint_yet_trains(tmp_path: Path) -> None:

@@ -86,6 +86,54 @@ def test_core_and_bag_of_bricks_import_without_lightning() -> None:
     assert result["loaded"] == []
 
 
+def test_the_top_level_imports_lightning_only_when_a_lightning_name_is_used() -> None:
+    """``import torchbricks_lightning`` (and listing its names) imports no Lightning; a Lightning name does."""
+    script = _BLOCKED_IMPORT_SCRIPT.replace(
+        "for module in sys.argv[1:]:\n    importlib.import_module(module)",
+        textwrap.dedent(
+            """
+            import torchbricks_lightning as tbl
+            listed = dir(tbl)
+            assert "LightningBrickCollection" in listed and "OnnxExportCallback" in listed, listed
+            assert tbl.Stage.TRAIN.value == "train"
+            try:
+                tbl.LightningBrickCollection
+            except ImportError:
+                pass
+            else:
+                raise SystemExit("LightningBrickCollection was reachable without Lightning")
+            """
+        ),
+    )
+    assert script != _BLOCKED_IMPORT_SCRIPT
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert result["loaded"] == []
+    assert result["attempts"], "using a Lightning name did not try to import Lightning"
+    assert {name.split(".")[0] for name in result["attempts"]} <= {"pytorch_lightning", "lightning"}
+
+
+def test_one_public_entry_point_for_the_lightning_layer_and_the_callbacks() -> None:
+    import torchbricks_lightning.callbacks
+    import torchbricks_lightning.lightning
+    from torchbricks_lightning import LightningBrickCollection, OnnxExportCallback, load_brick_collection_weights
+
+    assert LightningBrickCollection is torchbricks_lightning.lightning.LightningBrickCollection
+    assert OnnxExportCallback is torchbricks_lightning.callbacks.OnnxExportCallback
+    assert load_brick_collection_weights is torchbricks_lightning.lightning.load_brick_collection_weights
+    # ResumableEpochLogs: an internal callback that LightningBrickCollection adds itself.
+    not_at_the_top = {"ResumableEpochLogs"}
+    for package in (torchbricks_lightning.lightning, torchbricks_lightning.callbacks):
+        for name in set(package.__all__) - not_at_the_top:
+            assert name in torchbricks_lightning.__all__, name
+            assert getattr(torchbricks_lightning, name) is getattr(package, name), name
+    with pytest.raises(
+        AttributeError, match="module 'torchbricks_lightning' has no attribute 'LightningBrickColection'"
+    ):
+        torchbricks_lightning.LightningBrickColection  # noqa: B018 - the lookup is what is tested
+
+
 def _public_modules() -> list[object]:
     return [
         torchbricks_lightning,

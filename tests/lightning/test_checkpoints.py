@@ -11,7 +11,7 @@ import pathlib
 import re
 import sys
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from torchbricks_lightning.lightning import (
 )
 from torchbricks_lightning.lightning.checkpoints import TRUSTED_CLASS_PREFIXES, check_class_paths, read_checkpoint
 from torchbricks_lightning.lightning.export import export_checkpoint_as_onnx
+from torchbricks_lightning.lightning.trust import importable_paths
 
 RECIPE = Path(__file__).parents[1] / "cli" / "configs" / "tiny_recipe.yaml"
 BACKBONE_CLASS_PATH_KEY = "brick_collection.backbone.init_args.model.class_path"
@@ -328,6 +329,83 @@ def test_an_untrusted_instantiator_is_refused_as_untrusted(cli_checkpoint: Path,
         LightningBrickCollection.load_from_checkpoint(path)
 
 
+@pytest.mark.parametrize("monitor", ["test.loss", "torch.loss", "os.path"])
+def test_a_dotted_monitor_is_plain_data_not_a_class_path(cli_checkpoint: Path, tmp_path: Path, monitor: str) -> None:
+    """``lr_scheduler_monitor`` is typed ``str``: a logged name that looks like a module path (``test`` is a standard
+    library package) is data, never imported, so the checkpoint loads."""
+    path = _edited(
+        cli_checkpoint,
+        tmp_path / "monitor.ckpt",
+        lambda checkpoint: checkpoint["hyper_parameters"].update(lr_scheduler_monitor=monitor),
+    )
+    module = LightningBrickCollection.load_from_checkpoint(path)
+    assert module.lr_scheduler_monitor == monitor
+    torch.testing.assert_close(_logits(module, _images()), _logits(_loaded(cli_checkpoint), _images()))
+    output = tmp_path / "model.onnx"
+    assert _cli_exit_code(["export", "--ckpt_path", str(path), "--output", str(output)], tmp_path) == 0
+    assert output.is_file()
+
+
+def test_a_dotted_monitor_of_a_module_built_in_python_is_plain_data(tmp_path: Path) -> None:
+    path = _python_checkpoint(tmp_path, LightningBrickCollection(boring_bricks(), lr_scheduler_monitor="test.loss"))
+    assert read_checkpoint(path)["hyper_parameters"]["lr_scheduler_monitor"] == "test.loss"
+    loaded = LightningBrickCollection.load_from_checkpoint(path, brick_collection=boring_bricks())
+    assert loaded.lr_scheduler_monitor == "test.loss"
+
+
+def _loaded(path: Path) -> LightningBrickCollection:
+    return LightningBrickCollection.load_from_checkpoint(path)
+
+
+def test_strings_are_checked_where_the_signature_admits_a_class_or_a_callable() -> None:
+    """The walk follows the signatures: ``str`` arguments are data, callables and untyped arguments are checked."""
+
+    def build(
+        name: str = "",
+        names: Sequence[str] = (),
+        weights: Mapping[str, float] | None = None,
+        factory: Callable[..., Any] | None = None,
+        anything: Any = None,
+        untyped=None,  # no annotation: its type is unknown, so it is checked
+        **kwargs: Any,
+    ) -> None: ...
+
+    config = {
+        "name": "test.loss",
+        "names": ["evil.a", "os.path"],
+        "weights": {"os.path": 1.0},
+        "factory": "os.system",
+        "anything": "os.getcwd",
+        "untyped": "subprocess.run",
+        "extra": "shutil.rmtree",
+    }
+    found = dict(importable_paths(config, owner=build))
+    assert found == {
+        "factory": "os.system",
+        "anything": "os.getcwd",
+        "untyped": "subprocess.run",
+        "extra": "shutil.rmtree",
+    }
+    # Without the owner's signature, every dotted name of an installed package is suspect (as before).
+    assert {"name", "names[1]"} <= set(dict(importable_paths(config)))
+
+
+def test_the_walk_reads_the_signature_of_each_trusted_class_and_never_imports_an_untrusted_one() -> None:
+    config = {
+        "class_path": "torchbricks_lightning.bag_of_bricks.ClassificationHead",
+        "init_args": {"num_classes": 2, "in_channels": 4, "features_name": "os.path", "targets_name": "test.y"},
+    }
+    assert list(importable_paths(config)) == [("class_path", config["class_path"])]
+
+    module_name = "tests_never_imported_package"
+    untrusted = {"class_path": f"{module_name}.Head", "init_args": {"monitor": "os.path"}}
+    expected = [("class_path", f"{module_name}.Head"), ("init_args.monitor", "os.path")]  # its signature is unknown
+    assert list(importable_paths(untrusted)) == expected
+    assert module_name not in sys.modules
+    with pytest.raises(UntrustedCheckpointError, match=rf"'{module_name}\.Head' at 'class_path'"):
+        check_class_paths(untrusted)
+
+
 # ------------------------------------------------------------------------------------------------ broken files
 LOADERS_OF_BROKEN_FILES: dict[str, Callable[[Path], Any]] = {
     "read_checkpoint": read_checkpoint,
@@ -524,7 +602,10 @@ def test_load_from_checkpoint_with_bricks_that_are_not_a_collection(cli_checkpoi
 @pytest.fixture
 def python_checkpoint(tmp_path: Path) -> Path:
     """A checkpoint of a LightningBrickCollection built in Python (its bricks are not in the hyperparameters)."""
-    module = LightningBrickCollection(boring_bricks())
+    return _python_checkpoint(tmp_path, LightningBrickCollection(boring_bricks()))
+
+
+def _python_checkpoint(tmp_path: Path, module: LightningBrickCollection) -> Path:
     data = TensorDataset(torch.randn(8, N_FEATURES), torch.arange(8) % 3)
     trainer = pl.Trainer(
         max_epochs=1,

@@ -873,7 +873,7 @@ CLI_CASES = [
         CliError,
         (
             "exit code 2",
-            "fit.model.brick_collection.backbone.init_args.alive_stages",
+            "recipe.yaml: model.brick_collection.backbone.init_args.alive_stages",
             "'valdation'",
             "Did you mean 'validation'?",
         ),

@@ -1,4 +1,11 @@
-"""Model stages: the phases in which a brick can be alive."""
+"""Model stages: the phases in which a brick can be alive.
+
+:data:`StageName` spells the stages' values as a ``Literal`` type, for signatures that jsonargparse reads:
+
+>>> import typing
+>>> typing.get_args(StageName) == tuple(stage.value for stage in Stage)
+True
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,7 @@ from typing import Literal, TypeAlias
 
 from torchbricks_lightning.errors import BrickDefinitionError, UnknownStageError, did_you_mean
 
-__all__ = ["ALL_STAGES", "AliveStages", "Stage", "StageLike", "parse_alive_stages", "parse_stage"]
+__all__ = ["ALL_STAGES", "AliveStages", "Stage", "StageLike", "StageName", "parse_alive_stages", "parse_stage"]
 
 
 class Stage(str, Enum):
@@ -38,7 +45,12 @@ class Stage(str, Enum):
 ALL_STAGES: tuple[Stage, ...] = tuple(Stage)
 
 StageLike: TypeAlias = Stage | str
-AliveStages: TypeAlias = Literal["all", "none"] | Sequence[StageLike]
+StageName: TypeAlias = Literal["train", "validation", "test", "inference", "export"]
+"""The value of each :class:`Stage`, as a type: what a recipe may write in ``alive_stages``."""
+AliveStages: TypeAlias = Literal["all", "none"] | Sequence[Stage | StageName]
+"""Where a brick is alive: ``"all"``, ``"none"`` or a list of stages. Typed precisely, so that jsonargparse refuses
+a misspelt stage in a recipe itself; :func:`parse_alive_stages` also accepts any string that names a stage (e.g.
+``"TRAIN"``) from Python."""
 
 
 def parse_stage(stage: StageLike, *, where: str = "") -> Stage:

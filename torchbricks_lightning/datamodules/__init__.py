@@ -1,5 +1,6 @@
 """Lightning datamodules whose batches a LightningBrickCollection maps to named inputs."""
 
+from torchbricks_lightning.datamodules.base import Split, SplitDataModule
 from torchbricks_lightning.datamodules.cifar10 import CIFAR10_MEAN, CIFAR10_STD, CIFAR10DataModule
 from torchbricks_lightning.datamodules.digits import DigitsDataModule
 from torchbricks_lightning.datamodules.loading import (
@@ -21,5 +22,7 @@ __all__ = [
     "ResumableDataLoader",
     "ResumableSampler",
     "SeededIndex",
+    "Split",
+    "SplitDataModule",
     "SyntheticImageDataModule",
 ]

@@ -7,13 +7,12 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 from torchvision import transforms
 from torchvision.datasets import CIFAR10
 
-from torchbricks_lightning.datamodules.loading import EvaluationSampler, ResumableDataLoader
+from torchbricks_lightning.datamodules.base import Split, SplitDataModule
 from torchbricks_lightning.errors import ConfigError, DatasetNotAvailableError
 
 __all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "CIFAR10DataModule", "DatasetNotAvailableError"]
@@ -44,7 +43,7 @@ class _CIFAR10(CIFAR10):
         self.class_to_idx = {name: index for index, name in enumerate(self.classes)}
 
 
-class CIFAR10DataModule(pl.LightningDataModule):
+class CIFAR10DataModule(SplitDataModule):
     """CIFAR-10 (torchvision) as ``(raw, targets)`` batches, with a deterministic train/val split.
 
     Images are ``float32`` in ``[0, 1]``. Training images get the standard augmentation (random crop with
@@ -52,9 +51,9 @@ class CIFAR10DataModule(pl.LightningDataModule):
     :data:`CIFAR10_MEAN` and :data:`CIFAR10_STD`, so an exported ONNX model takes raw images; set
     ``normalize=True`` for models without one.
 
-    The training loader is a :class:`ResumableDataLoader`: its order and augmentations depend on ``(seed, epoch)``
-    only (not on workers or processes), and a resumed run continues an interrupted epoch at the next batch. The
-    other loaders use an :class:`EvaluationSampler`, so under DDP every image is evaluated exactly once.
+    The loaders are those of :class:`SplitDataModule`: a resumable training loader whose order and augmentations
+    depend on ``(seed, epoch)`` only (not on workers or processes), and evaluation loaders that hand every image to
+    exactly one process under DDP.
 
     Args:
         data_dir: where the dataset lives or is downloaded to (``data/`` by default).
@@ -68,6 +67,8 @@ class CIFAR10DataModule(pl.LightningDataModule):
         verify_checksums: check the files' md5 (turn off only for hand-made samples, e.g. in tests).
     """
 
+    seed_samples = True  # the augmentations draw random numbers: each sample gets a seed of its own
+
     def __init__(
         self,
         data_dir: str = "data",
@@ -80,14 +81,11 @@ class CIFAR10DataModule(pl.LightningDataModule):
         normalize: bool = False,
         verify_checksums: bool = True,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size=batch_size, seed=seed, num_workers=num_workers)
         if val_size < 0:
             raise ConfigError(f"Expected val_size >= 0, but got {val_size}.")
         self.data_dir = data_dir
-        self.batch_size = batch_size
-        self.num_workers = num_workers
         self.val_size = val_size
-        self.seed = seed
         self.download = download
         self.verify_checksums = verify_checksums
         finish: list[Any] = [transforms.ToTensor()]
@@ -143,37 +141,7 @@ class CIFAR10DataModule(pl.LightningDataModule):
         if stage in (None, "test", "predict") and "test" not in self.datasets:
             self.datasets["test"] = self._dataset(train=False, transform=self.eval_transform)
 
-    def _dataset_of(self, split: str) -> Dataset[Any]:
+    def split_dataset(self, split: Split) -> Dataset[Any]:
         if split not in self.datasets:
             self.setup("fit" if split in ("train", "val") else "test")
         return self.datasets[split]
-
-    def _loader(self, split: str) -> DataLoader[Any]:
-        dataset = self._dataset_of(split)
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=EvaluationSampler(dataset),  # type: ignore[arg-type]
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader[Any]:
-        return ResumableDataLoader(
-            self._dataset_of("train"),
-            batch_size=self.batch_size,
-            shuffle=True,
-            seed=self.seed,
-            seed_samples=True,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def val_dataloader(self) -> DataLoader[Any]:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader[Any]:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader[Any]:
-        return self._loader("test")

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from torchbricks_lightning.datamodules.loading import EvaluationSampler, ResumableDataLoader
+from torchbricks_lightning.datamodules.base import Split, SplitDataModule
 from torchbricks_lightning.errors import ConfigError
 
 __all__ = ["DigitsDataModule", "load_digits_tensors"]
@@ -44,15 +41,14 @@ class _NamedDataset(Dataset[dict[str, torch.Tensor]]):
         return {name: tensor[index] for name, tensor in self.tensors.items()}
 
 
-class DigitsDataModule(pl.LightningDataModule):
+class DigitsDataModule(SplitDataModule):
     """scikit-learn's handwritten digits with a deterministic, stratified train/val/test split.
 
     Batches are dicts: ``raw`` (images ``(B, 1, 8, 8)`` in ``[0, 1]``), ``targets`` (the digit), and ``parity``
     (0 for even digits, 1 for odd), a second label for multi-task recipes.
 
-    The training loader is a :class:`ResumableDataLoader` (its order depends on ``(seed, epoch)`` only, and a
-    resumed run continues an interrupted epoch at the next batch); the other loaders use an
-    :class:`EvaluationSampler`, so under DDP every image is evaluated exactly once.
+    The loaders are those of :class:`SplitDataModule`: a resumable training loader whose order depends on
+    ``(seed, epoch)`` only, and evaluation loaders that hand every image to exactly one process under DDP.
 
     Args:
         batch_size: the batch size.
@@ -70,17 +66,14 @@ class DigitsDataModule(pl.LightningDataModule):
         seed: int = 0,
         num_workers: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size=batch_size, seed=seed, num_workers=num_workers)
         if not (0 <= val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
             raise ConfigError(
                 f"Expected val_fraction and test_fraction in [0, 1) summing below 1, but got {val_fraction} and "
                 f"{test_fraction}."
             )
-        self.batch_size = batch_size
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
-        self.seed = seed
-        self.num_workers = num_workers
         self.splits: dict[str, dict[str, torch.Tensor]] = {}
 
     def prepare_data(self) -> None:
@@ -104,28 +97,6 @@ class DigitsDataModule(pl.LightningDataModule):
             order = torch.tensor(sorted(chosen), dtype=torch.int64)
             self.splits[split] = {"raw": images[order], "targets": digits[order], "parity": digits[order] % 2}
 
-    def _loader(self, split: str) -> DataLoader[Any]:
+    def split_dataset(self, split: Split) -> _NamedDataset:
         self.setup()
-        dataset = _NamedDataset(self.splits[split])
-        return DataLoader(
-            dataset, batch_size=self.batch_size, sampler=EvaluationSampler(dataset), num_workers=self.num_workers
-        )
-
-    def train_dataloader(self) -> DataLoader[Any]:
-        self.setup()
-        return ResumableDataLoader(
-            _NamedDataset(self.splits["train"]),
-            batch_size=self.batch_size,
-            shuffle=True,
-            seed=self.seed,
-            num_workers=self.num_workers,
-        )
-
-    def val_dataloader(self) -> DataLoader[Any]:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader[Any]:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader[Any]:
-        return self._loader("test")
+        return _NamedDataset(self.splits[split])

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
-from torchbricks_lightning.datamodules.loading import EvaluationSampler, ResumableDataLoader
+from torchbricks_lightning.datamodules.base import Split, SplitDataModule
 from torchbricks_lightning.errors import ConfigError
 
 __all__ = ["SyntheticImageDataModule"]
@@ -32,12 +31,11 @@ def make_images(n: int, num_classes: int, image_size: int, seed: int) -> tuple[t
     return images, targets
 
 
-class SyntheticImageDataModule(pl.LightningDataModule):
+class SyntheticImageDataModule(SplitDataModule):
     """Train/val/test splits of generated RGB images; batches are ``(raw, targets)`` tuples.
 
-    The training loader is a :class:`ResumableDataLoader` (its order depends on ``(seed, epoch)`` only, and a
-    resumed run continues an interrupted epoch at the next batch); the other loaders use an
-    :class:`EvaluationSampler`, so under DDP every image is evaluated exactly once.
+    The loaders are those of :class:`SplitDataModule`: a resumable training loader whose order depends on
+    ``(seed, epoch)`` only, and evaluation loaders that hand every image to exactly one process under DDP.
 
     Args:
         num_classes: the number of classes (at most 12 distinct patterns).
@@ -59,14 +57,17 @@ class SyntheticImageDataModule(pl.LightningDataModule):
         batch_size: int = 32,
         seed: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size=batch_size, seed=seed)
         if not 1 <= num_classes <= 12:
             raise ConfigError(f"Expected num_classes in [1, 12], but got {num_classes}.")
+        if image_size < 1 or n_train < 1 or n_val < 0 or n_test < 0:
+            raise ConfigError(
+                f"Expected image_size >= 1, n_train >= 1 and n_val, n_test >= 0, but got image_size={image_size}, "
+                f"n_train={n_train}, n_val={n_val} and n_test={n_test}."
+            )
         self.num_classes = num_classes
         self.image_size = image_size
         self.sizes = {"train": n_train, "val": n_val, "test": n_test}
-        self.batch_size = batch_size
-        self.seed = seed
         self.datasets: dict[str, TensorDataset] = {}
 
     def setup(self, stage: str | None = None) -> None:
@@ -75,20 +76,6 @@ class SyntheticImageDataModule(pl.LightningDataModule):
                 images, targets = make_images(size, self.num_classes, self.image_size, self.seed + offset)
                 self.datasets[split] = TensorDataset(images, targets)
 
-    def _evaluation_loader(self, split: str) -> DataLoader[tuple[torch.Tensor, ...]]:
+    def split_dataset(self, split: Split) -> TensorDataset:
         self.setup()
-        dataset = self.datasets[split]
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=EvaluationSampler(dataset))
-
-    def train_dataloader(self) -> DataLoader[tuple[torch.Tensor, ...]]:
-        self.setup()
-        return ResumableDataLoader(self.datasets["train"], batch_size=self.batch_size, shuffle=True, seed=self.seed)
-
-    def val_dataloader(self) -> DataLoader[tuple[torch.Tensor, ...]]:
-        return self._evaluation_loader("val")
-
-    def test_dataloader(self) -> DataLoader[tuple[torch.Tensor, ...]]:
-        return self._evaluation_loader("test")
-
-    def predict_dataloader(self) -> DataLoader[tuple[torch.Tensor, ...]]:
-        return self._evaluation_loader("test")
+        return self.datasets[split]

@@ -1,4 +1,5 @@
-"""The Lightning layer: a generic LightningModule for brick collections, and safe checkpoint loading."""
+"""The Lightning layer: a generic LightningModule for brick collections, safe checkpoint loading, and the pre-fit
+check."""
 
 from torchbricks_lightning.lightning.checkpoints import (
     CheckpointError,
@@ -6,6 +7,7 @@ from torchbricks_lightning.lightning.checkpoints import (
     load_brick_collection_weights,
 )
 from torchbricks_lightning.lightning.module import LightningBrickCollection, LossNotFiniteError
+from torchbricks_lightning.lightning.preflight import check_one_batch
 from torchbricks_lightning.lightning.resume import ResumableEpochLogs, ResumeStateError
 
 __all__ = [
@@ -15,5 +17,6 @@ __all__ = [
     "ResumableEpochLogs",
     "ResumeStateError",
     "UntrustedCheckpointError",
+    "check_one_batch",
     "load_brick_collection_weights",
 ]

@@ -1,4 +1,4 @@
-"""Load checkpoints safely: weights only, and only classes from trusted packages."""
+"""Load checkpoints safely: weights only, and only classes from trusted packages (see :mod:`.trust`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import pickle
 import re
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import torch
 
 from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.errors import BrickDefinitionError, CheckpointError, UntrustedCheckpointError
+from torchbricks_lightning.lightning.trust import TRUSTED_CLASS_PREFIXES, check_class_paths, importable_paths
 
 __all__ = [
     "TRUSTED_CLASS_PREFIXES",
@@ -28,14 +29,6 @@ __all__ = [
     "load_state_into",
     "read_checkpoint",
 ]
-
-TRUSTED_CLASS_PREFIXES: tuple[str, ...] = (
-    "torchbricks_lightning.",
-    "torch.",
-    "torchvision.",
-    "torchmetrics.",
-)
-"""Packages whose classes a checkpoint may ask to instantiate without the user opting in."""
 
 _BRICKS_PREFIX = "brick_collection."
 
@@ -95,78 +88,6 @@ def _unreadable(path: Path, err: BaseException) -> str:
         f"Could not read checkpoint {str(path)!r} ({type(err).__name__}). The file is truncated (an interrupted "
         "save?) or is not a PyTorch checkpoint."
     )
-
-
-_DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
-
-
-def importable_paths(config: Any, where: str = "") -> Iterator[tuple[str, str]]:
-    """Every value that jsonargparse could import: ``class_path`` entries and dotted names of importable modules.
-
-    Callable arguments (an optimizer factory, say) are stored as plain dotted strings such as
-    ``"torch.optim.Adam"``, so every string that names something in an installed package counts.
-    """
-    if isinstance(config, Mapping):
-        for key, value in config.items():
-            here = f"{where}.{key}" if where else str(key)
-            if key == "_instantiator":
-                continue  # Lightning checks it against its own allowlist
-            yield from importable_paths(value, here)
-    elif isinstance(config, (list, tuple)):
-        for index, value in enumerate(config):
-            yield from importable_paths(value, f"{where}[{index}]")
-    elif isinstance(config, str) and where.endswith("class_path"):
-        yield where, config
-    elif isinstance(config, str) and _DOTTED.match(config):
-        root = config.split(".", 1)[0]
-        try:
-            importable = importlib.util.find_spec(root) is not None
-        except (ImportError, ValueError):
-            importable = False
-        if importable:
-            yield where, config
-
-
-def check_class_paths(config: Any, trusted_class_prefixes: Iterable[str] = ()) -> None:
-    """Raise if ``config`` (e.g. a checkpoint's hyperparameters) names a class outside the trusted packages.
-
-    Args:
-        config: nested dicts and lists with ``class_path`` entries and dotted names of callables.
-        trusted_class_prefixes: more trusted prefixes, e.g. ``["my_project."]``.
-
-    Raises:
-        UntrustedCheckpointError: a class path is not trusted.
-
-    Example:
-        >>> check_class_paths({"model": {"class_path": "torch.nn.Linear"}})
-        >>> check_class_paths({"model": {"class_path": "evil.Payload"}})
-        Traceback (most recent call last):
-        ...
-        torchbricks_lightning.errors.UntrustedCheckpointError: ...'evil.Payload' at 'model.class_path'...
-    """
-    trusted = (*TRUSTED_CLASS_PREFIXES, *trusted_class_prefixes)
-    instantiator = config.get("_instantiator") if isinstance(config, Mapping) else None
-    if instantiator is not None and instantiator not in _lightning_instantiators():
-        raise UntrustedCheckpointError(
-            f"The checkpoint asks Lightning to rebuild the model with {instantiator!r}, which is not one of "
-            "Lightning's "
-            "trusted instantiators; it was not loaded."
-        )
-    for where, class_path in importable_paths(config):
-        if not class_path.startswith(trusted):
-            raise UntrustedCheckpointError(
-                f"The checkpoint asks to instantiate {class_path!r} at {where!r}, which is not in a trusted package "
-                f"{list(trusted)}; it was not loaded. If you trust this checkpoint, pass "
-                f"trusted_class_prefixes=[{class_path.rsplit('.', 1)[0] + '.'!r}]."
-            )
-
-
-def _lightning_instantiators() -> set[str]:
-    try:
-        from pytorch_lightning.core.saving import _ALLOWED_INSTANTIATORS
-    except ImportError:  # pragma: no cover - older Lightning: only its own CLI instantiator
-        return {"pytorch_lightning.cli.instantiate_module", "lightning.pytorch.cli.instantiate_module"}
-    return set(_ALLOWED_INSTANTIATORS)
 
 
 def brick_state_dict(checkpoint: Mapping[str, Any], source: str | None = None) -> dict[str, torch.Tensor]:

@@ -28,9 +28,18 @@ from torchbricks_lightning.lightning.checkpoints import (
 from torchbricks_lightning.lightning.metric_logging import render_matrix, split_metrics, warn_once
 from torchbricks_lightning.lightning.resume import ResumableEpochLogs, load_resume_state, save_resume_state
 
-__all__ = ["DEFAULT_BATCH_NAMES", "EXAMPLE_INPUTS_KEY", "LightningBrickCollection", "LossNotFiniteError"]
+__all__ = [
+    "DEFAULT_BATCH_NAMES",
+    "EXAMPLE_INPUTS_KEY",
+    "LightningBrickCollection",
+    "LossNotFiniteError",
+]
 
 DEFAULT_BATCH_NAMES = ("raw", "targets")
+_OBJECT_ARGUMENTS = ("brick_collection", "optimizer", "lr_scheduler")
+"""Arguments that are objects rather than configuration, so never saved as hyperparameters: a checkpoint of a module
+built in Python needs ``brick_collection=`` to load. The CLI records their recipe instead (class paths and plain
+values), so a checkpoint of a CLI run rebuilds the module alone."""
 EXAMPLE_INPUTS_KEY = "torchbricks_example_inputs"
 """Checkpoint key holding the shape and dtype of each export input, so a checkpoint can be exported alone."""
 
@@ -92,7 +101,7 @@ class LightningBrickCollection(pl.LightningModule):
         compile_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=_objects_not_to_save())
+        self.save_hyperparameters(ignore=list(_OBJECT_ARGUMENTS))
         if isinstance(brick_collection, Mapping) and not isinstance(brick_collection, BrickCollection):
             brick_collection = BrickCollection(brick_collection)
         if not isinstance(brick_collection, BrickCollection):
@@ -342,7 +351,7 @@ class LightningBrickCollection(pl.LightningModule):
         """
         checkpoint = read_checkpoint(checkpoint_path)
         hyper_parameters = checkpoint.get(cls.CHECKPOINT_HYPER_PARAMS_KEY, {})
-        check_class_paths(hyper_parameters, trusted_class_prefixes)
+        check_class_paths(hyper_parameters, trusted_class_prefixes, owner=cls)
         if "brick_collection" not in kwargs and "brick_collection" not in hyper_parameters:
             raise CheckpointError(
                 f"Checkpoint {str(checkpoint_path)!r} was written by a LightningBrickCollection built in Python, so it "
@@ -394,17 +403,3 @@ def _batch_size(named_inputs: Mapping[str, Any]) -> float | None:
         if isinstance(value, torch.Tensor) and value.ndim:
             return float(value.shape[0])
     return None
-
-
-def _objects_not_to_save() -> list[str]:
-    """Arguments that are objects rather than configuration: not saved as hyperparameters.
-
-    When the CLI builds the module, Lightning hands ``save_hyperparameters`` the YAML configuration (class paths
-    and plain values) instead of the objects, and everything is kept so ``load_from_checkpoint`` can rebuild the
-    module from the checkpoint alone.
-    """
-    from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
-
-    if _given_hyperparameters.get() is not None:
-        return []
-    return ["brick_collection", "optimizer", "lr_scheduler"]
