@@ -5,12 +5,12 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
+from torchbricks_lightning.core.graph import BrickNode, resolve_name
 from torchbricks_lightning.core.names import (
     ALL_INPUTS,
     STAGE_INPUT,
@@ -18,6 +18,7 @@ from torchbricks_lightning.core.names import (
     normalize_input_names,
     normalize_output_names,
 )
+from torchbricks_lightning.core.spec import BrickSpec
 from torchbricks_lightning.core.stages import ALL_STAGES, AliveStages, Stage, parse_alive_stages
 from torchbricks_lightning.core.structure import StructureNode
 from torchbricks_lightning.errors import BrickDefinitionError, ConfigError
@@ -38,38 +39,6 @@ __all__ = [
 
 LOSS_STAGES = (Stage.TRAIN, Stage.VALIDATION, Stage.TEST)
 """The stages in which losses and metrics are alive by default."""
-
-
-@dataclass(frozen=True)
-class BrickSpec:
-    """Everything about a brick that shapes a collection's plans, as declared (relative names unresolved).
-
-    A brick's spec is replaced, never edited: assigning ``brick.input_names``, ``output_names``, ``alive_stages``,
-    ``loss_weight`` or ``return_metrics`` builds a new spec and tells the collections holding the brick to drop
-    their plans (see :mod:`torchbricks_lightning.core.structure`).
-
-    Attributes:
-        positional_inputs: data names passed positionally.
-        keyword_inputs: ``(argument_name, data_name)`` pairs passed as keyword arguments.
-        output_names: data names of the outputs.
-        alive_stages: the stages in which the brick runs.
-        loss_output_names: the outputs that are losses.
-        loss_weight: the weight of those losses in the total loss.
-        return_metrics: a metric brick also outputs each batch's metric values.
-    """
-
-    positional_inputs: tuple[str, ...]
-    keyword_inputs: tuple[tuple[str, str], ...]
-    output_names: tuple[str, ...]
-    alive_stages: tuple[Stage, ...]
-    loss_output_names: tuple[str, ...] = ()
-    loss_weight: float = 1.0
-    return_metrics: bool = False
-
-    @property
-    def input_names(self) -> list[str] | dict[str, str]:
-        """The declared input names: a list, or a dict ``{argument_name: data_name}``."""
-        return dict(self.keyword_inputs) if self.keyword_inputs else list(self.positional_inputs)
 
 
 def detach_outputs(outputs: Any) -> Any:
@@ -198,6 +167,30 @@ class BrickInterface(StructureNode, nn.Module, ABC):
     @loss_weight.setter
     def loss_weight(self, value: float) -> None:
         self._replace_spec(loss_weight=_check_loss_weight(value, type(self).__name__))
+
+    def brick_node(self, path: str, index: int) -> BrickNode:
+        """This brick as a :class:`BrickNode` placed at ``path``: relative names resolved to absolute ones."""
+        spec, directory = self._spec, path.rpartition("/")[0]
+
+        def resolve(name: str) -> str:
+            return resolve_name(name, directory, brick_path=path, role="input")
+
+        outputs = self._resolved_outputs(path, directory)
+        by_declared = dict(zip(spec.output_names, outputs, strict=False))
+        return BrickNode(
+            path=path,
+            positional_inputs=tuple(resolve(name) for name in spec.positional_inputs),
+            keyword_inputs=tuple((argument, resolve(name)) for argument, name in spec.keyword_inputs),
+            output_names=outputs,
+            loss_names=tuple(by_declared[name] for name in spec.loss_output_names),
+            loss_weight=spec.loss_weight,
+            alive_stages=frozenset(spec.alive_stages),
+            receives_stage=self.receives_stage,
+            index=index,
+        )
+
+    def _resolved_outputs(self, path: str, directory: str) -> tuple[str, ...]:
+        return tuple(resolve_name(name, directory, brick_path=path, role="output") for name in self._spec.output_names)
 
     # ----------------------------------------------------------------------------------------- module
     @abstractmethod

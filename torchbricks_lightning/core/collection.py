@@ -10,14 +10,14 @@ from torch import nn
 
 from torchbricks_lightning.core.bricks import BrickInterface
 from torchbricks_lightning.core.dispatch import CompiledStage, compile_stage
-from torchbricks_lightning.core.graph import BrickNode, StagePlan, check_input_names, plan_stage, resolve_name
+from torchbricks_lightning.core.graph import BrickNode, StagePlan, check_input_names, needed_nodes, plan_stage
+from torchbricks_lightning.core.losses import merge_loss_weights, weighted_total
 from torchbricks_lightning.core.metric_bricks import BrickMetrics
+from torchbricks_lightning.core.names import check_brick_name
 from torchbricks_lightning.core.stages import ALL_STAGES, Stage, StageLike, parse_stage
 from torchbricks_lightning.core.structure import StructureNode
 from torchbricks_lightning.errors import (
     BrickDefinitionError,
-    BrickGraphError,
-    ConfigError,
     DuplicateOutputError,
     InvalidNameError,
     TorchBricksError,
@@ -117,13 +117,7 @@ class BrickCollection(StructureNode, nn.ModuleDict):
         return collection
 
     def __setitem__(self, name: str, value: Any) -> None:
-        if not isinstance(name, str) or not name:
-            raise InvalidNameError(f"Expected brick names to be non-empty strings, but got {name!r}.")
-        if "/" in name or "." in name:
-            raise InvalidNameError(
-                f"Brick name {name!r} contains {'/' if '/' in name else '.'!r}, which separates nested names. "
-                f"Use a nested dict instead, e.g. {{{name.split('/')[0].split('.')[0]!r}: {{...}}}}, or rename it."
-            )
+        check_brick_name(name)
         if name not in self._modules and (name in _attribute_names(type(self)) or name in self.__dict__):
             raise InvalidNameError(
                 f"Brick name {name!r} clashes with the BrickCollection attribute of that name. Rename the brick."
@@ -201,7 +195,7 @@ class BrickCollection(StructureNode, nn.ModuleDict):
         """The bricks as :class:`BrickNode` records, with relative names resolved to absolute ones."""
         nodes = self._nodes
         if nodes is None:
-            nodes = tuple(_node(index, path, brick) for index, (path, brick) in enumerate(self.named_bricks()))
+            nodes = tuple(brick.brick_node(path, index) for index, (path, brick) in enumerate(self.named_bricks()))
             self.__dict__["_nodes"] = nodes
         return nodes
 
@@ -254,6 +248,38 @@ class BrickCollection(StructureNode, nn.ModuleDict):
             # Every stage at once, so the cache does not change between calls (torch.compile guards on it). Keyed
             # by the Stage and by its value (they hash alike on some Python versions only).
             compiled[stage] = compiled[stage.value] = compile_stage(plan, [bricks[node.path] for node in plan.nodes])
+
+    def select(self, output_names: Iterable[str], stage: StageLike = Stage.EXPORT) -> BrickCollection:
+        """A new collection of only the bricks that ``output_names`` need in ``stage``: a pruned graph.
+
+        The bricks are shared (same modules, same weights) and keep their paths, so relative names and metric keys
+        are unchanged. The new collection needs only the inputs those bricks read, and runs fewer bricks.
+
+        Raises:
+            ConfigError: a name is not produced in ``stage`` (with a close match, if any), or no name is given.
+
+        Example:
+            >>> from torch import nn
+            >>> from torchbricks_lightning import BrickTrainable
+            >>> collection = BrickCollection({
+            ...     "backbone": BrickTrainable(nn.Identity(), input_names=["raw"], output_names=["features"]),
+            ...     "head0": BrickTrainable(nn.Linear(4, 2), input_names=["features"], output_names=["logits0"]),
+            ...     "head1": BrickTrainable(nn.Linear(4, 3), input_names=["features"], output_names=["logits1"]),
+            ... })
+            >>> head1 = collection.select(["logits1"])
+            >>> list(head1), head1.input_names("export"), head1.output_names("export")
+            (['backbone', 'head1'], ['raw'], ['features', 'logits1'])
+        """
+        nodes = needed_nodes(self.plan(stage), list(output_names))
+        bricks = dict(self.named_bricks())
+        tree: dict[str, Any] = {}
+        for node in sorted(nodes, key=lambda each: each.index):  # declaration order, paths kept
+            *directories, name = node.path.split("/")
+            level = tree
+            for directory in directories:
+                level = level.setdefault(directory, {})
+            level[name] = bricks[node.path]
+        return BrickCollection(tree)
 
     def plan(self, stage: StageLike) -> StagePlan:
         """The :class:`StagePlan` of ``stage``: its alive bricks in execution order and its interface."""
@@ -352,26 +378,7 @@ class BrickCollection(StructureNode, nn.ModuleDict):
             ConfigError: ``loss_weights`` names a loss the collection does not have.
             BrickGraphError: ``named_outputs`` holds no loss.
         """
-        weights = self._weights()
-        if loss_weights:
-            unknown = [name for name in loss_weights if name not in weights]
-            if unknown:
-                raise ConfigError(f"loss_weights names unknown losses {unknown}; the losses are {list(weights)}.")
-            weights = {**weights, **loss_weights}
-        terms = [
-            named_outputs[name] if weights[name] == 1.0 else weights[name] * named_outputs[name]
-            for name in weights
-            if name in named_outputs
-        ]
-        if not terms:
-            raise BrickGraphError(
-                f"No loss found in the outputs (keys: {list(named_outputs)}). Losses come from BrickLoss bricks "
-                f"alive in the stage; this collection declares {list(weights) or 'none'}."
-            )
-        total = terms[0]
-        for term in terms[1:]:
-            total = total + term
-        return total
+        return weighted_total(named_outputs, merge_loss_weights(self._weights(), loss_weights))
 
     # ----------------------------------------------------------------------------------------- metrics
     def _metric_bricks(self) -> Iterator[tuple[str, BrickMetrics]]:
@@ -408,32 +415,3 @@ class BrickCollection(StructureNode, nn.ModuleDict):
     def metric_keys(self) -> list[str]:
         """Every key that ``summarize`` can report."""
         return [key for path, brick in self._metric_bricks() for key in brick.metric_keys(path)]
-
-
-def _node(index: int, path: str, brick: BrickInterface) -> BrickNode:
-    directory = path.rpartition("/")[0]
-
-    def resolve(name: str, role: str) -> str:
-        return resolve_name(name, directory, brick_path=path, role=role)
-
-    spec = brick.spec
-    positional = tuple(resolve(name, "input") for name in spec.positional_inputs)
-    keyword = tuple((argument, resolve(name, "input")) for argument, name in spec.keyword_inputs)
-    if isinstance(brick, BrickMetrics):
-        outputs = tuple(brick.metric_keys(path)) if spec.return_metrics else ()
-        losses: tuple[str, ...] = ()
-    else:
-        outputs = tuple(resolve(name, "output") for name in spec.output_names)
-        by_declared = dict(zip(spec.output_names, outputs, strict=True))
-        losses = tuple(by_declared[name] for name in spec.loss_output_names)
-    return BrickNode(
-        path=path,
-        positional_inputs=positional,
-        keyword_inputs=keyword,
-        output_names=outputs,
-        loss_names=losses,
-        loss_weight=spec.loss_weight,
-        alive_stages=frozenset(spec.alive_stages),
-        receives_stage=brick.receives_stage,
-        index=index,
-    )

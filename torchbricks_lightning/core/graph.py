@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from torchbricks_lightning.core.names import ALL_INPUTS, STAGE_INPUT
 from torchbricks_lightning.core.stages import Stage
 from torchbricks_lightning.errors import (
+    ConfigError,
     CycleError,
     DuplicateOutputError,
     InvalidNameError,
@@ -26,6 +27,7 @@ __all__ = [
     "StagePlan",
     "check_input_names",
     "join_path",
+    "needed_nodes",
     "plan_stage",
     "resolve_name",
 ]
@@ -290,3 +292,50 @@ def check_input_names(
         f"an alive brick provides it{more}. {given}: {sorted(present)}; produced by bricks alive in this "
         f"stage: {list(plan.output_names)}.{did_you_mean(name, candidates)}{f' {hint}' if hint else ''}"
     )
+
+
+def needed_nodes(plan: StagePlan, output_names: Sequence[str]) -> tuple[BrickNode, ...]:
+    """The bricks of ``plan`` that ``output_names`` depend on, directly or not, in execution order.
+
+    This is tensordict's ``select_subsequence(out_keys=...)`` for a brick graph: walk back from the requested names
+    through their producers. A brick reading ``'__all__'`` depends on every brick that runs before it.
+
+    Raises:
+        ConfigError: a name is not produced in the plan's stage, or no name is given.
+
+    Example:
+        >>> from torchbricks_lightning.core.stages import Stage
+        >>> def node(path, inputs, outputs, index):
+        ...     return BrickNode(path, inputs, (), outputs, (), 1.0, frozenset(Stage), False, index)
+        >>> nodes = [node("pre", ("raw",), ("x",), 0), node("a", ("x",), ("a",), 1), node("b", ("raw",), ("b",), 2)]
+        >>> [n.path for n in needed_nodes(plan_stage(nodes, Stage.EXPORT), ["a"])]
+        ['pre', 'a']
+    """
+    if isinstance(output_names, str):
+        output_names = [output_names]
+    if not output_names:
+        raise ConfigError(
+            f"Expected at least one output name to select in stage {plan.stage.value!r}; it produces "
+            f"{list(plan.output_names)}."
+        )
+    position = {node.path: i for i, node in enumerate(plan.nodes)}
+    producer = {name: node for node in plan.nodes for name in node.output_names}
+    unknown = [name for name in output_names if name not in producer]
+    if unknown:
+        raise ConfigError(
+            f"Cannot select {unknown}: no brick alive in stage {plan.stage.value!r} produces "
+            f"{'it' if len(unknown) == 1 else 'them'}. It produces {list(plan.output_names)}."
+            f"{did_you_mean(unknown[0], plan.output_names)} Make the brick alive in {plan.stage.value!r} "
+            "(alive_stages), or pick another stage."
+        )
+    needed: set[str] = set()
+    stack = [producer[name] for name in output_names]
+    while stack:
+        node = stack.pop()
+        if node.path in needed:
+            continue
+        needed.add(node.path)
+        if node.reads_all:
+            stack.extend(plan.nodes[: position[node.path]])
+        stack.extend(producer[name] for name in node.data_inputs if name in producer)
+    return tuple(node for node in plan.nodes if node.path in needed)

@@ -147,6 +147,9 @@ class BrickMetrics(BrickInterface):
         """
         return [f"{brick_path}/{name}" for name in self._report_names]
 
+    def _resolved_outputs(self, path: str, directory: str) -> tuple[str, ...]:
+        return tuple(self.metric_keys(path)) if self._spec.return_metrics else ()
+
     @property
     def return_metrics(self) -> bool:
         """Whether the brick also outputs each batch's metric values (under its metric keys)."""

@@ -19,6 +19,7 @@ __all__ = [
     "RESERVED_INPUT_NAMES",
     "STAGE_INPUT",
     "InputNames",
+    "check_brick_name",
     "check_data_name",
     "normalize_input_names",
     "normalize_output_names",
@@ -32,6 +33,27 @@ RESERVED_INPUT_NAMES = (ALL_INPUTS, STAGE_INPUT)
 """Names that are inputs only: no brick may produce them."""
 
 InputNames = Sequence[str] | Mapping[str, str]
+
+
+def check_brick_name(name: object) -> str:
+    """Return ``name`` if it can name a brick in a collection: a non-empty string without ``/`` or ``.``.
+
+    Example:
+        >>> check_brick_name("head0")
+        'head0'
+        >>> check_brick_name("head0/classify")
+        Traceback (most recent call last):
+        ...
+        torchbricks_lightning.errors.InvalidNameError: Brick name 'head0/classify' contains '/', which separates ...
+    """
+    if not isinstance(name, str) or not name:
+        raise InvalidNameError(f"Expected brick names to be non-empty strings, but got {name!r}.")
+    if "/" in name or "." in name:
+        raise InvalidNameError(
+            f"Brick name {name!r} contains {'/' if '/' in name else '.'!r}, which separates nested names. "
+            f"Use a nested dict instead, e.g. {{{name.split('/')[0].split('.')[0]!r}: {{...}}}}, or rename it."
+        )
+    return name
 
 
 def check_data_name(name: object, *, role: str, where: str) -> str:
