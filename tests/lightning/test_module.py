@@ -734,6 +734,12 @@ def test_checkpoint_stores_example_inputs(fitted: tuple[LightningBrickCollection
     assert example["raw"].dtype == torch.float32
     outputs = loaded.brick_collection(example, Stage.EXPORT)
     assert outputs["logits"].shape == (5, NUM_CLASSES)
+    torch.manual_seed(11)
+    before = torch.get_rng_state()
+    again = loaded.example_named_inputs(batch_size=5)
+    assert torch.equal(torch.get_rng_state(), before), "example inputs come from a private generator"
+    assert torch.equal(again["raw"], example["raw"])
+    assert not torch.equal(loaded.example_named_inputs(batch_size=5, seed=1)["raw"], example["raw"])
 
 
 class TokenClassifier(nn.Module):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, Literal, cast
 
 import pytorch_lightning as pl
@@ -17,22 +16,19 @@ from torchbricks_lightning.core.bricks import BrickInterface
 from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.core.stages import Stage
 from torchbricks_lightning.errors import BrickDefinitionError, ConfigError, LossNotFiniteError
-from torchbricks_lightning.lightning.checkpoints import (
-    CheckpointError,
-    brick_state_dict,
-    check_class_paths,
-    check_state_fits,
-    load_state_into,
-    read_checkpoint,
-)
+from torchbricks_lightning.lightning.checkpoints import brick_state_dict, check_state_fits, load_module_checkpoint
+from torchbricks_lightning.lightning.example_inputs import EXAMPLE_INPUTS_KEY, example_tensors, record_example_inputs
 from torchbricks_lightning.lightning.metric_logging import render_matrix, split_metrics, warn_once
-from torchbricks_lightning.lightning.resume import ResumableEpochLogs, load_resume_state, save_resume_state
+from torchbricks_lightning.lightning.resume import (
+    ResumableEpochLogs,
+    attached_trainer,
+    load_resume_state,
+    save_resume_state,
+)
 
 __all__ = ["DEFAULT_BATCH_NAMES", "EXAMPLE_INPUTS_KEY", "LightningBrickCollection", "LossNotFiniteError"]
 
 DEFAULT_BATCH_NAMES = ("raw", "targets")
-EXAMPLE_INPUTS_KEY = "torchbricks_example_inputs"
-"""Checkpoint key holding the shape and dtype of each export input, so a checkpoint can be exported alone."""
 
 BrickValue = BrickInterface | BrickCollection | Mapping[str, BrickInterface | BrickCollection]
 
@@ -162,7 +158,7 @@ class LightningBrickCollection(pl.LightningModule):
     def _shared_step(self, batch: Any, stage: Stage) -> tuple[dict[str, Any], torch.Tensor | None]:
         named_inputs = self.named_inputs_of(batch, stage)
         if not self.example_inputs:
-            self._record_example_inputs(named_inputs)
+            self.example_inputs = record_example_inputs(self.brick_collection, named_inputs)
         named_outputs = self._run(named_inputs, stage)
         losses = self.brick_collection.extract_losses(named_outputs)
         if not losses:
@@ -290,14 +286,6 @@ class LightningBrickCollection(pl.LightningModule):
         return [ResumableEpochLogs()]
 
     # ---------------------------------------------------------------------------------------- checkpoints
-    def _record_example_inputs(self, named_inputs: Mapping[str, Any]) -> None:
-        example: dict[str, dict[str, Any]] = {}
-        for name in self.brick_collection.input_names(Stage.EXPORT):
-            value = named_inputs.get(name)
-            if isinstance(value, torch.Tensor):
-                example[name] = {"shape": [1, *value.shape[1:]] if value.ndim else [], "dtype": str(value.dtype)}
-        self.example_inputs = example
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.example_inputs:
             checkpoint[EXAMPLE_INPUTS_KEY] = self.example_inputs
@@ -305,7 +293,8 @@ class LightningBrickCollection(pl.LightningModule):
         save_resume_state(self, self.brick_collection, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self._trainer is not None and "state_dict" in checkpoint:
+        trainer = attached_trainer(self)
+        if trainer is not None and "state_dict" in checkpoint:
             # A Trainer restoring ckpt_path loads the weights right after this hook, with torch's own error for a
             # checkpoint of other bricks; say which names and shapes differ first. (load_from_checkpoint checks
             # the weights itself, before this hook.)
@@ -313,7 +302,7 @@ class LightningBrickCollection(pl.LightningModule):
                 self.brick_collection,
                 brick_state_dict(checkpoint),
                 strict=self.strict_loading,
-                source=str(getattr(self._trainer, "ckpt_path", None) or "ckpt_path"),
+                source=str(trainer.ckpt_path or "ckpt_path"),
             )
         self.example_inputs = dict(checkpoint.get(EXAMPLE_INPUTS_KEY, {}))
         # Only when trainer.fit resumes: load_from_checkpoint and validate/test/predict leave metrics and RNGs alone.
@@ -334,56 +323,33 @@ class LightningBrickCollection(pl.LightningModule):
         The file is read with ``weights_only=True`` (no arbitrary code runs), and the classes its configuration
         asks for must come from torchbricks_lightning, torch, torchvision or torchmetrics, unless you add prefixes
         to ``trusted_class_prefixes``. A module created by the CLI is rebuilt from the checkpoint alone; one built
-        in Python needs ``brick_collection=`` (built as it was for training).
+        in Python needs ``brick_collection=`` (built as it was for training). See
+        :func:`~torchbricks_lightning.lightning.checkpoints.load_module_checkpoint`.
 
         Raises:
             CheckpointError: the file is unreadable or truncated, or does not fit the bricks.
             UntrustedCheckpointError: the checkpoint holds code or names an untrusted class.
         """
-        checkpoint = read_checkpoint(checkpoint_path)
-        hyper_parameters = checkpoint.get(cls.CHECKPOINT_HYPER_PARAMS_KEY, {})
-        check_class_paths(hyper_parameters, trusted_class_prefixes)
-        if "brick_collection" not in kwargs and "brick_collection" not in hyper_parameters:
-            raise CheckpointError(
-                f"Checkpoint {str(checkpoint_path)!r} was written by a LightningBrickCollection built in Python, so it "
-                "holds the weights but not the bricks. Pass them: "
-                "LightningBrickCollection.load_from_checkpoint(path, brick_collection=...)."
-            )
-        if "brick_collection" in kwargs:
-            bricks = kwargs["brick_collection"]
-            if isinstance(bricks, Mapping) and not isinstance(bricks, BrickCollection):
-                bricks = BrickCollection(bricks)
-            kwargs["brick_collection"] = bricks
-            load_state_into(
-                bricks,
-                brick_state_dict(checkpoint, source=str(checkpoint_path)),
-                strict=strict is not False,
-                source=str(checkpoint_path),
-            )
-        try:
-            module = super().load_from_checkpoint(
-                Path(checkpoint_path), map_location=map_location, strict=strict, weights_only=True, **kwargs
-            )
-        except (RuntimeError, ValueError, TypeError) as err:
-            raise CheckpointError(f"Could not load checkpoint {str(checkpoint_path)!r}: {err}") from err
-        return module
+        return load_module_checkpoint(
+            super().load_from_checkpoint,
+            checkpoint_path,
+            map_location=map_location,
+            strict=strict,
+            trusted_class_prefixes=trusted_class_prefixes,
+            hyper_parameters_key=cls.CHECKPOINT_HYPER_PARAMS_KEY,
+            **kwargs,
+        )
 
-    def example_named_inputs(self, batch_size: int = 2) -> dict[str, torch.Tensor]:
-        """Random inputs shaped like the export inputs seen in training (recorded in checkpoints)."""
-        if not self.example_inputs:
-            raise ConfigError(
-                "No example inputs are known: the module has not seen a batch and its checkpoint holds none. "
-                "Pass named_inputs explicitly."
-            )
-        tensors = {}
-        for name, spec in self.example_inputs.items():
-            dtype = getattr(torch, str(spec["dtype"]).removeprefix("torch."))
-            shape = [batch_size, *spec["shape"][1:]] if spec["shape"] else []
-            if dtype.is_floating_point:
-                tensors[name] = torch.rand(shape, dtype=dtype)
-            else:
-                tensors[name] = torch.zeros(shape, dtype=dtype)
-        return tensors
+    def example_named_inputs(self, batch_size: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
+        """Random inputs shaped like the export inputs seen in training (recorded in checkpoints).
+
+        They come from a private generator seeded with ``seed``, never from the global one (see
+        :func:`~torchbricks_lightning.lightning.example_inputs.example_tensors`).
+
+        Raises:
+            ConfigError: no batch was seen and the checkpoint held no example inputs.
+        """
+        return example_tensors(self.example_inputs, batch_size=batch_size, seed=seed)
 
 
 def _batch_size(named_inputs: Mapping[str, Any]) -> float | None:

@@ -43,6 +43,7 @@ __all__ = [
     "RESUME_STATE_KEY",
     "ResumableEpochLogs",
     "ResumeStateError",
+    "attached_trainer",
     "collect_metric_states",
     "load_resume_state",
     "restore_metric_states",
@@ -75,10 +76,16 @@ def _gather(local: Any) -> list[Any]:
     return gathered
 
 
-def _attached_trainer(module: pl.LightningModule) -> pl.Trainer | None:
+def attached_trainer(module: pl.LightningModule) -> pl.Trainer | None:
+    """The Trainer ``module`` is attached to, or None (``load_from_checkpoint``, a module used without a Trainer).
+
+    Example:
+        >>> attached_trainer(pl.LightningModule()) is None
+        True
+    """
     try:
         return module.trainer
-    except RuntimeError:  # not attached: load_from_checkpoint, or a module used outside a Trainer
+    except RuntimeError:  # Lightning's public property raises when no Trainer is attached
         return None
 
 
@@ -238,7 +245,7 @@ def save_resume_state(module: pl.LightningModule, collection: BrickCollection, c
     Nothing is written outside ``trainer.fit``. Metric states are written only in the middle of an epoch; a
     checkpoint written when the epoch's batches are all done holds none (see :func:`_mid_epoch`).
     """
-    trainer = _attached_trainer(module)
+    trainer = attached_trainer(module)
     if trainer is None or not _fitting(trainer):
         return
     mid_epoch = _mid_epoch(trainer)
@@ -270,7 +277,7 @@ def load_resume_state(module: pl.LightningModule, collection: BrickCollection, c
         ResumeStateError: the checkpoint stopped mid-epoch with another number of processes, or its metric states
             do not fit the bricks.
     """
-    trainer = _attached_trainer(module)
+    trainer = attached_trainer(module)
     if trainer is None or not _fitting(trainer):
         return
     collection.reset_metrics()
