@@ -6,13 +6,12 @@ from torchbricks_lightning.lightning.checkpoints import (
     load_brick_collection_weights,
 )
 from torchbricks_lightning.lightning.module import LightningBrickCollection, LossNotFiniteError
-from torchbricks_lightning.lightning.resume import ResumableEpochLogs, ResumeStateError
+from torchbricks_lightning.lightning.resume import ResumeStateError
 
 __all__ = [
     "CheckpointError",
     "LightningBrickCollection",
     "LossNotFiniteError",
-    "ResumableEpochLogs",
     "ResumeStateError",
     "UntrustedCheckpointError",
     "load_brick_collection_weights",

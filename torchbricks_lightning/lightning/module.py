@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
@@ -18,13 +18,9 @@ from torchbricks_lightning.core.stages import Stage
 from torchbricks_lightning.errors import BrickDefinitionError, ConfigError, LossNotFiniteError
 from torchbricks_lightning.lightning.checkpoints import brick_state_dict, check_state_fits, load_module_checkpoint
 from torchbricks_lightning.lightning.example_inputs import EXAMPLE_INPUTS_KEY, example_tensors, record_example_inputs
+from torchbricks_lightning.lightning.loss_logging import TOTAL_LOSS, LossMeans, samples_in
 from torchbricks_lightning.lightning.metric_logging import render_matrix, split_metrics, warn_once
-from torchbricks_lightning.lightning.resume import (
-    ResumableEpochLogs,
-    attached_trainer,
-    load_resume_state,
-    save_resume_state,
-)
+from torchbricks_lightning.lightning.resume import attached_trainer, load_resume_state, save_resume_state
 
 __all__ = ["DEFAULT_BATCH_NAMES", "EXAMPLE_INPUTS_KEY", "LightningBrickCollection", "LossNotFiniteError"]
 
@@ -43,9 +39,12 @@ class LightningBrickCollection(pl.LightningModule):
     Lightning's steps map to stages: ``training_step`` runs ``Stage.TRAIN``, ``validation_step``
     ``Stage.VALIDATION``, ``test_step`` ``Stage.TEST`` and ``predict_step`` ``Stage.INFERENCE`` (which returns
     the outputs dict and computes no loss). Every loss is logged as ``{stage}/{loss name}`` and the optimised
-    total as ``{stage}/loss``; at each epoch end the metrics of the stage are summarised, logged as
-    ``{stage}/{metric key}`` and reset. Per-class vectors are logged as one scalar per class, and matrices (a
-    confusion matrix) are drawn as pictures on loggers that show images (TensorBoard).
+    total as ``{stage}/loss``: in training each step's value as ``train/{name}_step`` and the epoch mean as
+    ``train/{name}_epoch`` (also ``train/{name}`` for callbacks such as ``ModelCheckpoint(monitor=...)``), in
+    validation and test the epoch mean. Epoch means weigh each batch by its number of samples, over all processes
+    (see :mod:`~torchbricks_lightning.lightning.loss_logging`). At each epoch end the metrics of the stage are
+    summarised, logged as ``{stage}/{metric key}`` and reset. Per-class vectors are logged as one scalar per class,
+    and matrices (a confusion matrix) are drawn as pictures on loggers that show images (TensorBoard).
 
     Args:
         brick_collection: the bricks, as a ``BrickCollection`` or a (nested) dict of bricks.
@@ -116,10 +115,16 @@ class LightningBrickCollection(pl.LightningModule):
                 raise ConfigError(
                     f"loss_weights names unknown losses {unknown}; the collection's losses are {list(known)}."
                 )
+        if TOTAL_LOSS in brick_collection.loss_weights():
+            raise ConfigError(
+                f"A loss is named {TOTAL_LOSS!r}, the name under which the total loss is logged ('train/loss', ...). "
+                "Give the loss brick another output name."
+            )
         self.check_finite_loss = check_finite_loss
         self.compile_model = compile_model
         self.compile_kwargs = dict(compile_kwargs or {})
         self.example_inputs: dict[str, dict[str, Any]] = {}
+        self.loss_means = LossMeans()
         self._warned: set[str] = set()
         self.__dict__["_compiled"] = None
 
@@ -164,23 +169,22 @@ class LightningBrickCollection(pl.LightningModule):
         if not losses:
             return named_outputs, None
         total = self.brick_collection.total_loss(losses, self.loss_weights)  # the losses only, found once
-        # Lightning types batch_size as int but sums it as given; a float keeps epoch means exact (see _batch_size).
-        batch_size = cast("int | None", _batch_size(named_inputs))
-        on_step = stage is Stage.TRAIN
-        for name, value in losses.items():
-            self.log(
-                f"{stage.value}/{name}", value, batch_size=batch_size, on_step=on_step, on_epoch=True, sync_dist=True
-            )
-        self.log(
-            f"{stage.value}/loss",
-            total,
-            batch_size=batch_size,
-            on_step=on_step,
-            on_epoch=True,
-            sync_dist=True,
-            prog_bar=True,
-        )
+        self._log_losses(stage, losses, total, samples_in(named_inputs))
         return named_outputs, total
+
+    def _log_losses(self, stage: Stage, losses: Mapping[str, torch.Tensor], total: torch.Tensor, weight: float) -> None:
+        """Add the step's losses to the stage's epoch means, each batch weighted by ``weight``; in training, log
+        each step's values too (averaged over the processes, as the step's batch is split across them)."""
+        means = self.loss_means
+        if stage is Stage.TRAIN:
+            for name, value in losses.items():
+                self.log(f"train/{name}_step", value, on_step=True, on_epoch=False, sync_dist=True)
+                means.update(stage, name, value, weight)
+            self.log("train/loss_step", total, on_step=True, on_epoch=False, sync_dist=True, prog_bar=True)
+        else:
+            for name, value in losses.items():
+                means.update(stage, name, value, weight)
+        means.update(stage, TOTAL_LOSS, total, weight)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         named_outputs, total = self._shared_step(batch, Stage.TRAIN)
@@ -209,36 +213,44 @@ class LightningBrickCollection(pl.LightningModule):
         return self._run(self.named_inputs_of(batch, Stage.INFERENCE), Stage.INFERENCE)
 
     # ---------------------------------------------------------------------------------------- metrics
-    # Each stage starts its epoch from empty metrics, so a run that stopped mid-epoch in this process (an
-    # exception, an interrupted notebook cell) leaves nothing behind. A mid-epoch resume does not call
-    # on_train_epoch_start, so the metric states restored from the checkpoint are kept.
+    # Each stage starts its epoch from empty metrics and loss means, so a run that stopped mid-epoch in this process
+    # (an exception, an interrupted notebook cell) leaves nothing behind. A mid-epoch resume does not call
+    # on_train_epoch_start, so the states restored from the checkpoint are kept.
     def on_train_epoch_start(self) -> None:
         self.brick_collection.reset_metrics(Stage.TRAIN)
+        self.loss_means.reset(Stage.TRAIN)
 
     def on_validation_epoch_start(self) -> None:
         self.brick_collection.reset_metrics(Stage.VALIDATION)
+        self.loss_means.reset(Stage.VALIDATION)
 
     def on_test_epoch_start(self) -> None:
         self.brick_collection.reset_metrics(Stage.TEST)
+        self.loss_means.reset(Stage.TEST)
 
     def on_train_epoch_end(self) -> None:
-        self._log_metrics(Stage.TRAIN)
+        self._log_epoch(Stage.TRAIN)
 
     def on_validation_epoch_end(self) -> None:
-        self._log_metrics(Stage.VALIDATION)
+        self._log_epoch(Stage.VALIDATION)
 
     def on_test_epoch_end(self) -> None:
-        self._log_metrics(Stage.TEST)
+        self._log_epoch(Stage.TEST)
 
-    def _log_metrics(self, stage: Stage) -> None:
+    def _log_epoch(self, stage: Stage) -> None:
         if self.trainer.world_size > 1:
-            # Lightning's progress bar (rank 0 only) computes the epoch's logged values, one collective each,
-            # before this hook; the other ranks would compute them after it. The metrics' sync below is a
-            # collective too, so compute the logged values here on every rank first: each rank then runs the
-            # collectives in the same order (otherwise DDP deadlocks, Lightning-AI/pytorch-lightning#21264).
+            # Lightning's progress bar (rank 0 only) computes the epoch's logged values before this hook, and the
+            # other ranks would compute them after it. A value logged with sync_dist=True, or a Metric, takes one
+            # collective to compute, and the metrics' sync below takes more: compute the logged values here on every
+            # rank first, so that each rank runs the collectives in the same order (otherwise DDP deadlocks,
+            # Lightning-AI/pytorch-lightning#21264).
             _ = self.trainer.callback_metrics
         metrics = self.brick_collection.summarize(stage, reset=True)
-        if not metrics or self.trainer.sanity_checking:
+        if self.trainer.sanity_checking:
+            self.loss_means.reset(stage)
+            return
+        self._log_loss_means(stage)
+        if not metrics:
             return
         split = split_metrics(stage.value, metrics)
         if split.scalars:
@@ -246,6 +258,21 @@ class LightningBrickCollection(pl.LightningModule):
             self.log_dict({name: value.float() for name, value in split.scalars.items()}, sync_dist=False)
         for name, matrix in split.matrices.items():
             self._log_matrix(name, matrix)
+
+    def _log_loss_means(self, stage: Stage) -> None:
+        """Log the epoch means of the losses as Metric objects: Lightning computes them (torchmetrics syncs their
+        states across processes) after the epoch hooks, and resets them."""
+        for name, metric in self.loss_means.metrics(stage).items():
+            if not metric.update_called:
+                continue  # this stage ran no step with this loss (every process alike: each gets batches)
+            attribute = f"loss_means.{self.loss_means.attribute(stage, name)}"
+            key = f"{stage.value}/{name}"
+            total = name == TOTAL_LOSS
+            if stage is Stage.TRAIN:
+                self.log(f"{key}_epoch", metric, on_epoch=True, prog_bar=total, metric_attribute=attribute)
+                self.log(key, metric, on_epoch=True, logger=False, metric_attribute=attribute)  # for monitors
+            else:
+                self.log(key, metric, on_epoch=True, prog_bar=total, metric_attribute=attribute)
 
     def _log_matrix(self, name: str, matrix: torch.Tensor) -> None:
         image_loggers = [logger for logger in self.loggers if isinstance(logger, TensorBoardLogger)]
@@ -281,16 +308,12 @@ class LightningBrickCollection(pl.LightningModule):
             config["monitor"] = self.lr_scheduler_monitor
         return {"optimizer": optimizer, "lr_scheduler": config}
 
-    def configure_callbacks(self) -> list[pl.Callback]:
-        """Adds :class:`ResumableEpochLogs`, so a mid-epoch resume also carries the epoch sums of logged losses."""
-        return [ResumableEpochLogs()]
-
     # ---------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.example_inputs:
             checkpoint[EXAMPLE_INPUTS_KEY] = self.example_inputs
-        # The interrupted epoch's train metric states and the random generators (see lightning/resume.py).
-        save_resume_state(self, self.brick_collection, checkpoint)
+        # The interrupted epoch's train metric and loss-mean states, and the random generators (lightning/resume.py).
+        save_resume_state(self, self.brick_collection, checkpoint, self.loss_means)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         trainer = attached_trainer(self)
@@ -306,7 +329,7 @@ class LightningBrickCollection(pl.LightningModule):
             )
         self.example_inputs = dict(checkpoint.get(EXAMPLE_INPUTS_KEY, {}))
         # Only when trainer.fit resumes: load_from_checkpoint and validate/test/predict leave metrics and RNGs alone.
-        load_resume_state(self, self.brick_collection, checkpoint)
+        load_resume_state(self, self.brick_collection, checkpoint, self.loss_means)
 
     @classmethod
     def load_from_checkpoint(  # type: ignore[override]
@@ -350,16 +373,6 @@ class LightningBrickCollection(pl.LightningModule):
             ConfigError: no batch was seen and the checkpoint held no example inputs.
         """
         return example_tensors(self.example_inputs, batch_size=batch_size, seed=seed)
-
-
-def _batch_size(named_inputs: Mapping[str, Any]) -> float | None:
-    # A float: Lightning averages the summed batch sizes across processes when it syncs an epoch mean, and an
-    # integer sum would round down when processes hold uneven shards (37 samples on 2 processes: 18, not 18.5),
-    # so the logged epoch loss would read high (Lightning-AI/pytorch-lightning#21859).
-    for value in named_inputs.values():
-        if isinstance(value, torch.Tensor) and value.ndim:
-            return float(value.shape[0])
-    return None
 
 
 def _objects_not_to_save() -> list[str]:
