@@ -60,8 +60,11 @@ class LossMean(MeanMetric):
         if weight is None:
             weight = 1.0
         if isinstance(value, torch.Tensor):
-            value = value.detach().to(self.mean_value.dtype)
-        self.mean_value.add_(value * weight)
+            value = value.detach()
+        if isinstance(weight, torch.Tensor):
+            self.mean_value.add_(value * weight)
+        else:  # one kernel, computed in the state's dtype (float32 also for a half-precision loss)
+            self.mean_value.add_(value, alpha=weight)
         self.weight.add_(weight)
 
 
