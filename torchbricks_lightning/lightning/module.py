@@ -174,7 +174,12 @@ class LightningBrickCollection(pl.LightningModule):
 
     def _log_losses(self, stage: Stage, losses: Mapping[str, torch.Tensor], total: torch.Tensor, weight: float) -> None:
         """Add the step's losses to the stage's epoch means, each batch weighted by ``weight``; in training, log
-        each step's values too (averaged over the processes, as the step's batch is split across them)."""
+        each step's values too (averaged over the processes, as the step's batch is split across them).
+
+        Every loss gets the batch's number of samples as its weight; ``LossMeans.update`` takes one weight per loss
+        and call, so a loss averaged over fewer elements (e.g. the labelled samples of a partially labelled batch)
+        can be given its own count instead.
+        """
         means = self.loss_means
         if stage is Stage.TRAIN:
             for name, value in losses.items():
