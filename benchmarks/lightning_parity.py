@@ -4,7 +4,9 @@ All variants train the same model (same initial weights, copied from one seeded 
 (cross-entropy), the same metric (the head's ``ConfusionMatrixMetrics`` accuracy, summarised and reset at each
 epoch end), the same optimizer (Adam, lr 1e-3) and the same data in the same order. The hand-written module logs
 what the brick module logs: ``train/head/loss_ce`` and ``train/loss`` per step and per epoch with ``batch_size``
-and ``sync_dist``, and ``train/head/accuracy`` at the epoch end. Two models: a tiny MLP and a small CNN.
+and ``sync_dist``, and ``train/head/accuracy`` at the epoch end. It does so the usual way, letting Lightning average
+the logged tensors; the brick module keeps the epoch means in torchmetrics metrics of its own (so that a mid-epoch
+checkpoint carries them) and logs those at the epoch end. Two models: a tiny MLP and a small CNN.
 
 Figures per model:
 

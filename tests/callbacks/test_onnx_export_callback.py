@@ -16,7 +16,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from torchbricks_lightning import OnnxExportResult
+from torchbricks_lightning import BrickTrainable, OnnxExportResult
 from torchbricks_lightning.callbacks import OnnxExportCallback
 from torchbricks_lightning.errors import BrickDefinitionError, ConfigError, UnknownStageError
 from torchbricks_lightning.lightning import LightningBrickCollection
@@ -246,3 +246,32 @@ def test_callback_state_round_trips() -> None:
     fresh = OnnxExportCallback(on_best=True)
     fresh.load_state_dict(callback.state_dict())
     assert fresh.state_dict() == callback.state_dict()
+
+
+def _dropout_module() -> LightningBrickCollection:
+    torch.manual_seed(0)
+    bricks = boring_bricks()
+    bricks["dropout"] = BrickTrainable(nn.Dropout(0.5), input_names=["processed"], output_names=["dropped"])
+    bricks["backbone"].input_names = ["dropped"]  # type: ignore[attr-defined]
+    return LightningBrickCollection(bricks, optimizer=lambda parameters: torch.optim.SGD(parameters, lr=0.5))
+
+
+def test_exporting_during_fit_does_not_change_the_training(tmp_path: Path) -> None:
+    """Exports at each new best checkpoint draw their example inputs from a private generator: the global one, which
+    dropout draws from, is left alone, so the run ends with the weights of a run without exports."""
+    final_weights = []
+    exports = []
+    for name, with_export in (("plain", False), ("exporting", True)):
+        checkpoint = ModelCheckpoint(dirpath=tmp_path / name, monitor="train/loss", mode="min")
+        callbacks: list[pl.Callback] = [checkpoint]
+        if with_export:
+            callbacks.append(CountingExport(on_best=True, filename="best.onnx"))
+        module = _dropout_module()
+        torch.manual_seed(1)
+        _trainer(tmp_path / name, callbacks, max_epochs=3).fit(module, _loader(64))
+        final_weights.append(module.state_dict())
+        exports.append([call for call in getattr(callbacks[-1], "calls", []) if not call["at_fit_end"]])
+    assert len(exports[1]) >= 2  # the loss improves: several exports in the middle of fit
+    plain, exporting = final_weights
+    assert plain.keys() == exporting.keys()
+    assert all(torch.equal(plain[key], exporting[key]) for key in plain)

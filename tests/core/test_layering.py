@@ -122,10 +122,8 @@ def test_one_public_entry_point_for_the_lightning_layer_and_the_callbacks() -> N
     assert LightningBrickCollection is torchbricks_lightning.lightning.LightningBrickCollection
     assert OnnxExportCallback is torchbricks_lightning.callbacks.OnnxExportCallback
     assert load_brick_collection_weights is torchbricks_lightning.lightning.load_brick_collection_weights
-    # ResumableEpochLogs: an internal callback that LightningBrickCollection adds itself.
-    not_at_the_top = {"ResumableEpochLogs"}
     for package in (torchbricks_lightning.lightning, torchbricks_lightning.callbacks):
-        for name in set(package.__all__) - not_at_the_top:
+        for name in package.__all__:
             assert name in torchbricks_lightning.__all__, name
             assert getattr(torchbricks_lightning, name) is getattr(package, name), name
     with pytest.raises(

@@ -24,6 +24,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from torchbricks_lightning import BrickLoss, BrickMetrics, BrickMetricSingle, BrickNotTrainable, BrickTrainable, Stage
 from torchbricks_lightning.datamodules.synthetic import SyntheticImageDataModule
+from torchbricks_lightning.errors import ConfigError
 from torchbricks_lightning.lightning import LightningBrickCollection
 from torchbricks_lightning.lightning.metric_logging import MetricsToLog, render_matrix, split_metrics
 
@@ -180,6 +181,40 @@ def test_csv_metric_values_match_a_hand_computation(tmp_path: Path) -> None:
             assert logged == pytest.approx(hand["per_class"][c], abs=1e-6), (stage, c)
     # Not trivially perfect or constant, so the comparison means something.
     assert 0.0 < result["test"]["accuracy"] < 1.0 or len(set(result["test"]["per_class"])) > 1
+
+
+def test_epoch_losses_are_means_over_samples_of_the_logged_step_losses(tmp_path: Path) -> None:
+    """Batches of 16, 16, 16, 16 and 6 samples: each epoch value is the batch-size-weighted mean of that epoch's
+    step values, as read back from the CSV file; monitors and the progress bar see the same names as before."""
+    torch.manual_seed(0)
+    features, targets = make_data(70, seed=0)
+    module = LightningBrickCollection(classifier_bricks(), optimizer=functools.partial(torch.optim.SGD, lr=0.3))
+    logger = CSVLogger(tmp_path, name="csv")
+    trainer = make_trainer(tmp_path, logger, max_epochs=3, num_sanity_val_steps=0)
+    trainer.fit(module, make_loader(features, targets), make_loader(*make_data(40, seed=1)))
+    rows = read_csv(logger)
+    sizes = [16, 16, 16, 16, 6]
+    for name in ("ce", "loss"):
+        steps = [(int(row["epoch"]), float(row[f"train/{name}_step"])) for row in rows if row.get(f"train/{name}_step")]
+        epochs = column(rows, f"train/{name}_epoch")
+        assert len(steps) == 15
+        assert len(epochs) == 3
+        for epoch, logged in enumerate(epochs):
+            values = [value for step_epoch, value in steps if step_epoch == epoch]
+            by_hand = sum(value * size for value, size in zip(values, sizes, strict=True)) / sum(sizes)
+            assert logged == pytest.approx(by_hand, rel=1e-6), (name, epoch)
+            assert logged != pytest.approx(sum(values) / len(values), rel=1e-6), "an unweighted mean would do"
+    assert column(rows, "train/loss_epoch") == column(rows, "train/ce_epoch")  # one loss of weight 1
+    assert {"train/loss", "train/loss_epoch", "train/loss_step", "validation/loss"} <= set(trainer.callback_metrics)
+    assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(column(rows, "train/loss_epoch")[-1])
+    assert set(trainer.progress_bar_metrics) == {"train/loss_step", "train/loss_epoch", "validation/loss"}
+
+
+def test_a_loss_named_like_the_total_is_refused() -> None:
+    bricks = classifier_bricks()
+    bricks["loss"] = BrickLoss(nn.CrossEntropyLoss(), input_names=["logits", "targets"], output_names=["loss"])
+    with pytest.raises(ConfigError, match=r"A loss is named 'loss'.*another output name"):
+        LightningBrickCollection(bricks)
 
 
 class OnesLike(nn.Module):

@@ -734,6 +734,12 @@ def test_checkpoint_stores_example_inputs(fitted: tuple[LightningBrickCollection
     assert example["raw"].dtype == torch.float32
     outputs = loaded.brick_collection(example, Stage.EXPORT)
     assert outputs["logits"].shape == (5, NUM_CLASSES)
+    torch.manual_seed(11)
+    before = torch.get_rng_state()
+    again = loaded.example_named_inputs(batch_size=5)
+    assert torch.equal(torch.get_rng_state(), before), "example inputs come from a private generator"
+    assert torch.equal(again["raw"], example["raw"])
+    assert not torch.equal(loaded.example_named_inputs(batch_size=5, seed=1)["raw"], example["raw"])
 
 
 class TokenClassifier(nn.Module):
@@ -831,9 +837,19 @@ def test_an_epoch_stopped_midway_leaves_no_metric_state_behind(tmp_path: Path) -
     assert first["validation/accuracy"] == pytest.approx(float(recall[confusion.sum(dim=1) > 0].mean()), abs=1e-6)
 
 
-def test_resumable_epoch_logs_is_added_to_every_fit(tmp_path: Path) -> None:
-    from torchbricks_lightning.lightning import ResumableEpochLogs
-
-    trainer = make_trainer(tmp_path)
-    trainer.fit(LightningBrickCollection(linear_bricks()), make_loader())
-    assert sum(isinstance(callback, ResumableEpochLogs) for callback in trainer.callbacks) == 1
+def test_test_and_predict_after_fit_add_no_callbacks_and_warn_nothing(tmp_path: Path) -> None:
+    """The module configures no callbacks: Lightning's "configure_callbacks will override existing callbacks passed
+    to Trainer" (which it warns when a module adds one, at every later validate/test/predict) never appears."""
+    trainer = make_trainer(tmp_path, num_sanity_val_steps=0)
+    module = LightningBrickCollection(linear_bricks())
+    callbacks_before = list(trainer.callbacks)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(module, make_loader(), make_loader())
+        trainer.validate(module, make_loader(), verbose=False)
+        trainer.test(module, make_loader(), verbose=False)
+        trainer.predict(module, make_loader())
+    assert [type(callback) for callback in trainer.callbacks] == [type(callback) for callback in callbacks_before]
+    overriding = [str(w.message) for w in caught if "configure_callbacks" in str(w.message)]
+    assert overriding == []
+    assert module.configure_callbacks() == []  # Lightning's default: the hook is not overridden

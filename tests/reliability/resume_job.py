@@ -5,7 +5,8 @@
 
 It trains a ``LightningBrickCollection`` (``SmallConvNet`` backbone, dropout, a classification head with its
 accuracy metric and an AUROC metric, whose states are lists) on :class:`DigitsDataModule` with a real Trainer, a
-``ModelCheckpoint(save_last=True, every_n_train_steps=...)``, ``ResumableEpochLogs`` and a ``CSVLogger``.
+``ModelCheckpoint(save_last=True, every_n_train_steps=...)`` and a ``CSVLogger`` (nothing else: the module's
+checkpoint hooks carry what a resume needs).
 
 ``--kill-at-step N`` sends SIGKILL to this very process when the training batch after global step ``N`` starts:
 the checkpoints written up to then are on disk, and nothing else is flushed (the CSV log of the run is lost, as
@@ -35,7 +36,7 @@ from torchbricks_lightning import BrickMetricSingle, BrickTrainable
 from torchbricks_lightning.bag_of_bricks import SmallConvNet, create_image_classification_head
 from torchbricks_lightning.datamodules import DigitsDataModule
 from torchbricks_lightning.lightning import LightningBrickCollection
-from torchbricks_lightning.lightning.resume import RESUME_STATE_KEY, ResumableEpochLogs
+from torchbricks_lightning.lightning.resume import RESUME_STATE_KEY
 
 torch.set_num_threads(1)
 
@@ -93,7 +94,6 @@ def main(argv: list[str] | None = None) -> None:
     module = build_module(args.dropout)
     callbacks: list[pl.Callback] = [
         ModelCheckpoint(dirpath=checkpoints, save_last=True, every_n_train_steps=args.every_n_train_steps),
-        ResumableEpochLogs(),
     ]
     if args.kill_at_step is not None:
         callbacks.append(KillAtStep(args.kill_at_step))

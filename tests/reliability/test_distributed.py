@@ -276,7 +276,8 @@ def test_ddp_uneven_last_batches_metrics_match_all_samples(runs: dict[Any, dict[
 
 
 def test_ddp_uneven_last_batches_loss_is_mean_over_all_samples(runs: dict[Any, dict[str, Any]]) -> None:
-    """``test/loss`` logged with sync_dist=True from the datamodule's loader: the mean over exactly 37 samples."""
+    """``test/loss`` from the datamodule's loader (a loss mean whose weighted sums torchmetrics adds up over the
+    processes): the mean over exactly 37 samples."""
     single, ddp = runs[1]["result"]["eval"], runs[WORLD_SIZE]["result"]["eval"]
     reference = ddp["reference"]["test"]
     _check_losses(single["test"], "test", reference, padded=False)
@@ -304,7 +305,7 @@ def test_ddp_training_matches_single_process_with_the_same_global_batch(runs: di
     assert ddp["step_losses"] == pytest.approx(single["step_losses"], rel=TRAIN_TOL, abs=TRAIN_TOL)
     assert single["step_losses"][-1] < single["step_losses"][0]  # it trains
 
-    # Epoch rows: train/loss_epoch and validation/loss (sync_dist), train and validation accuracy (torchmetrics).
+    # Epoch rows: train/loss_epoch and validation/loss (loss means), train and validation accuracy (torchmetrics).
     assert len(single["epoch_rows"]) == len(ddp["epoch_rows"]) == 4
     for expected, actual in zip(single["epoch_rows"], ddp["epoch_rows"], strict=True):
         assert sorted(actual) == sorted(expected)
@@ -327,7 +328,7 @@ def test_ddp_fit_with_the_default_progress_bar_finishes(runs: dict[Any, dict[str
         cause = (
             "a deadlock at the end of the training epoch: on rank 0 only, TQDMProgressBar.on_train_epoch_end (a "
             "callback hook, which Lightning runs before the LightningModule's) reads trainer.progress_bar_metrics, "
-            "which all-reduces the epoch values logged with sync_dist=True ('train/loss'); rank 1 meanwhile is in "
+            "which computes the epoch values logged so far (one collective each); rank 1 meanwhile is in "
             "LightningBrickCollection.on_train_epoch_end -> summarize -> torchmetrics' all_gather, so the ranks wait "
             "in different collectives (Lightning-AI/pytorch-lightning#21264, #19604)"
             if deadlock

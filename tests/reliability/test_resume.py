@@ -8,6 +8,7 @@ same values for the interrupted epoch and the epochs after it, read back from th
 
 from __future__ import annotations
 
+import copy
 import csv
 import os
 import random
@@ -24,6 +25,7 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Dataset, SequentialSampler, TensorDataset
 
+from torchbricks_lightning import Stage
 from torchbricks_lightning.datamodules import (
     DigitsDataModule,
     EvaluationSampler,
@@ -32,10 +34,13 @@ from torchbricks_lightning.datamodules import (
     ResumableSampler,
     SyntheticImageDataModule,
 )
+from torchbricks_lightning.lightning.loss_logging import LossMeans
 from torchbricks_lightning.lightning.resume import (
     RESUME_STATE_KEY,
     ResumeStateError,
+    collect_loss_states,
     collect_metric_states,
+    restore_loss_states,
     restore_metric_states,
 )
 from torchbricks_lightning.random_state import capture_random_state, restore_random_state
@@ -316,23 +321,111 @@ def test_loading_a_checkpoint_for_inference_leaves_metrics_and_rngs_alone(mid_ep
         mid_epoch_checkpoint, brick_collection=template.brick_collection
     )
     assert torch.equal(torch.get_rng_state(), before)
-    assert collect_metric_states(module.brick_collection) == {}
+    assert _holding_data(collect_metric_states(module.brick_collection)) == []
+    assert collect_loss_states(module.loss_means) == {}
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.validate(module, datamodule=DigitsDataModule(batch_size=256), ckpt_path=mid_epoch_checkpoint, verbose=False)
-    assert collect_metric_states(module.brick_collection) == {}, "validation metrics are computed and reset"
+    assert _holding_data(collect_metric_states(module.brick_collection)) == [], "train metrics untouched"
+    assert _holding_data(collect_metric_states(module.brick_collection, Stage.VALIDATION)) == [], "computed and reset"
+    assert collect_loss_states(module.loss_means) == {}
+
+
+def _holding_data(states: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """The metrics whose saved state is not empty (a non-zero tensor or a non-empty list)."""
+    return [
+        f"{path}/{name}"
+        for path, metrics in states.items()
+        for name, saved in metrics.items()
+        if any(
+            bool(value.count_nonzero()) if isinstance(value, torch.Tensor) else value
+            for value in saved["state"].values()
+        )
+    ]
+
+
+def test_a_mid_epoch_checkpoint_holds_the_loss_means(mid_epoch_checkpoint: Path) -> None:
+    state = torch.load(mid_epoch_checkpoint, weights_only=True)[RESUME_STATE_KEY]
+    assert state["version"] == 2
+    (losses,) = state["loss_states"]
+    assert set(losses) == {"head/loss_ce", "loss"}
+    for saved in losses.values():
+        assert saved["update_count"] == 3
+        assert float(saved["state"]["weight"]) == 3 * 64  # three batches of 64 samples
+        mean = float(saved["state"]["mean_value"]) / float(saved["state"]["weight"])
+        assert 0.5 < mean < 5.0  # a cross-entropy over 10 classes, early in training
+    assert torch.equal(losses["loss"]["state"]["mean_value"], losses["head/loss_ce"]["state"]["mean_value"])
+
+
+def test_resuming_from_a_version_1_checkpoint_warns_that_the_loss_means_are_missing(
+    mid_epoch_checkpoint: Path, tmp_path: Path
+) -> None:
+    checkpoint = torch.load(mid_epoch_checkpoint, weights_only=True)
+    checkpoint[RESUME_STATE_KEY]["version"] = 1
+    del checkpoint[RESUME_STATE_KEY]["loss_states"]
+    old = tmp_path / "version1.ckpt"
+    torch.save(checkpoint, old)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    module = _tiny_module()
+    with pytest.warns(UserWarning, match=r"holds no loss means.*cover only that epoch's batches after the resume"):
+        trainer.fit(module, datamodule=DigitsDataModule(batch_size=64), ckpt_path=old)
+    assert trainer.global_step == 19
+    (head_states,) = collect_metric_states(module.brick_collection)["head/metrics"].values()
+    assert head_states["update_count"] == 0, "the end of the epoch computed and reset the restored metrics"
+
+
+def test_a_checkpoint_of_another_resume_state_version_is_refused(mid_epoch_checkpoint: Path, tmp_path: Path) -> None:
+    checkpoint = torch.load(mid_epoch_checkpoint, weights_only=True)
+    checkpoint[RESUME_STATE_KEY]["version"] = 99
+    other = tmp_path / "version99.ckpt"
+    torch.save(checkpoint, other)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False)
+    with pytest.raises(ResumeStateError, match=r"not a resume state of version \[1, 2\].*another torchbricks"):
+        trainer.fit(_tiny_module(), datamodule=DigitsDataModule(batch_size=64), ckpt_path=other)
+
+
+def test_loss_states_round_trip_and_refuse_other_states() -> None:
+    means = LossMeans()
+    for value, weight in ((0.5, 4.0), (1.5, 2.0)):
+        means.update(Stage.TRAIN, "ce", torch.tensor(value), weight)
+    saved = collect_loss_states(means)
+    fresh = LossMeans()
+    restore_loss_states(fresh, saved)
+    for target in (means, fresh):
+        target.update(Stage.TRAIN, "ce", torch.tensor(3.0), 2.0)
+    expected = (0.5 * 4 + 1.5 * 2 + 3.0 * 2) / 8
+    assert float(fresh.metrics(Stage.TRAIN)["ce"].compute()) == float(means.metrics(Stage.TRAIN)["ce"].compute())
+    assert float(fresh.metrics(Stage.TRAIN)["ce"].compute()) == pytest.approx(expected)
+    wrong = {"ce": {"update_count": 1, "state": {"mean_value": torch.zeros(2), "weight": torch.zeros(())}}}
+    with pytest.raises(ResumeStateError, match=r"state 'mean_value' of metric \"loss mean 'ce'\" is \(2,\)"):
+        restore_loss_states(LossMeans(), wrong)
+    with pytest.raises(ResumeStateError, match=r"has the states \['total'\], but the metric now has"):
+        restore_loss_states(LossMeans(), {"ce": {"update_count": 1, "state": {"total": torch.zeros(())}}})
 
 
 def test_metric_states_round_trip_and_refuse_other_bricks() -> None:
     module = _tiny_module()
     collection = module.brick_collection
+    collection.eval()  # no dropout: the same batch gives the same predictions in both collections
     batch = {"raw": torch.rand(6, 1, 8, 8), "targets": torch.tensor([0, 1, 2, 3, 4, 5])}
     collection(batch, "train")
-    expected = collection.summarize("train")
+    uninterrupted = copy.deepcopy(collection)
     saved = collect_metric_states(collection)
     collection.reset_metrics()
     restore_metric_states(collection, saved)
-    restored = collection.summarize("train")
-    assert restored.keys() == expected.keys()
+    assert collection.summarize("train") == {}, "no update since the restore (the count is not restored)"
+    later = {"raw": torch.rand(4, 1, 8, 8), "targets": torch.tensor([6, 7, 8, 9])}
+    collection(later, "train")  # a resumed epoch always has a batch left
+    uninterrupted(later, "train")
+    expected, restored = uninterrupted.summarize("train"), collection.summarize("train")
+    assert restored.keys() == expected.keys() == {"head/accuracy", "auroc"}
     assert all(torch.equal(restored[key], expected[key]) for key in expected)
     with pytest.raises(ResumeStateError, match=r"brick 'nowhere'.*Resume with the bricks"):
         restore_metric_states(collection, {"nowhere": saved["auroc"]})

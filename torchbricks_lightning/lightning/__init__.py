@@ -8,13 +8,12 @@ from torchbricks_lightning.lightning.checkpoints import (
 )
 from torchbricks_lightning.lightning.module import LightningBrickCollection, LossNotFiniteError
 from torchbricks_lightning.lightning.preflight import check_one_batch
-from torchbricks_lightning.lightning.resume import ResumableEpochLogs, ResumeStateError
+from torchbricks_lightning.lightning.resume import ResumeStateError
 
 __all__ = [
     "CheckpointError",
     "LightningBrickCollection",
     "LossNotFiniteError",
-    "ResumableEpochLogs",
     "ResumeStateError",
     "UntrustedCheckpointError",
     "check_one_batch",

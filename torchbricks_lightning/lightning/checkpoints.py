@@ -8,9 +8,9 @@ import os
 import pickle
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -26,11 +26,14 @@ __all__ = [
     "check_state_fits",
     "importable_paths",
     "load_brick_collection_weights",
+    "load_module_checkpoint",
     "load_state_into",
     "read_checkpoint",
 ]
 
 _BRICKS_PREFIX = "brick_collection."
+
+ModuleT = TypeVar("ModuleT")
 
 
 def read_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
@@ -199,3 +202,59 @@ def _short(names: Sequence[str], limit: int = 8) -> str:
         return "none"
     shown = ", ".join(names[:limit])
     return f"[{shown}{f', ... ({len(names) - limit} more)' if len(names) > limit else ''}]"
+
+
+def load_module_checkpoint(
+    lightning_load: Callable[..., ModuleT],
+    checkpoint_path: str | os.PathLike[str],
+    map_location: Any = None,
+    strict: bool | None = None,
+    trusted_class_prefixes: Sequence[str] = (),
+    hyper_parameters_key: str = "hyper_parameters",
+    owner: type | None = None,
+    **kwargs: Any,
+) -> ModuleT:
+    """The body of ``LightningBrickCollection.load_from_checkpoint``: check the file, then let Lightning rebuild.
+
+    The file is read with ``weights_only=True``, the classes its hyperparameters name are checked against the
+    trusted packages, and the weights are checked against ``brick_collection`` (when given) before Lightning reads
+    the file again to build the module.
+
+    Args:
+        lightning_load: Lightning's own ``load_from_checkpoint`` of the module class.
+        checkpoint_path: the ``.ckpt`` file.
+        map_location: where to load the tensors (as in Lightning).
+        strict: check that the checkpoint and the bricks hold the same names (default: yes).
+        trusted_class_prefixes: packages, beyond torch and friends, whose classes the checkpoint may use.
+        hyper_parameters_key: the checkpoint key of the hyperparameters.
+        owner: the module class, whose signature tells which hyperparameters are plain data (see
+            :func:`~torchbricks_lightning.lightning.trust.check_class_paths`).
+        kwargs: constructor arguments that override the saved ones, such as ``brick_collection``.
+
+    Raises:
+        CheckpointError: the file is unreadable or truncated, it holds no bricks and none are given, or it does not
+            fit the bricks.
+        UntrustedCheckpointError: the checkpoint holds code or names an untrusted class.
+    """
+    checkpoint = read_checkpoint(checkpoint_path)
+    hyper_parameters = checkpoint.get(hyper_parameters_key, {})
+    check_class_paths(hyper_parameters, trusted_class_prefixes, owner=owner)
+    source = str(checkpoint_path)
+    if "brick_collection" not in kwargs and "brick_collection" not in hyper_parameters:
+        raise CheckpointError(
+            f"Checkpoint {source!r} was written by a LightningBrickCollection built in Python, so it holds the "
+            "weights but not the bricks. Pass them: LightningBrickCollection.load_from_checkpoint(path, "
+            "brick_collection=...)."
+        )
+    if "brick_collection" in kwargs:
+        bricks = kwargs["brick_collection"]
+        if isinstance(bricks, Mapping) and not isinstance(bricks, BrickCollection):
+            bricks = BrickCollection(bricks)
+        kwargs["brick_collection"] = bricks
+        load_state_into(bricks, brick_state_dict(checkpoint, source=source), strict=strict is not False, source=source)
+    try:
+        return lightning_load(
+            Path(checkpoint_path), map_location=map_location, strict=strict, weights_only=True, **kwargs
+        )
+    except (RuntimeError, ValueError, TypeError) as err:
+        raise CheckpointError(f"Could not load checkpoint {source!r}: {err}") from err

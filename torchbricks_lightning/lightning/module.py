@@ -5,8 +5,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
@@ -17,16 +16,11 @@ from torchbricks_lightning.core.bricks import BrickInterface
 from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.core.stages import Stage
 from torchbricks_lightning.errors import BrickDefinitionError, ConfigError, LossNotFiniteError
-from torchbricks_lightning.lightning.checkpoints import (
-    CheckpointError,
-    brick_state_dict,
-    check_class_paths,
-    check_state_fits,
-    load_state_into,
-    read_checkpoint,
-)
+from torchbricks_lightning.lightning.checkpoints import brick_state_dict, check_state_fits, load_module_checkpoint
+from torchbricks_lightning.lightning.example_inputs import EXAMPLE_INPUTS_KEY, example_tensors, record_example_inputs
+from torchbricks_lightning.lightning.loss_logging import TOTAL_LOSS, LossMeans, samples_in
 from torchbricks_lightning.lightning.metric_logging import render_matrix, split_metrics, warn_once
-from torchbricks_lightning.lightning.resume import ResumableEpochLogs, load_resume_state, save_resume_state
+from torchbricks_lightning.lightning.resume import attached_trainer, load_resume_state, save_resume_state
 
 __all__ = [
     "DEFAULT_BATCH_NAMES",
@@ -40,8 +34,6 @@ _OBJECT_ARGUMENTS = ("brick_collection", "optimizer", "lr_scheduler")
 """Arguments that are objects rather than configuration, so never saved as hyperparameters: a checkpoint of a module
 built in Python needs ``brick_collection=`` to load. The CLI records their recipe instead (class paths and plain
 values), so a checkpoint of a CLI run rebuilds the module alone."""
-EXAMPLE_INPUTS_KEY = "torchbricks_example_inputs"
-"""Checkpoint key holding the shape and dtype of each export input, so a checkpoint can be exported alone."""
 
 BrickValue = BrickInterface | BrickCollection | Mapping[str, BrickInterface | BrickCollection]
 
@@ -56,9 +48,12 @@ class LightningBrickCollection(pl.LightningModule):
     Lightning's steps map to stages: ``training_step`` runs ``Stage.TRAIN``, ``validation_step``
     ``Stage.VALIDATION``, ``test_step`` ``Stage.TEST`` and ``predict_step`` ``Stage.INFERENCE`` (which returns
     the outputs dict and computes no loss). Every loss is logged as ``{stage}/{loss name}`` and the optimised
-    total as ``{stage}/loss``; at each epoch end the metrics of the stage are summarised, logged as
-    ``{stage}/{metric key}`` and reset. Per-class vectors are logged as one scalar per class, and matrices (a
-    confusion matrix) are drawn as pictures on loggers that show images (TensorBoard).
+    total as ``{stage}/loss``: in training each step's value as ``train/{name}_step`` and the epoch mean as
+    ``train/{name}_epoch`` (also ``train/{name}`` for callbacks such as ``ModelCheckpoint(monitor=...)``), in
+    validation and test the epoch mean. Epoch means weigh each batch by its number of samples, over all processes
+    (see :mod:`~torchbricks_lightning.lightning.loss_logging`). At each epoch end the metrics of the stage are
+    summarised, logged as ``{stage}/{metric key}`` and reset. Per-class vectors are logged as one scalar per class,
+    and matrices (a confusion matrix) are drawn as pictures on loggers that show images (TensorBoard).
 
     Args:
         brick_collection: the bricks, as a ``BrickCollection`` or a (nested) dict of bricks.
@@ -129,10 +124,16 @@ class LightningBrickCollection(pl.LightningModule):
                 raise ConfigError(
                     f"loss_weights names unknown losses {unknown}; the collection's losses are {list(known)}."
                 )
+        if TOTAL_LOSS in brick_collection.loss_weights():
+            raise ConfigError(
+                f"A loss is named {TOTAL_LOSS!r}, the name under which the total loss is logged ('train/loss', ...). "
+                "Give the loss brick another output name."
+            )
         self.check_finite_loss = check_finite_loss
         self.compile_model = compile_model
         self.compile_kwargs = dict(compile_kwargs or {})
         self.example_inputs: dict[str, dict[str, Any]] = {}
+        self.loss_means = LossMeans()
         self._warned: set[str] = set()
         self.__dict__["_compiled"] = None
 
@@ -171,29 +172,33 @@ class LightningBrickCollection(pl.LightningModule):
     def _shared_step(self, batch: Any, stage: Stage) -> tuple[dict[str, Any], torch.Tensor | None]:
         named_inputs = self.named_inputs_of(batch, stage)
         if not self.example_inputs:
-            self._record_example_inputs(named_inputs)
+            self.example_inputs = record_example_inputs(self.brick_collection, named_inputs)
         named_outputs = self._run(named_inputs, stage)
         losses = self.brick_collection.extract_losses(named_outputs)
         if not losses:
             return named_outputs, None
         total = self.brick_collection.total_loss(losses, self.loss_weights)  # the losses only, found once
-        # Lightning types batch_size as int but sums it as given; a float keeps epoch means exact (see _batch_size).
-        batch_size = cast("int | None", _batch_size(named_inputs))
-        on_step = stage is Stage.TRAIN
-        for name, value in losses.items():
-            self.log(
-                f"{stage.value}/{name}", value, batch_size=batch_size, on_step=on_step, on_epoch=True, sync_dist=True
-            )
-        self.log(
-            f"{stage.value}/loss",
-            total,
-            batch_size=batch_size,
-            on_step=on_step,
-            on_epoch=True,
-            sync_dist=True,
-            prog_bar=True,
-        )
+        self._log_losses(stage, losses, total, samples_in(named_inputs))
         return named_outputs, total
+
+    def _log_losses(self, stage: Stage, losses: Mapping[str, torch.Tensor], total: torch.Tensor, weight: float) -> None:
+        """Add the step's losses to the stage's epoch means, each batch weighted by ``weight``; in training, log
+        each step's values too (averaged over the processes, as the step's batch is split across them).
+
+        Every loss gets the batch's number of samples as its weight; ``LossMeans.update`` takes one weight per loss
+        and call, so a loss averaged over fewer elements (e.g. the labelled samples of a partially labelled batch)
+        can be given its own count instead.
+        """
+        means = self.loss_means
+        if stage is Stage.TRAIN:
+            for name, value in losses.items():
+                self.log(f"train/{name}_step", value, on_step=True, on_epoch=False, sync_dist=True)
+                means.update(stage, name, value, weight)
+            self.log("train/loss_step", total, on_step=True, on_epoch=False, sync_dist=True, prog_bar=True)
+        else:
+            for name, value in losses.items():
+                means.update(stage, name, value, weight)
+        means.update(stage, TOTAL_LOSS, total, weight)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         named_outputs, total = self._shared_step(batch, Stage.TRAIN)
@@ -222,36 +227,44 @@ class LightningBrickCollection(pl.LightningModule):
         return self._run(self.named_inputs_of(batch, Stage.INFERENCE), Stage.INFERENCE)
 
     # ---------------------------------------------------------------------------------------- metrics
-    # Each stage starts its epoch from empty metrics, so a run that stopped mid-epoch in this process (an
-    # exception, an interrupted notebook cell) leaves nothing behind. A mid-epoch resume does not call
-    # on_train_epoch_start, so the metric states restored from the checkpoint are kept.
+    # Each stage starts its epoch from empty metrics and loss means, so a run that stopped mid-epoch in this process
+    # (an exception, an interrupted notebook cell) leaves nothing behind. A mid-epoch resume does not call
+    # on_train_epoch_start, so the states restored from the checkpoint are kept.
     def on_train_epoch_start(self) -> None:
         self.brick_collection.reset_metrics(Stage.TRAIN)
+        self.loss_means.reset(Stage.TRAIN)
 
     def on_validation_epoch_start(self) -> None:
         self.brick_collection.reset_metrics(Stage.VALIDATION)
+        self.loss_means.reset(Stage.VALIDATION)
 
     def on_test_epoch_start(self) -> None:
         self.brick_collection.reset_metrics(Stage.TEST)
+        self.loss_means.reset(Stage.TEST)
 
     def on_train_epoch_end(self) -> None:
-        self._log_metrics(Stage.TRAIN)
+        self._log_epoch(Stage.TRAIN)
 
     def on_validation_epoch_end(self) -> None:
-        self._log_metrics(Stage.VALIDATION)
+        self._log_epoch(Stage.VALIDATION)
 
     def on_test_epoch_end(self) -> None:
-        self._log_metrics(Stage.TEST)
+        self._log_epoch(Stage.TEST)
 
-    def _log_metrics(self, stage: Stage) -> None:
+    def _log_epoch(self, stage: Stage) -> None:
         if self.trainer.world_size > 1:
-            # Lightning's progress bar (rank 0 only) computes the epoch's logged values, one collective each,
-            # before this hook; the other ranks would compute them after it. The metrics' sync below is a
-            # collective too, so compute the logged values here on every rank first: each rank then runs the
-            # collectives in the same order (otherwise DDP deadlocks, Lightning-AI/pytorch-lightning#21264).
+            # Lightning's progress bar (rank 0 only) computes the epoch's logged values before this hook, and the
+            # other ranks would compute them after it. A value logged with sync_dist=True, or a Metric, takes one
+            # collective to compute, and the metrics' sync below takes more: compute the logged values here on every
+            # rank first, so that each rank runs the collectives in the same order (otherwise DDP deadlocks,
+            # Lightning-AI/pytorch-lightning#21264).
             _ = self.trainer.callback_metrics
         metrics = self.brick_collection.summarize(stage, reset=True)
-        if not metrics or self.trainer.sanity_checking:
+        if self.trainer.sanity_checking:
+            self.loss_means.reset(stage)
+            return
+        self._log_loss_means(stage)
+        if not metrics:
             return
         split = split_metrics(stage.value, metrics)
         if split.scalars:
@@ -259,6 +272,21 @@ class LightningBrickCollection(pl.LightningModule):
             self.log_dict({name: value.float() for name, value in split.scalars.items()}, sync_dist=False)
         for name, matrix in split.matrices.items():
             self._log_matrix(name, matrix)
+
+    def _log_loss_means(self, stage: Stage) -> None:
+        """Log the epoch means of the losses as Metric objects: Lightning computes them (torchmetrics syncs their
+        states across processes) after the epoch hooks, and resets them."""
+        for name, metric in self.loss_means.metrics(stage).items():
+            if not metric.update_called:
+                continue  # this stage ran no step with this loss (every process alike: each gets batches)
+            attribute = f"loss_means.{self.loss_means.attribute(stage, name)}"
+            key = f"{stage.value}/{name}"
+            total = name == TOTAL_LOSS
+            if stage is Stage.TRAIN:
+                self.log(f"{key}_epoch", metric, on_epoch=True, prog_bar=total, metric_attribute=attribute)
+                self.log(key, metric, on_epoch=True, logger=False, metric_attribute=attribute)  # for monitors
+            else:
+                self.log(key, metric, on_epoch=True, prog_bar=total, metric_attribute=attribute)
 
     def _log_matrix(self, name: str, matrix: torch.Tensor) -> None:
         image_loggers = [logger for logger in self.loggers if isinstance(logger, TensorBoardLogger)]
@@ -294,27 +322,16 @@ class LightningBrickCollection(pl.LightningModule):
             config["monitor"] = self.lr_scheduler_monitor
         return {"optimizer": optimizer, "lr_scheduler": config}
 
-    def configure_callbacks(self) -> list[pl.Callback]:
-        """Adds :class:`ResumableEpochLogs`, so a mid-epoch resume also carries the epoch sums of logged losses."""
-        return [ResumableEpochLogs()]
-
     # ---------------------------------------------------------------------------------------- checkpoints
-    def _record_example_inputs(self, named_inputs: Mapping[str, Any]) -> None:
-        example: dict[str, dict[str, Any]] = {}
-        for name in self.brick_collection.input_names(Stage.EXPORT):
-            value = named_inputs.get(name)
-            if isinstance(value, torch.Tensor):
-                example[name] = {"shape": [1, *value.shape[1:]] if value.ndim else [], "dtype": str(value.dtype)}
-        self.example_inputs = example
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.example_inputs:
             checkpoint[EXAMPLE_INPUTS_KEY] = self.example_inputs
-        # The interrupted epoch's train metric states and the random generators (see lightning/resume.py).
-        save_resume_state(self, self.brick_collection, checkpoint)
+        # The interrupted epoch's train metric and loss-mean states, and the random generators (lightning/resume.py).
+        save_resume_state(self, self.brick_collection, checkpoint, self.loss_means)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self._trainer is not None and "state_dict" in checkpoint:
+        trainer = attached_trainer(self)
+        if trainer is not None and "state_dict" in checkpoint:
             # A Trainer restoring ckpt_path loads the weights right after this hook, with torch's own error for a
             # checkpoint of other bricks; say which names and shapes differ first. (load_from_checkpoint checks
             # the weights itself, before this hook.)
@@ -322,11 +339,11 @@ class LightningBrickCollection(pl.LightningModule):
                 self.brick_collection,
                 brick_state_dict(checkpoint),
                 strict=self.strict_loading,
-                source=str(getattr(self._trainer, "ckpt_path", None) or "ckpt_path"),
+                source=str(trainer.ckpt_path or "ckpt_path"),
             )
         self.example_inputs = dict(checkpoint.get(EXAMPLE_INPUTS_KEY, {}))
         # Only when trainer.fit resumes: load_from_checkpoint and validate/test/predict leave metrics and RNGs alone.
-        load_resume_state(self, self.brick_collection, checkpoint)
+        load_resume_state(self, self.brick_collection, checkpoint, self.loss_means)
 
     @classmethod
     def load_from_checkpoint(  # type: ignore[override]
@@ -343,63 +360,31 @@ class LightningBrickCollection(pl.LightningModule):
         The file is read with ``weights_only=True`` (no arbitrary code runs), and the classes its configuration
         asks for must come from torchbricks_lightning, torch, torchvision or torchmetrics, unless you add prefixes
         to ``trusted_class_prefixes``. A module created by the CLI is rebuilt from the checkpoint alone; one built
-        in Python needs ``brick_collection=`` (built as it was for training).
+        in Python needs ``brick_collection=`` (built as it was for training). See
+        :func:`~torchbricks_lightning.lightning.checkpoints.load_module_checkpoint`.
 
         Raises:
             CheckpointError: the file is unreadable or truncated, or does not fit the bricks.
             UntrustedCheckpointError: the checkpoint holds code or names an untrusted class.
         """
-        checkpoint = read_checkpoint(checkpoint_path)
-        hyper_parameters = checkpoint.get(cls.CHECKPOINT_HYPER_PARAMS_KEY, {})
-        check_class_paths(hyper_parameters, trusted_class_prefixes, owner=cls)
-        if "brick_collection" not in kwargs and "brick_collection" not in hyper_parameters:
-            raise CheckpointError(
-                f"Checkpoint {str(checkpoint_path)!r} was written by a LightningBrickCollection built in Python, so it "
-                "holds the weights but not the bricks. Pass them: "
-                "LightningBrickCollection.load_from_checkpoint(path, brick_collection=...)."
-            )
-        if "brick_collection" in kwargs:
-            bricks = kwargs["brick_collection"]
-            if isinstance(bricks, Mapping) and not isinstance(bricks, BrickCollection):
-                bricks = BrickCollection(bricks)
-            kwargs["brick_collection"] = bricks
-            load_state_into(
-                bricks,
-                brick_state_dict(checkpoint, source=str(checkpoint_path)),
-                strict=strict is not False,
-                source=str(checkpoint_path),
-            )
-        try:
-            module = super().load_from_checkpoint(
-                Path(checkpoint_path), map_location=map_location, strict=strict, weights_only=True, **kwargs
-            )
-        except (RuntimeError, ValueError, TypeError) as err:
-            raise CheckpointError(f"Could not load checkpoint {str(checkpoint_path)!r}: {err}") from err
-        return module
+        return load_module_checkpoint(
+            super().load_from_checkpoint,
+            checkpoint_path,
+            map_location=map_location,
+            strict=strict,
+            trusted_class_prefixes=trusted_class_prefixes,
+            hyper_parameters_key=cls.CHECKPOINT_HYPER_PARAMS_KEY,
+            owner=cls,
+            **kwargs,
+        )
 
-    def example_named_inputs(self, batch_size: int = 2) -> dict[str, torch.Tensor]:
-        """Random inputs shaped like the export inputs seen in training (recorded in checkpoints)."""
-        if not self.example_inputs:
-            raise ConfigError(
-                "No example inputs are known: the module has not seen a batch and its checkpoint holds none. "
-                "Pass named_inputs explicitly."
-            )
-        tensors = {}
-        for name, spec in self.example_inputs.items():
-            dtype = getattr(torch, str(spec["dtype"]).removeprefix("torch."))
-            shape = [batch_size, *spec["shape"][1:]] if spec["shape"] else []
-            if dtype.is_floating_point:
-                tensors[name] = torch.rand(shape, dtype=dtype)
-            else:
-                tensors[name] = torch.zeros(shape, dtype=dtype)
-        return tensors
+    def example_named_inputs(self, batch_size: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
+        """Random inputs shaped like the export inputs seen in training (recorded in checkpoints).
 
+        They come from a private generator seeded with ``seed``, never from the global one (see
+        :func:`~torchbricks_lightning.lightning.example_inputs.example_tensors`).
 
-def _batch_size(named_inputs: Mapping[str, Any]) -> float | None:
-    # A float: Lightning averages the summed batch sizes across processes when it syncs an epoch mean, and an
-    # integer sum would round down when processes hold uneven shards (37 samples on 2 processes: 18, not 18.5),
-    # so the logged epoch loss would read high (Lightning-AI/pytorch-lightning#21859).
-    for value in named_inputs.values():
-        if isinstance(value, torch.Tensor) and value.ndim:
-            return float(value.shape[0])
-    return None
+        Raises:
+            ConfigError: no batch was seen and the checkpoint held no example inputs.
+        """
+        return example_tensors(self.example_inputs, batch_size=batch_size, seed=seed)

@@ -1,19 +1,31 @@
-"""What a checkpoint needs beyond weights and loop counters so that a resumed run matches an uninterrupted one.
+"""What a checkpoint carries beyond weights and loop counters, so that a resumed run matches an uninterrupted one.
 
 Lightning checkpoints the weights, the optimisers, the loop progress and the state of resumable train loaders
-(see :class:`~torchbricks_lightning.datamodules.ResumableDataLoader`). Three things are missing for a run killed
-mid-epoch and resumed with ``trainer.fit(..., ckpt_path="last")`` to end exactly as an uninterrupted run:
+(see :class:`~torchbricks_lightning.datamodules.ResumableDataLoader`). For a run killed mid-epoch and resumed with
+``trainer.fit(..., ckpt_path="last")`` to end exactly as an uninterrupted run, a checkpoint written by
+:class:`~torchbricks_lightning.lightning.module.LightningBrickCollection` also carries, under
+:data:`RESUME_STATE_KEY`:
 
-- **the metric states of the interrupted epoch**: torchmetrics keeps them out of ``state_dict()``, so the train
-  metrics of that epoch would cover only the batches after the restart;
+- **the train metric states of the interrupted epoch**: torchmetrics keeps them out of ``state_dict()``, so the
+  train metrics of that epoch would otherwise cover only the batches after the restart. These are the metric
+  bricks' states and the loss means' (the weighted sums behind ``train/{loss}_epoch``, kept as torchmetrics
+  metrics by the module, see :mod:`~torchbricks_lightning.lightning.loss_logging`);
 - **the random number generators** (torch, CUDA, Python's ``random``, NumPy), so dropout and other random
-  layers draw the same numbers;
-- **the epoch sums of values logged with** ``self.log(..., on_epoch=True)`` in training (the ``train/loss``
-  epoch means), which Lightning keeps in its loop and does not checkpoint: :class:`ResumableEpochLogs`.
+  layers draw the same numbers.
 
-:class:`~torchbricks_lightning.lightning.module.LightningBrickCollection` calls :func:`save_resume_state` and
-:func:`load_resume_state` from its checkpoint hooks, so the first two are automatic; add
-``ResumableEpochLogs()`` to the Trainer's callbacks for the third.
+The module's checkpoint hooks call :func:`save_resume_state` and :func:`load_resume_state`: nothing to add to
+the Trainer. Only public Lightning and torchmetrics APIs are used.
+
+**How a metric state is restored.** Each metric is reset, then given the saved values of its states through their
+public attributes (the names of ``metric.metric_state``, declared with ``add_state``). Its update count is not
+restored (torchmetrics has no public setter), so ``update_called`` stays False until the next update. That next
+update always comes before any compute: a checkpoint holds metric states only when written in the middle of an
+epoch, with batches left (see :func:`_mid_epoch`), so the resumed run updates the metrics at least once before the
+epoch end computes them. What else reads the count: torchmetrics' ``compute`` (it warns when no update was made),
+the bricks' summaries (they skip metrics without updates), both satisfied by that next update; and ``forward`` and
+``merge_state`` average states declared with ``dist_reduce_fx="mean"`` by the count, which only matters for such a
+state that varies from batch to batch, in a metric brick with ``return_metrics=True``; torchmetrics' own mean
+states are constants (PSNR's ``data_range``). The count is still written to the checkpoint, for information.
 
 Only the train metrics are saved. Lightning never writes a checkpoint in the middle of validation (its
 ``ModelCheckpoint`` saves on train batch end, on train epoch end or on validation end, when the validation
@@ -30,21 +42,23 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.trainer.states import TrainerFn
-from pytorch_lightning.utilities import rank_zero_warn
 from torchmetrics import Metric
 
 from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.core.metric_bricks import BrickMetrics
 from torchbricks_lightning.core.stages import Stage
 from torchbricks_lightning.errors import ResumeStateError
+from torchbricks_lightning.lightning.loss_logging import LossMeans
 from torchbricks_lightning.random_state import capture_random_state, restore_random_state
 
 __all__ = [
     "RESUME_STATE_KEY",
-    "ResumableEpochLogs",
     "ResumeStateError",
+    "attached_trainer",
+    "collect_loss_states",
     "collect_metric_states",
     "load_resume_state",
+    "restore_loss_states",
     "restore_metric_states",
     "save_resume_state",
 ]
@@ -52,9 +66,12 @@ __all__ = [
 RESUME_STATE_KEY = "torchbricks_resume"
 """Checkpoint key of the state written by :func:`save_resume_state`."""
 
-_VERSION = 1
-MetricStates = dict[str, dict[str, dict[str, Any]]]
-"""``{brick path: {metric name: {"update_count": int, "state": {state name: tensor or list of tensors}}}}``."""
+_VERSION = 2  # 2: the loss means' states (version 1 relied on a callback that edited Lightning's loop internals)
+_READABLE_VERSIONS = (1, 2)
+MetricState = dict[str, Any]
+"""``{"update_count": int, "state": {state name: tensor or list of tensors}}``."""
+MetricStates = dict[str, dict[str, MetricState]]
+"""``{brick path: {metric name: MetricState}}``."""
 
 
 # ------------------------------------------------------------------------------------------------ processes
@@ -75,10 +92,16 @@ def _gather(local: Any) -> list[Any]:
     return gathered
 
 
-def _attached_trainer(module: pl.LightningModule) -> pl.Trainer | None:
+def attached_trainer(module: pl.LightningModule) -> pl.Trainer | None:
+    """The Trainer ``module`` is attached to, or None (``load_from_checkpoint``, a module used without a Trainer).
+
+    Example:
+        >>> attached_trainer(pl.LightningModule()) is None
+        True
+    """
     try:
         return module.trainer
-    except RuntimeError:  # not attached: load_from_checkpoint, or a module used outside a Trainer
+    except RuntimeError:  # Lightning's public property raises when no Trainer is attached
         return None
 
 
@@ -112,16 +135,26 @@ def _copy(value: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[torch
     return [item.detach().cpu().clone() for item in value]
 
 
+def _metric_state(metric: Metric) -> MetricState:
+    return {
+        "update_count": int(metric.update_count),
+        "state": {key: _copy(value) for key, value in metric.metric_state.items()},
+    }
+
+
 def collect_metric_states(collection: BrickCollection, stage: Stage = Stage.TRAIN) -> MetricStates:
     """This process's accumulated metric states of ``stage``, copied to the CPU (for a checkpoint).
+
+    Every metric of the bricks alive in ``stage`` is included, also one without updates: a metric restored from a
+    checkpoint has no update count until its next update (see the module's docstring), and its state must still
+    be carried over if a checkpoint is written before that.
 
     Args:
         collection: the bricks.
         stage: the stage whose metric copies to read.
 
     Returns:
-        ``{brick path: {metric name: {"update_count": n, "state": {state name: value}}}}`` for the metrics that
-        saw at least one update.
+        ``{brick path: {metric name: {"update_count": n, "state": {state name: value}}}}``.
 
     Example:
         >>> from torchmetrics.aggregation import SumMetric
@@ -133,18 +166,10 @@ def collect_metric_states(collection: BrickCollection, stage: Stage = Stage.TRAI
     """
     states: MetricStates = {}
     for path, brick in collection.named_bricks():
-        if not isinstance(brick, BrickMetrics):
-            continue
-        saved = {
-            name: {
-                "update_count": int(metric.update_count),
-                "state": {key: _copy(value) for key, value in metric.metric_state.items()},
-            }
-            for name, metric in _stage_metrics(brick, stage).items()
-            if metric.update_called
-        }
-        if saved:
-            states[path] = saved
+        if isinstance(brick, BrickMetrics):
+            saved = {name: _metric_state(metric) for name, metric in _stage_metrics(brick, stage).items()}
+            if saved:
+                states[path] = saved
     return states
 
 
@@ -153,8 +178,8 @@ def restore_metric_states(
 ) -> None:
     """Put states from :func:`collect_metric_states` back into the ``stage`` metrics of ``collection``.
 
-    Every metric named in ``states`` is reset and then given the saved state and update count, so computing it
-    gives what it gave when the states were collected. Metrics that ``states`` does not name are left alone.
+    Every metric named in ``states`` is reset and then given the saved states, so that after its next update it
+    holds what it would hold had the states never left it. Metrics that ``states`` does not name are left alone.
 
     Raises:
         ResumeStateError: ``states`` names a brick, metric or state that the collection does not have, or a state of
@@ -168,8 +193,9 @@ def restore_metric_states(
         >>> saved = collect_metric_states(collection)
         >>> collection.reset_metrics()
         >>> restore_metric_states(collection, saved)
+        >>> _ = collection({"x": torch.tensor([4.0])}, Stage.TRAIN)  # the resumed epoch's next batch
         >>> collection.summarize(Stage.TRAIN)
-        {'total': tensor(3.)}
+        {'total': tensor(7.)}
     """
     bricks = {path: brick for path, brick in collection.named_bricks() if isinstance(brick, BrickMetrics)}
     for path, saved_metrics in states.items():
@@ -191,20 +217,51 @@ def restore_metric_states(
             _load_metric(metric, saved, where=f"{path}/{name}")
 
 
+def collect_loss_states(loss_means: LossMeans, stage: Stage = Stage.TRAIN) -> dict[str, MetricState]:
+    """This process's loss-mean states of ``stage`` by loss name, copied to the CPU (for a checkpoint).
+
+    Example:
+        >>> means = LossMeans()
+        >>> means.update(Stage.TRAIN, "ce", torch.tensor(0.5), 4.0)
+        >>> collect_loss_states(means)
+        {'ce': {'update_count': 1, 'state': {'mean_value': tensor(2.), 'weight': tensor(4.)}}}
+    """
+    return {name: _metric_state(metric) for name, metric in loss_means.metrics(stage).items()}
+
+
+def restore_loss_states(
+    loss_means: LossMeans,
+    states: Mapping[str, Mapping[str, Any]],
+    stage: Stage = Stage.TRAIN,
+    device: torch.device | str = "cpu",
+) -> None:
+    """Put states from :func:`collect_loss_states` back, making the loss means they name (on ``device``).
+
+    Raises:
+        ResumeStateError: a saved state does not fit a loss mean.
+
+    Example:
+        >>> means = LossMeans()
+        >>> means.update(Stage.TRAIN, "ce", torch.tensor(0.5), 4.0)
+        >>> fresh = LossMeans()
+        >>> restore_loss_states(fresh, collect_loss_states(means))
+        >>> fresh.update(Stage.TRAIN, "ce", torch.tensor(2.0), 1.0)
+        >>> fresh.metrics(Stage.TRAIN)["ce"].compute()
+        tensor(0.8000)
+    """
+    for name, saved in states.items():
+        _load_metric(loss_means.metric(stage, name, device), saved, where=f"loss mean {name!r}")
+
+
 def _load_metric(metric: Metric, saved: Mapping[str, Any], where: str) -> None:
     state = saved.get("state")
-    if not isinstance(state, Mapping) or "update_count" not in saved:
+    if not isinstance(state, Mapping):
         raise ResumeStateError(f"The checkpoint's state of metric {where!r} is malformed: {sorted(saved)}.")
     expected = set(metric.metric_state)
     if set(state) != expected:
         raise ResumeStateError(
             f"The checkpoint's metric {where!r} has the states {sorted(state)}, but the metric now has "
             f"{sorted(expected)}. Resume with the metric the checkpoint was trained with."
-        )
-    if not hasattr(metric, "_update_count"):
-        raise ResumeStateError(
-            f"Cannot restore the update count of metric {where!r}: this torchmetrics version has no "
-            "Metric._update_count. Use a torchmetrics version supported by torchbricks_lightning."
         )
     metric.reset()
     for name, value in state.items():
@@ -219,12 +276,15 @@ def _load_metric(metric: Metric, saved: Mapping[str, Any], where: str) -> None:
             setattr(metric, name, value.to(device=current.device, dtype=current.dtype))
         else:
             setattr(metric, name, [item.to(device=metric.device) for item in value])
-    # No public setter exists: compute() and the bricks' summaries skip metrics whose count is 0.
-    metric._update_count = int(saved["update_count"])
 
 
 # ------------------------------------------------------------------------------------------------ the module's hooks
-def save_resume_state(module: pl.LightningModule, collection: BrickCollection, checkpoint: dict[str, Any]) -> None:
+def save_resume_state(
+    module: pl.LightningModule,
+    collection: BrickCollection,
+    checkpoint: dict[str, Any],
+    loss_means: LossMeans | None = None,
+) -> None:
     """Write what a resume needs into ``checkpoint`` (call from ``on_save_checkpoint``, in every process).
 
     Under DDP each process holds the metric states of its own share of the batches, and its own generators.
@@ -235,15 +295,16 @@ def save_resume_state(module: pl.LightningModule, collection: BrickCollection, c
     generators need. Lightning calls ``on_save_checkpoint`` in every process before rank 0 writes the file, so
     the gathering is safe. The cost is that a mid-epoch resume needs the same number of processes.
 
-    Nothing is written outside ``trainer.fit``. Metric states are written only in the middle of an epoch; a
-    checkpoint written when the epoch's batches are all done holds none (see :func:`_mid_epoch`).
+    Nothing is written outside ``trainer.fit``. Metric and loss-mean states are written only in the middle of an
+    epoch; a checkpoint written when the epoch's batches are all done holds none (see :func:`_mid_epoch`).
     """
-    trainer = _attached_trainer(module)
+    trainer = attached_trainer(module)
     if trainer is None or not _fitting(trainer):
         return
     mid_epoch = _mid_epoch(trainer)
     local = {
         "metrics": collect_metric_states(collection, Stage.TRAIN) if mid_epoch else None,
+        "losses": collect_loss_states(loss_means, Stage.TRAIN) if mid_epoch and loss_means is not None else None,
         "rng": capture_random_state(),
     }
     per_rank = _gather(local)
@@ -253,47 +314,59 @@ def save_resume_state(module: pl.LightningModule, collection: BrickCollection, c
         "mid_epoch": mid_epoch,
         "world_size": len(per_rank),
         "metric_states": [entry["metrics"] for entry in per_rank] if mid_epoch else None,
+        "loss_states": [entry["losses"] for entry in per_rank] if mid_epoch else None,
         "rng_states": [entry["rng"] for entry in per_rank],
     }
 
 
-def load_resume_state(module: pl.LightningModule, collection: BrickCollection, checkpoint: Mapping[str, Any]) -> None:
+def load_resume_state(
+    module: pl.LightningModule,
+    collection: BrickCollection,
+    checkpoint: Mapping[str, Any],
+    loss_means: LossMeans | None = None,
+) -> None:
     """Restore what :func:`save_resume_state` wrote (call from ``on_load_checkpoint``).
 
     It acts only when ``trainer.fit`` resumes from the checkpoint. ``load_from_checkpoint`` (no trainer) and
     ``trainer.validate/test/predict(ckpt_path=...)`` leave the metrics and the generators alone, so loading a
     checkpoint for inference changes nothing but the weights. When resuming, every metric of every stage is reset
-    (states left by an earlier run in this process must not leak in), then this process's train metric states
-    of the interrupted epoch and its generators are restored.
+    (states left by an earlier run in this process must not leak in), then this process's train metric and
+    loss-mean states of the interrupted epoch and its generators are restored.
 
     Raises:
         ResumeStateError: the checkpoint stopped mid-epoch with another number of processes, or its metric states
             do not fit the bricks.
     """
-    trainer = _attached_trainer(module)
+    trainer = attached_trainer(module)
     if trainer is None or not _fitting(trainer):
         return
     collection.reset_metrics()
+    if loss_means is not None:
+        for stage in (Stage.TRAIN, Stage.VALIDATION, Stage.TEST):
+            loss_means.reset(stage)
     state = checkpoint.get(RESUME_STATE_KEY)
     if state is None:
         return  # a checkpoint written before resume states existed, or outside trainer.fit
-    if not isinstance(state, Mapping) or int(state.get("version", -1)) != _VERSION:
+    if not isinstance(state, Mapping) or state.get("version") not in _READABLE_VERSIONS:
         raise ResumeStateError(
-            f"The checkpoint's {RESUME_STATE_KEY!r} entry is not a version-{_VERSION} resume state. It was written by "
-            "another torchbricks_lightning version: resume with that version, or delete the entry to resume without "
-            "the interrupted epoch's metric states."
+            f"The checkpoint's {RESUME_STATE_KEY!r} entry is not a resume state of version {list(_READABLE_VERSIONS)}. "
+            "It was written by another torchbricks_lightning version: resume with that version, or delete the entry "
+            "to resume without the interrupted epoch's metric states."
         )
     world, rank = _world()
     saved_world = int(state["world_size"])
-    metric_states = state.get("metric_states")
-    if metric_states is not None:
+    if state.get("mid_epoch"):
         if saved_world != world:
             raise ResumeStateError(
                 f"The checkpoint stopped in the middle of epoch {state['epoch']} with {saved_world} processes, and "
                 f"this run has {world}: each process's share of that epoch's batches and metric states is gone. "
                 f"Resume with {saved_world} processes, or from a checkpoint written at the end of an epoch."
             )
-        restore_metric_states(collection, metric_states[rank], Stage.TRAIN)
+        metric_states = state.get("metric_states")
+        if metric_states is not None:
+            restore_metric_states(collection, metric_states[rank], Stage.TRAIN)
+        if loss_means is not None:
+            _restore_losses(state, rank, loss_means, module.device)
     rng_states = state.get("rng_states") or []
     if len(rng_states) == world:
         restore_random_state(rng_states[rank])
@@ -306,118 +379,14 @@ def load_resume_state(module: pl.LightningModule, collection: BrickCollection, c
         )
 
 
-# ------------------------------------------------------------------------------------------------ logged epoch sums
-_REDUCTIONS = ("mean", "sum", "max", "min")
-
-
-def _reduction(result: Any) -> str | None:
-    meta = result.meta
-    for name in _REDUCTIONS:
-        if getattr(meta, f"is_{name}_reduction", False):
-            return name
-    return None
-
-
-def _training_results(trainer: pl.Trainer) -> dict[str, Any] | None:
-    """Lightning's running sums of values logged in training; None (with one warning) when it has none to offer."""
-    results = getattr(trainer.fit_loop.epoch_loop, "_results", None)
-    if not isinstance(results, dict):
-        rank_zero_warn(
-            "ResumableEpochLogs cannot find Lightning's training results (fit_loop.epoch_loop._results) in this "
-            f"pytorch_lightning ({pl.__version__}): after a mid-epoch resume, the epoch values logged in training "
-            "will cover only the batches after the restart. Weights, metrics and data order still resume exactly.",
+def _restore_losses(state: Mapping[str, Any], rank: int, loss_means: LossMeans, device: torch.device) -> None:
+    loss_states = state.get("loss_states")
+    if loss_states is None or loss_states[rank] is None:
+        warnings.warn(
+            f"The checkpoint stopped in the middle of epoch {state['epoch']} but holds no loss means (a version-1 "
+            "resume state, or one written without them): the epoch values of the losses logged in training cover "
+            "only that epoch's batches after the resume.",
+            stacklevel=3,
         )
-        return None
-    return results
-
-
-class ResumableEpochLogs(pl.Callback):
-    """Carry the epoch sums of values logged in training across a mid-epoch resume.
-
-    ``self.log(name, value, on_epoch=True)`` in ``training_step`` (the ``train/loss`` of
-    ``LightningBrickCollection``) accumulates a running sum in Lightning's training loop, which Lightning does not
-    checkpoint: after a resume the epoch value would average only the batches after the restart. This callback
-    saves each process's running sums (mean, sum, max and min reductions) with the checkpoint, and adds them back
-    after the first batch of the resumed run, so the epoch value is that of an uninterrupted run.
-
-    Values logged only in hooks that a resumed run does not call again (``on_train_epoch_start``) cannot be
-    carried over; a warning names them.
-
-    Example:
-        >>> trainer = pl.Trainer(callbacks=[ResumableEpochLogs()], logger=False, enable_progress_bar=False)
-    """
-
-    def __init__(self) -> None:
-        self._trainer: pl.Trainer | None = None
-        self._pending: dict[str, Any] | None = None
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._trainer = trainer
-
-    def state_dict(self) -> dict[str, Any]:
-        trainer = self._trainer
-        if trainer is None or not _mid_epoch(trainer):
-            return {"version": _VERSION, "epoch": -1, "per_rank": None}
-        results = _training_results(trainer)
-        if results is None:
-            return {"version": _VERSION, "epoch": -1, "per_rank": None}
-        local: dict[str, dict[str, Any]] = {}
-        for key, result in results.items():
-            reduction = _reduction(result)
-            if not result.is_tensor or not result.meta.on_epoch or reduction is None or not result.update_called:
-                continue
-            local[key] = {
-                "reduction": reduction,
-                "value": _copy(result.value),
-                "cumulated_batch_size": _copy(result.cumulated_batch_size) if reduction == "mean" else None,
-                "update_count": int(result.update_count),
-            }
-        return {"version": _VERSION, "epoch": trainer.current_epoch, "per_rank": _gather(local)}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._pending = dict(state_dict) if state_dict.get("per_rank") is not None else None
-
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        pending, self._pending = self._pending, None
-        if pending is None or int(pending["epoch"]) != trainer.current_epoch:
-            return
-        world, rank = _world()
-        per_rank = pending["per_rank"]
-        if len(per_rank) != world:
-            warnings.warn(
-                f"The checkpoint holds the logged epoch sums of {len(per_rank)} processes and this run has {world}; "
-                "the epoch values logged in training cover only the batches after the resume.",
-                stacklevel=2,
-            )
-            return
-        results = _training_results(trainer)
-        if results is None:
-            return
-        lost = []
-        for key, saved in per_rank[rank].items():
-            result = results.get(key)
-            if result is None or not result.is_tensor or _reduction(result) != saved["reduction"]:
-                lost.append(key)
-                continue
-            value = saved["value"].to(result.value.device)
-            if saved["reduction"] in ("mean", "sum"):
-                result.value = result.value + value  # the order of an uninterrupted run's sum: (a + b) == (b + a)
-            else:
-                result.value = (
-                    torch.maximum(result.value, value)
-                    if saved["reduction"] == "max"
-                    else torch.minimum(result.value, value)
-                )
-            if saved["cumulated_batch_size"] is not None:
-                size = saved["cumulated_batch_size"].to(result.cumulated_batch_size.device)
-                result.cumulated_batch_size = result.cumulated_batch_size + size
-            result._update_count = result.update_count + int(saved["update_count"])
-            result._computed = None
-        if lost:
-            warnings.warn(
-                f"ResumableEpochLogs could not carry {lost} over the resume (logged in hooks the resumed run has not "
-                "called again); their epoch values cover only the batches after the resume.",
-                stacklevel=2,
-            )
+        return
+    restore_loss_states(loss_means, loss_states[rank], Stage.TRAIN, device)
