@@ -179,7 +179,7 @@ def render_brick_graph(collection: BrickCollection, stage: StageLike | None = No
             fill = _BRICK_COLORS.get(type(brick).__name__, (53, 80, 112))
             draw.rounded_rectangle([x, y, x + box_w, y + box_h], radius=8, fill=fill)
             draw.text((x + 8, y + 6), name[:34], fill="white")
-            draw.text((x + 8, y + 24), f"{type(brick).__name__}: {brick._describe_model()}"[:34], fill="white")
+            draw.text((x + 8, y + 24), f"{type(brick).__name__}: {brick.describe_model()}"[:34], fill="white")
         else:
             fill = _INPUT_COLOR if kind == "input" else _OUTPUT_COLOR
             draw.rounded_rectangle([x, y + 8, x + box_w, y + box_h - 8], radius=14, fill=fill)

@@ -235,3 +235,24 @@ def test_fast_metric_path_still_fires_hooks_and_matches_slow_path() -> None:
     assert calls == ["hook", "hook"]
     torch.testing.assert_close(fast.summarize(Stage.TRAIN), hooked.summarize(Stage.TRAIN))
     assert int(metric_brick.metrics_for(Stage.TRAIN)["ConfusionMatrixMetrics"].confmat.sum()) == 32
+
+
+def test_the_update_shortcut_matches_torchmetrics_internals() -> None:
+    """ConfusionMatrixMetrics replaces torchmetrics' private update wrapper (for speed); fail clearly if it changes."""
+    from torchmetrics import Metric
+
+    assert hasattr(Metric, "_wrap_update"), (
+        "torchmetrics no longer has Metric._wrap_update: ConfusionMatrixMetrics' faster update wrapper no longer "
+        "applies. Remove the override in bag_of_bricks/metrics.py (correct, but slower)."
+    )
+    metric = ConfusionMatrixMetrics(3)
+    for field in ("_update_count", "_computed"):
+        assert field in vars(metric), (
+            f"torchmetrics no longer keeps Metric.{field}: update ConfusionMatrixMetrics._wrap_update in "
+            "bag_of_bricks/metrics.py to the bookkeeping torchmetrics now does."
+        )
+    metric.update(torch.tensor([0, 1]), torch.tensor([0, 2]))
+    first = metric.compute()["accuracy"]
+    metric.update(torch.tensor([2]), torch.tensor([2]))
+    assert metric.update_count == 2  # counted, as torchmetrics counts
+    assert float(metric.compute()["accuracy"]) != float(first)  # and the cached value was dropped

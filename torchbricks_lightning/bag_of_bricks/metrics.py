@@ -82,9 +82,13 @@ class ConfusionMatrixMetrics(Metric):
         self.add_state("confmat", torch.zeros(num_classes * num_classes, dtype=torch.long), dist_reduce_fx="sum")
 
     def _wrap_update(self, update: Callable[..., None]) -> Callable[..., None]:
-        # torchmetrics' wrapper also enters torch.set_grad_enabled and rewrites device errors, which costs about
-        # as much as the bincount itself on a CPU. Integer counts need neither: keep only the bookkeeping that
-        # compute() and reset() rely on.
+        # A deliberate use of torchmetrics internals, the only one in the package: torchmetrics' update wrapper
+        # also enters torch.set_grad_enabled and rewrites device errors, which costs about as much as the bincount
+        # itself on a CPU (metric brick 2.3x one bincount instead of 1.6x). Integer counts need neither, so keep only
+        # the bookkeeping that compute() and reset() rely on. If torchmetrics renames the hook, the override stops
+        # applying and updates get slower but stay correct; if it renames the two fields, updates fail loudly.
+        # tests/bag_of_bricks/test_confusion_matrix_metrics.py::test_the_update_shortcut_matches_torchmetrics_internals
+        # fails with a clear message when either changes.
         state = self.__dict__
 
         def counted_update(*args: Any, **kwargs: Any) -> None:

@@ -200,7 +200,8 @@ class BrickInterface(StructureNode, nn.Module, ABC):
     def __getstate__(self) -> dict[str, Any]:
         return self._without_owners(super().__getstate__())
 
-    def _describe_model(self) -> str:
+    def describe_model(self) -> str:
+        """A short description of what the brick wraps, for ``repr`` and pictures ('' when nothing)."""
         return ""
 
     def _alive_stages_repr(self) -> str:
@@ -212,7 +213,7 @@ class BrickInterface(StructureNode, nn.Module, ABC):
         return repr([stage.value for stage in stages])
 
     def __repr__(self) -> str:
-        model = self._describe_model()
+        model = self.describe_model()
         parts = [model] if model else []
         parts += [
             f"input_names={self.input_names!r}",
@@ -292,7 +293,7 @@ class BrickModule(BrickInterface):
         with torch.no_grad():
             return detach_outputs(self.model(*args, **kwargs))
 
-    def _describe_model(self) -> str:
+    def describe_model(self) -> str:
         return type(self.model).__name__
 
 

@@ -96,10 +96,7 @@ class BrickCollection(StructureNode, nn.ModuleDict):
 
     # ----------------------------------------------------------------------------------------- structure
     def _drop_plans(self) -> None:
-        self.__dict__["_compiled"] = {}
-        self.__dict__["_plans"] = None
-        self.__dict__["_nodes"] = None
-        self.__dict__["_loss_weights"] = None
+        self.__dict__.update(_compiled={}, _plans=None, _nodes=None, _loss_weights=None)
 
     def structure_changed(self) -> None:
         """Drop the cached plans (rebuilt at the next use) and tell the collections holding this one."""
@@ -112,13 +109,12 @@ class BrickCollection(StructureNode, nn.ModuleDict):
         collection = cls.__new__(cls)
         nn.ModuleDict.__init__(collection)
         collection._drop_plans()
-        for name, value in bricks.items():
-            collection[name] = value
+        collection.update(bricks)  # type: ignore[arg-type]  # nested dicts too: __setitem__ checks every member
         return collection
 
     def __setitem__(self, name: str, value: Any) -> None:
         check_brick_name(name)
-        if name not in self._modules and (name in _attribute_names(type(self)) or name in self.__dict__):
+        if name not in self and (name in _attribute_names(type(self)) or name in self.__dict__):
             raise InvalidNameError(
                 f"Brick name {name!r} clashes with the BrickCollection attribute of that name. Rename the brick."
             )
@@ -134,29 +130,35 @@ class BrickCollection(StructureNode, nn.ModuleDict):
                 f"Expected {name!r} to be a brick, a BrickCollection or a dict of bricks, but got "
                 f"{type(value).__name__}.{hint}"
             )
-        previous = self._modules.get(name)
+        previous = self._member(name)
         super().__setitem__(name, value)
         self._member_changed(previous, value)
 
     def __delitem__(self, name: str) -> None:
-        previous = self._modules.get(name)
+        previous = self._member(name)
         super().__delitem__(name)
         self._member_changed(previous, None)
 
     def clear(self) -> None:
-        previous = list(self._modules.values())
+        previous = list(self.values())
         super().clear()
         for module in previous:
             self._member_changed(module, None)
 
+    def _member(self, name: str) -> nn.Module | None:
+        try:
+            return self[name] if name in self else None  # noqa: SIM401 - ModuleDict has no get()
+        except AttributeError:  # attributes set while nn.Module.__init__ runs, before there are members
+            return None
+
     def __setattr__(self, name: str, value: Any) -> None:
-        previous = self._modules.get(name) if "_modules" in self.__dict__ else None
+        previous = self._member(name)
         super().__setattr__(name, value)
         if isinstance(value, nn.Module) or previous is not None:
             self._member_changed(previous, value if isinstance(value, nn.Module) else None)
 
     def __delattr__(self, name: str) -> None:
-        previous = self._modules.get(name)
+        previous = self._member(name)
         super().__delattr__(name)
         if previous is not None:
             self._member_changed(previous, None)
@@ -177,14 +179,14 @@ class BrickCollection(StructureNode, nn.ModuleDict):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self._drop_plans()
-        for module in self._modules.values():
+        for module in self.values():
             if isinstance(module, StructureNode):
                 module.add_owner(self)
 
     # ----------------------------------------------------------------------------------------- graph
     def named_bricks(self) -> Iterator[tuple[str, BrickInterface]]:
         """Every brick with its path (``'head0/classify'``), depth first in declaration order."""
-        for name, module in self._modules.items():
+        for name, module in self.items():
             if isinstance(module, BrickCollection):
                 for sub_path, brick in module.named_bricks():
                     yield f"{name}/{sub_path}", brick

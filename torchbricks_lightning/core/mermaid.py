@@ -136,7 +136,7 @@ def _brick_lines(nodes: Sequence[BrickNode], bricks: dict[str, BrickInterface]) 
             lines.append("    " * len(open_path) + f'subgraph {_node_id("group", path)}["{_label(path)}"]')
         brick = bricks[node.path]
         kind = type(brick).__name__
-        description = brick._describe_model()
+        description = brick.describe_model()
         label = f"<strong>{kind}</strong><br><strong>{node.path}</strong>" + (f": {description}" if description else "")
         lines.append("    " * (len(open_path) + 1) + f'{_node_id("brick", node.path)}("{_label(label)}"):::{kind}')
     while open_path:

@@ -226,7 +226,7 @@ class BrickMetrics(BrickInterface):
                 for metric in metrics:
                     metric.reset()
 
-    def _describe_model(self) -> str:
+    def describe_model(self) -> str:
         return repr(self._metric_names)
 
 
