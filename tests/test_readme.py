@@ -17,20 +17,29 @@ def _blocks(language: str) -> list[str]:
     return re.findall(rf"^```{language}\n(.*?)^```", README.read_text(), flags=re.DOTALL | re.MULTILINE)
 
 
+CONTINUES = "# Continues "
+
+
 def test_readme_python_blocks_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each block runs on its own, with its own imports, unless its first line says which block it continues."""
     monkeypatch.chdir(tmp_path)
-    namespace: dict[str, object] = {"__name__": "readme"}
+    namespace: dict[str, object] = {}
+    defined: dict[str, object] = {}  # every name any block defined, for the checks below
     blocks = _blocks("python")
     assert len(blocks) >= 6
     for index, block in enumerate(blocks):
+        # A fresh start, where the block must carry its imports; or, for a block that says which it continues, the
+        # names the earlier blocks defined.
+        namespace = dict(defined) if block.startswith(CONTINUES) else {"__name__": "readme"}
         try:
             exec(compile(block, f"README.md python block {index}", "exec"), namespace)
         except Exception as err:
             err.add_note(f"README python block {index}:\n{block}")
             raise
+        defined.update(namespace)
     # The mermaid blocks in the README are exactly what the code draws.
     multi_task, concept = _blocks("mermaid")
-    assert namespace["graph"] == concept.rstrip("\n")
+    assert defined["graph"] == concept.rstrip("\n")
     monkeypatch.syspath_prepend(str(README.parent / "examples"))
     from digits_multitask import build_bricks
 
