@@ -73,8 +73,10 @@ def _dev_env(session: nox.Session) -> dict[str, str]:
     return {"PATH": f"{DEV_ENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}", "VIRTUAL_ENV": str(DEV_ENV)}
 
 
-def _run(session: nox.Session, *command: str, env: dict[str, str] | None = None) -> None:
-    session.run(*command, env={**_dev_env(session), **(env or {})}, external=True)
+def _run(session: nox.Session, program: str, *arguments: str, env: dict[str, str] | None = None) -> None:
+    """Run ``program`` from ``.nox/dev`` (named by its path: nox looks programs up on its own PATH)."""
+    variables = _dev_env(session)
+    session.run(str(DEV_ENV / "bin" / program), *arguments, env={**variables, **(env or {})}, external=True)
 
 
 @nox.session(python=False)
