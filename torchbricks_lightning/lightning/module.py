@@ -18,8 +18,11 @@ from torchbricks_lightning.core.stages import Stage
 from torchbricks_lightning.errors import BrickDefinitionError, ConfigError, LossNotFiniteError
 from torchbricks_lightning.lightning.checkpoints import brick_state_dict, check_state_fits, load_module_checkpoint
 from torchbricks_lightning.lightning.example_inputs import EXAMPLE_INPUTS_KEY, example_tensors, record_example_inputs
+from torchbricks_lightning.lightning.finetuning import schedule_callbacks
 from torchbricks_lightning.lightning.loss_logging import TOTAL_LOSS, LossMeans, samples_in
 from torchbricks_lightning.lightning.metric_logging import render_matrix, split_metrics, warn_once
+from torchbricks_lightning.lightning.optimizers import configure_optimizers as configure_brick_optimizers
+from torchbricks_lightning.lightning.optimizers import plan_optimisation
 from torchbricks_lightning.lightning.resume import attached_trainer, load_resume_state, save_resume_state
 
 __all__ = [
@@ -70,6 +73,15 @@ class LightningBrickCollection(pl.LightningModule):
         compile_model: compile the collection with ``torch.compile``; each stage gets its own graph, so alternating
             training and validation does not recompile.
         compile_kwargs: extra arguments for ``torch.compile``.
+        param_groups: parameter groups by brick path, e.g. ``[{"bricks": "backbone", "lr": 1e-4}]``: patterns
+            (first match wins) and optimiser options or ``lr_scale``; the rest goes to a group ``"default"``. See
+            :mod:`~torchbricks_lightning.lightning.optimizers`.
+        lr: the learning rate of the default group (and the base of ``lr_scale``), which Lightning's LR finder
+            tunes (``Tuner.lr_find(module, update_attr=True)``); None keeps the optimiser's own.
+        decay_norms_and_biases: False gives biases and normalisation weights (parameters with at most one
+            dimension) ``weight_decay=0``, in groups named ``"{group}/no_decay"``.
+        unfreeze: ``{brick pattern: epoch}``: those bricks stay frozen, in eval mode, until that epoch (counted from
+            0). See :mod:`~torchbricks_lightning.lightning.finetuning`.
 
     Example:
         >>> from torch import nn
@@ -94,6 +106,10 @@ class LightningBrickCollection(pl.LightningModule):
         check_finite_loss: bool = True,
         compile_model: bool = False,
         compile_kwargs: Mapping[str, Any] | None = None,
+        param_groups: Sequence[Mapping[str, Any]] | None = None,
+        lr: float | None = None,
+        decay_norms_and_biases: bool = True,
+        unfreeze: Mapping[str, int] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=list(_OBJECT_ARGUMENTS))
@@ -129,6 +145,10 @@ class LightningBrickCollection(pl.LightningModule):
                 f"A loss is named {TOTAL_LOSS!r}, the name under which the total loss is logged ('train/loss', ...). "
                 "Give the loss brick another output name."
             )
+        self.lr = lr  # read and set by Lightning's LR finder
+        self.optimisation_plan = plan_optimisation(
+            brick_collection, optimizer, param_groups, lr, decay_norms_and_biases, unfreeze
+        )
         self.check_finite_loss = check_finite_loss
         self.compile_model = compile_model
         self.compile_kwargs = dict(compile_kwargs or {})
@@ -310,17 +330,10 @@ class LightningBrickCollection(pl.LightningModule):
 
     # ---------------------------------------------------------------------------------------- optimisers
     def configure_optimizers(self) -> Any:
-        parameters = [parameter for parameter in self.parameters() if parameter.requires_grad]
-        optimizer = self.optimizer_factory(parameters)
-        if self.lr_scheduler_factory is None:
-            return optimizer
-        scheduler = self.lr_scheduler_factory(optimizer)
-        config: dict[str, Any] = {"scheduler": scheduler, "interval": self.lr_scheduler_interval}
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            config["monitor"] = self.lr_scheduler_monitor or "validation/loss"
-        elif self.lr_scheduler_monitor:
-            config["monitor"] = self.lr_scheduler_monitor
-        return {"optimizer": optimizer, "lr_scheduler": config}
+        return configure_brick_optimizers(self)  # groups by brick path, the tuned lr, the scheduler: optimizers.py
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        return schedule_callbacks(self, self.optimisation_plan.scheduled)  # the unfreeze schedule: finetuning.py
 
     # ---------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
