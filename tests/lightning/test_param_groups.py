@@ -273,22 +273,25 @@ def test_gradient_clipping_applies_to_every_group(tmp_path: Path) -> None:
         assert float(step.max()) == pytest.approx(clip, rel=1e-2), f"{name}: the largest gradient is clipped to {clip}"
 
 
-# ------------------------------------------------------------------------------------------------ mistakes, at construction
+# ------------------------------------------------------------------------------------------------ mistakes, when built
 @pytest.mark.parametrize(
     ("arguments", "match"),
     [
         (
             {"param_groups": [{"bricks": "backbnoe", "lr": 0.1}]},
-            r"param_groups\[0\]: the pattern 'backbnoe' matches no brick\. Did you mean 'backbone'\? The brick paths are \['preprocessor', 'backbone', 'frozen', 'heads/a/classify'",
+            r"param_groups\[0\]: the pattern 'backbnoe' matches no brick\. Did you mean 'backbone'\? The brick paths "
+            r"are \['preprocessor', 'backbone', 'frozen', 'heads/a/classify'",
         ),
         (
             {"param_groups": [{"bricks": "frozen", "lr": 0.1}]},
-            r"param_groups\[0\]: \['frozen'\] match only bricks without trainable parameters.*'frozen' \(BrickNotTrainable, calculate_gradients=False\).*make the brick a BrickTrainable",
+            r"param_groups\[0\]: \['frozen'\] match only bricks without trainable parameters.*"
+            r"'frozen' \(BrickNotTrainable, calculate_gradients=False\).*make the brick a BrickTrainable",
         ),
         ({"param_groups": [{"bricks": "*/loss", "lr": 0.1}]}, r"'heads/a/loss' \(BrickLoss, no parameters\)"),
         (
             {"param_groups": [{"bricks": "backbone", "momentun": 0.9}]},
-            r"param_groups\[0\] \('backbone'\) sets \['momentun'\], which SGD does not take\. Did you mean 'momentum'\?",
+            r"param_groups\[0\] \('backbone'\) sets \['momentun'\], which SGD does not take\. "
+            r"Did you mean 'momentum'\?",
         ),
         (
             {"param_groups": [{"bricks": "backbone", "betas": [0.9, 0.99]}]},
@@ -296,7 +299,8 @@ def test_gradient_clipping_applies_to_every_group(tmp_path: Path) -> None:
         ),
         (
             {"param_groups": [{"bricks": "heads"}, {"bricks": "heads/a"}]},
-            r"param_groups\[1\] \('heads/a'\) gets no parameters.*taken by the earlier groups \['heads'\].*narrower pattern first",
+            r"param_groups\[1\] \('heads/a'\) gets no parameters.*taken by the earlier groups \['heads'\]"
+            r".*narrower pattern first",
         ),
         ({"param_groups": [{"bricks": "backbone", "lr": 0.1, "lr_scale": 2}]}, r"sets both 'lr' and 'lr_scale'"),
         (
