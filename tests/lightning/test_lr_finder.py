@@ -9,6 +9,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import LearningRateFinder
 from pytorch_lightning.tuner import Tuner
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -47,8 +48,9 @@ def loader() -> DataLoader[Any]:
     return DataLoader(TensorDataset(raw, raw[:, :NUM_CLASSES].argmax(dim=1)), batch_size=8)
 
 
-def make_trainer(tmp_path: Path) -> pl.Trainer:
+def make_trainer(tmp_path: Path, callbacks: list[pl.Callback] | None = None) -> pl.Trainer:
     return pl.Trainer(
+        callbacks=callbacks,
         max_epochs=1,
         accelerator="cpu",
         logger=False,
@@ -84,3 +86,22 @@ def test_lr_find_tunes_the_base_learning_rate_that_the_groups_follow(tmp_path: P
     make_trainer(tmp_path).fit(direct, train_dataloaders=loader())
     tuned, expected = module.state_dict(), direct.state_dict()
     assert all(torch.equal(tuned[name], expected[name]) for name in expected)
+
+
+def test_the_learning_rate_finder_callback_keeps_each_groups_own_learning_rate(tmp_path: Path) -> None:
+    """Lightning's ``LearningRateFinder`` callback (what a recipe uses) sets every group of the optimiser to its
+    suggestion; the module's ``GroupLearningRates`` callback gives each group its own learning rate back."""
+    module = make_module()
+    finder = LearningRateFinder(min_lr=1e-4, max_lr=1.0, num_training_steps=20)
+    seen: list[list[tuple[str, float]]] = []
+
+    class Groups(pl.Callback):
+        def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            seen.append([(group["name"], group["lr"]) for group in trainer.optimizers[0].param_groups])
+
+    trainer = make_trainer(tmp_path, [finder, Groups()])
+    trainer.fit(module, train_dataloaders=loader())
+    suggestion = module.lr
+    assert suggestion is not None
+    assert suggestion == finder.optimal_lr.suggestion()
+    assert seen[-1] == [("backbone", suggestion * 0.1), ("aux", 0.005), ("default", suggestion)]

@@ -20,8 +20,9 @@ unfreeze) and resumes work, and the frozen state is a function of the epoch alon
 starts (also after a mid-epoch resume) and at each epoch start.
 
 The schedule is a callback, :class:`UnfreezeSchedule`, that the module adds to its Trainer itself
-(``configure_callbacks``). When training stops, normally or by an exception, the bricks are made trainable and put
-back in the module's mode, as they were built.
+(``configure_callbacks``, see :func:`~torchbricks_lightning.lightning.optimizers.optimisation_callbacks`). When
+training stops, normally or by an exception, the bricks are made trainable and put back in the module's mode, as
+they were built.
 
 Under DDP, use ``strategy="ddp_find_unused_parameters_true"``: DDP expects a gradient for every parameter that
 required one when it wrapped the model, and a frozen brick's parameters get none.
@@ -41,7 +42,7 @@ from torchbricks_lightning.errors import BrickDefinitionError
 from torchbricks_lightning.lightning.param_groups import ScheduledBrick
 from torchbricks_lightning.lightning.resume import attached_trainer
 
-__all__ = ["UnfreezeSchedule", "schedule_callbacks"]
+__all__ = ["UnfreezeSchedule", "unfreeze_schedule"]
 
 
 class UnfreezeSchedule(pl.Callback):
@@ -111,14 +112,13 @@ def _collection(pl_module: pl.LightningModule) -> BrickCollection:
     return collection
 
 
-def schedule_callbacks(pl_module: pl.LightningModule, schedule: Mapping[str, ScheduledBrick]) -> list[pl.Callback]:
-    """The callbacks the module adds to its Trainer for ``schedule`` (none without one); warns, when fitting, about
-    bricks that the run's ``max_epochs`` never unfreezes. Called by ``configure_callbacks``, before anything is
-    written."""
+def unfreeze_schedule(pl_module: pl.LightningModule, schedule: Mapping[str, ScheduledBrick]) -> UnfreezeSchedule | None:
+    """The callback for ``schedule`` (None without one); when fitting, warns about bricks that the run's
+    ``max_epochs`` never unfreezes. Called from the module's ``configure_callbacks``, before anything is written."""
     if not schedule:
-        return []
+        return None
     callback = UnfreezeSchedule(schedule)
     trainer = attached_trainer(pl_module)
     if trainer is not None and trainer.state.fn == TrainerFn.FITTING:
         callback.warn_beyond(trainer)
-    return [callback]
+    return callback

@@ -18,11 +18,10 @@ from torchbricks_lightning.core.stages import Stage
 from torchbricks_lightning.errors import BrickDefinitionError, ConfigError, LossNotFiniteError
 from torchbricks_lightning.lightning.checkpoints import brick_state_dict, check_state_fits, load_module_checkpoint
 from torchbricks_lightning.lightning.example_inputs import EXAMPLE_INPUTS_KEY, example_tensors, record_example_inputs
-from torchbricks_lightning.lightning.finetuning import schedule_callbacks
 from torchbricks_lightning.lightning.loss_logging import TOTAL_LOSS, LossMeans, samples_in
 from torchbricks_lightning.lightning.metric_logging import render_matrix, split_metrics, warn_once
 from torchbricks_lightning.lightning.optimizers import configure_optimizers as configure_brick_optimizers
-from torchbricks_lightning.lightning.optimizers import plan_optimisation
+from torchbricks_lightning.lightning.optimizers import optimisation_callbacks, plan_optimisation
 from torchbricks_lightning.lightning.resume import attached_trainer, load_resume_state, save_resume_state
 
 __all__ = [
@@ -333,7 +332,7 @@ class LightningBrickCollection(pl.LightningModule):
         return configure_brick_optimizers(self)  # groups by brick path, the tuned lr, the scheduler: optimizers.py
 
     def configure_callbacks(self) -> list[pl.Callback]:
-        return schedule_callbacks(self, self.optimisation_plan.scheduled)  # the unfreeze schedule: finetuning.py
+        return optimisation_callbacks(self)  # the unfreeze schedule, group lrs after the LR finder: optimizers.py
 
     # ---------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -24,11 +24,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytorch_lightning as pl
 import torch
 from torch import nn
+from typing_extensions import override
 
 from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.errors import BrickDefinitionError, ConfigError, did_you_mean
+from torchbricks_lightning.lightning.finetuning import unfreeze_schedule
 from torchbricks_lightning.lightning.param_groups import (
     LR_SCALE,
     GroupSpec,
@@ -39,7 +42,15 @@ from torchbricks_lightning.lightning.param_groups import (
     positive_number,
 )
 
-__all__ = ["OptimisationPlan", "configure_optimizers", "plan_optimisation"]
+__all__ = [
+    "GroupLearningRates",
+    "OptimisationPlan",
+    "build_optimizer",
+    "configure_optimizers",
+    "group_learning_rates",
+    "optimisation_callbacks",
+    "plan_optimisation",
+]
 
 
 @dataclass(frozen=True)
@@ -123,16 +134,14 @@ def plan_optimisation(
     return plan
 
 
-def build_optimizer(
+def _groups(
     optimizer_factory: Callable[..., Any],
     module: nn.Module,
     collection: BrickCollection,
     plan: OptimisationPlan,
     lr: float | None,
-) -> Any:
-    """The optimiser over the groups of ``plan``, with ``lr_scale`` resolved against ``lr`` (or the optimiser's own)."""
-    if plan.plain(lr):
-        return optimizer_factory([parameter for parameter in module.parameters() if parameter.requires_grad])
+) -> list[dict[str, Any]]:
+    """The parameter groups of ``plan`` with ``lr_scale`` resolved against ``lr`` (or the optimiser's own)."""
     groups = param_groups_for(module, collection, plan.groups, lr, plan.decay_norms_and_biases, plan.scheduled)
     scales = [group.pop(LR_SCALE, None) for group in groups]
     if any(scale is not None for scale in scales):
@@ -140,7 +149,90 @@ def build_optimizer(
         for group, scale in zip(groups, scales, strict=True):
             if scale is not None:
                 group["lr"] = base * scale
-    return optimizer_factory(groups)
+    return groups
+
+
+def build_optimizer(
+    optimizer_factory: Callable[..., Any],
+    module: nn.Module,
+    collection: BrickCollection,
+    plan: OptimisationPlan,
+    lr: float | None,
+) -> Any:
+    """The optimiser over the groups of ``plan`` (the flat list of trainable parameters when it is plain)."""
+    if plan.plain(lr):
+        return optimizer_factory([parameter for parameter in module.parameters() if parameter.requires_grad])
+    return optimizer_factory(_groups(optimizer_factory, module, collection, plan, lr))
+
+
+def group_learning_rates(module: Any) -> dict[str, float]:
+    """The learning rate of each group, by name, for the module's current ``lr`` (what a new optimiser would get).
+
+    Example:
+        >>> from functools import partial
+        >>> from torchbricks_lightning import LightningBrickCollection, BrickTrainable
+        >>> module = LightningBrickCollection(
+        ...     {"backbone": BrickTrainable(nn.Linear(4, 4), ["raw"], ["features"]),
+        ...      "head": BrickTrainable(nn.Linear(4, 3), ["features"], ["logits"])},
+        ...     optimizer=partial(torch.optim.AdamW, lr=0.1), param_groups=[{"bricks": "backbone", "lr_scale": 0.5}],
+        ...     decay_norms_and_biases=False)
+        >>> group_learning_rates(module)
+        {'backbone': 0.05, 'backbone/no_decay': 0.05, 'default': 0.1, 'default/no_decay': 0.1}
+    """
+    factory = module.optimizer_factory
+    groups = _groups(factory, module, module.brick_collection, module.optimisation_plan, module.lr)
+    own = module.lr if module.lr is not None else _probe(factory).defaults["lr"]
+    return {group["name"]: float(group.get("lr", own)) for group in groups}
+
+
+class GroupLearningRates(pl.Callback):
+    """Gives each parameter group its own learning rate again after Lightning's ``LearningRateFinder`` callback.
+
+    That callback searches at the start of ``fit``, sets ``module.lr`` to its suggestion, and also sets every group
+    of the optimiser already built to that one learning rate, so the backbone's ``lr_scale`` or a head's own ``lr``
+    would be lost for the run. When ``module.lr`` changed between ``setup`` and ``on_fit_start`` (Lightning runs the
+    tuner callbacks' ``on_fit_start`` first), this sets each group's ``lr`` (and ``initial_lr``, and the
+    schedulers' ``base_lrs``) to what :func:`group_learning_rates` gives for the new ``module.lr``. The module adds it
+    to its Trainer when it has parameter groups.
+    """
+
+    def __init__(self) -> None:
+        self.lr_at_setup: float | None = None
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.lr_at_setup = getattr(pl_module, "lr", None)
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if getattr(pl_module, "lr", None) == self.lr_at_setup:
+            return
+        targets = group_learning_rates(pl_module)
+        for optimizer in trainer.optimizers:
+            for group in optimizer.param_groups:
+                if group.get("name") in targets:
+                    group["lr"] = targets[group["name"]]
+                    if "initial_lr" in group:
+                        group["initial_lr"] = targets[group["name"]]
+        for config in trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            if isinstance(getattr(scheduler, "base_lrs", None), list):
+                scheduler.base_lrs = [
+                    group.get("initial_lr", group["lr"]) for group in scheduler.optimizer.param_groups
+                ]
+
+
+def optimisation_callbacks(module: Any) -> list[pl.Callback]:
+    """The callbacks the module adds to its Trainer (``configure_callbacks``): the unfreeze schedule, and
+    :class:`GroupLearningRates` when there are groups."""
+    plan: OptimisationPlan = module.optimisation_plan
+    callbacks: list[pl.Callback] = []
+    schedule = unfreeze_schedule(module, plan.scheduled)
+    if schedule is not None:
+        callbacks.append(schedule)
+    if plan.groups or not plan.decay_norms_and_biases:
+        callbacks.append(GroupLearningRates())
+    return callbacks
 
 
 def configure_optimizers(module: Any) -> Any:
