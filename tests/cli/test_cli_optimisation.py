@@ -1,10 +1,13 @@
 """Optimisation per brick from a YAML recipe: parameter groups, an unfreeze schedule, EMA weights and the LR finder,
-through the ``torchbricks-lightning`` command in a subprocess; mistakes fail before anything is written."""
+through the ``torchbricks-lightning`` command in a subprocess; mistakes fail before anything is written.
+
+The recipe is the README's (section "Optimisation per brick"), layered over the tiny CLI recipe."""
 
 from __future__ import annotations
 
 import csv
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -21,35 +24,24 @@ from torchbricks_lightning.lightning import LightningBrickCollection
 
 RECIPE = Path(__file__).parent / "configs" / "tiny_recipe.yaml"
 QUIET = ["--trainer.enable_progress_bar", "false"]
-OPTIMISATION = """
+README = Path(__file__).resolve().parents[2] / "README.md"
+TINY = """
 trainer:
   max_epochs: 3
-  callbacks:
-    - class_path: pytorch_lightning.callbacks.ModelCheckpoint
-      init_args: {dirpath: checkpoints, save_last: true, save_top_k: -1, filename: "{epoch}"}
-    - class_path: pytorch_lightning.callbacks.EMAWeightAveraging
-      init_args: {decay: 0.9}
-    - class_path: pytorch_lightning.callbacks.LearningRateMonitor
-    - class_path: pytorch_lightning.callbacks.LearningRateFinder
-      init_args: {min_lr: 1e-4, max_lr: 1, num_training_steps: 25}
-    - class_path: torchbricks_lightning.callbacks.OnnxExportCallback
   logger:
     class_path: pytorch_lightning.loggers.CSVLogger
     init_args: {save_dir: logs, name: run}
-model:
-  param_groups:
-    - bricks: backbone
-      lr_scale: 0.1
-    - bricks: "*/classify"
-      weight_decay: 0.0
-  unfreeze: {backbone: 1}
-  decay_norms_and_biases: false
-  optimizer:
-    class_path: torch.optim.AdamW
-    init_args: {lr: 0.01, weight_decay: 1e-2}
 data:
   init_args: {n_train: 160}
 """
+"""Over the tiny recipe and the README's: 3 epochs of 10 batches (the LR finder stops at 30 steps) and a CSV log."""
+
+
+def readme_recipe() -> str:
+    """The YAML block of the README's "Optimisation per brick" section."""
+    section = README.read_text().split("## Optimisation per brick", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"^```yaml\n(.*?)^```", section, flags=re.DOTALL | re.MULTILINE)
+    return block
 
 
 def _script() -> list[str]:
@@ -66,8 +58,16 @@ def _cwd(path: Path) -> Iterator[None]:
 
 
 def _configs(folder: Path) -> list[str]:
-    (folder / "optimisation.yaml").write_text(OPTIMISATION)
-    return ["--config", str(RECIPE), "--config", str(folder / "optimisation.yaml")]
+    (folder / "optimisation.yaml").write_text(readme_recipe())
+    (folder / "tiny.yaml").write_text(TINY)
+    return [
+        "--config",
+        str(RECIPE),
+        "--config",
+        str(folder / "optimisation.yaml"),
+        "--config",
+        str(folder / "tiny.yaml"),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,7 @@ def test_a_recipe_tunes_the_lr_and_each_group_keeps_its_own(fitted: Path) -> Non
     assert float(first["lr-AdamW/*/classify"]) == pytest.approx(tuned)
     groups = last["optimizer_states"][0]["param_groups"]
     assert [(group["name"], group["weight_decay"]) for group in groups] == [
-        ("backbone", 0.01),
+        ("backbone", 0.05),
         ("backbone/no_decay", 0.0),
         ("*/classify", 0.0),
     ]
