@@ -72,13 +72,11 @@ class LightningBrickCollection(pl.LightningModule):
         compile_model: compile the collection with ``torch.compile``; each stage gets its own graph, so alternating
             training and validation does not recompile.
         compile_kwargs: extra arguments for ``torch.compile``.
-        param_groups: parameter groups by brick path, e.g. ``[{"bricks": "backbone", "lr": 1e-4}]``: patterns
-            (first match wins) and optimiser options or ``lr_scale``; the rest goes to a group ``"default"``. See
-            :mod:`~torchbricks_lightning.lightning.optimizers`.
-        lr: the learning rate of the default group (and the base of ``lr_scale``), which Lightning's LR finder
-            tunes (``Tuner.lr_find(module, update_attr=True)``); None keeps the optimiser's own.
-        decay_norms_and_biases: False gives biases and normalisation weights (parameters with at most one
-            dimension) ``weight_decay=0``, in groups named ``"{group}/no_decay"``.
+        param_groups: groups by brick path pattern (first match wins) with optimiser options or ``lr_scale``, e.g.
+            ``[{"bricks": "backbone", "lr": 1e-4}]``; see :mod:`~torchbricks_lightning.lightning.param_groups`.
+        lr: the default group's learning rate and the base of ``lr_scale``, tuned by Lightning's LR finder
+            (``Tuner.lr_find(module)``); None keeps the optimiser's own. See :mod:`.optimizers`.
+        decay_norms_and_biases: False puts biases and norm weights in ``"{group}/no_decay"`` groups (no decay).
         unfreeze: ``{brick pattern: epoch}``: those bricks stay frozen, in eval mode, until that epoch (counted from
             0). See :mod:`~torchbricks_lightning.lightning.finetuning`.
 
