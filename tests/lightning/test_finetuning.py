@@ -118,6 +118,7 @@ def test_a_brick_is_frozen_in_eval_mode_until_its_epoch_then_trains(tmp_path: Pa
     assert all(p.requires_grad for p in backbone_brick.parameters())
 
 
+@pytest.mark.filterwarnings("ignore:unfreeze")  # frozen for the whole (short) run, on purpose
 def test_a_run_stopped_while_frozen_leaves_the_bricks_as_built(tmp_path: Path) -> None:
     module = LightningBrickCollection(bricks(), unfreeze={"backbone": 2})
     make_trainer(tmp_path, max_epochs=1, callbacks=[]).fit(module, train_dataloaders=loader())

@@ -284,10 +284,14 @@ def test_gradient_clipping_applies_to_every_group(tmp_path: Path) -> None:
         ),
         (
             {"param_groups": [{"bricks": "frozen", "lr": 0.1}]},
-            r"param_groups\[0\]: \['frozen'\] match only bricks without trainable parameters.*"
+            r"param_groups\[0\]: the pattern 'frozen' matches only bricks without trainable parameters.*"
             r"'frozen' \(BrickNotTrainable, calculate_gradients=False\).*make the brick a BrickTrainable",
         ),
         ({"param_groups": [{"bricks": "*/loss", "lr": 0.1}]}, r"'heads/a/loss' \(BrickLoss, no parameters\)"),
+        (
+            {"param_groups": [{"bricks": ["backbone", "frozen"], "lr": 0.1}]},
+            r"param_groups\[0\]: the pattern 'frozen' matches only bricks without trainable parameters",
+        ),
         (
             {"param_groups": [{"bricks": "backbone", "momentun": 0.9}]},
             r"param_groups\[0\] \('backbone'\) sets \['momentun'\], which SGD does not take\. "
@@ -324,7 +328,7 @@ def test_gradient_clipping_applies_to_every_group(tmp_path: Path) -> None:
         ),
         (
             {"unfreeze": {"frozen": 1}},
-            r"unfreeze\['frozen'\]: \['frozen'\] match only bricks without trainable.*nothing to freeze",
+            r"unfreeze\['frozen'\]: the pattern 'frozen' matches only bricks without trainable.*nothing to freeze",
         ),
         ({"unfreeze": {"backbone": -1}}, r"unfreeze\['backbone'\] is -1; epochs count from 0"),
     ],

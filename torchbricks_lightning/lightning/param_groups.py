@@ -147,22 +147,23 @@ def resolve_trainable(
     """The trainable parameters of the bricks ``patterns`` match, by brick path (bricks without any left out).
 
     Raises:
-        ConfigError: a pattern matches no brick, or the bricks matched hold no trainable parameter (frozen bricks,
-            bricks run with ``calculate_gradients=False``, losses and metrics).
+        ConfigError: a pattern matches no brick, or only bricks without a trainable parameter (frozen bricks, bricks
+            run with ``calculate_gradients=False``, losses and metrics): each pattern must name something to train.
     """
     bricks = dict(collection.named_bricks())
-    matched: list[str] = []
-    for pattern in patterns:
-        matched += [path for path in matching_bricks(collection, pattern, where) if path not in matched]
     also = set(also)
-    found = {path: trainable_parameters(bricks[path], also) for path in matched}
-    found = {path: parameters for path, parameters in found.items() if parameters}
-    if not found:
-        raise ConfigError(
-            f"{where}: {list(patterns)} match only bricks without trainable parameters, so {what}: "
-            f"{_frozen_description(collection, matched)}. Frozen bricks (BrickNotTrainable, calculate_gradients=False) "
-            "never get gradients: make the brick a BrickTrainable, or leave it out of the pattern."
-        )
+    found: dict[str, list[tuple[str, nn.Parameter]]] = {}
+    for pattern in patterns:
+        matched = matching_bricks(collection, pattern, where)
+        trainable = {path: trainable_parameters(bricks[path], also) for path in matched}
+        trainable = {path: parameters for path, parameters in trainable.items() if parameters}
+        if not trainable:
+            raise ConfigError(
+                f"{where}: the pattern {pattern!r} matches only bricks without trainable parameters, so {what}: "
+                f"{_frozen_description(collection, matched)}. Frozen bricks (BrickNotTrainable, "
+                "calculate_gradients=False) never get gradients: make the brick a BrickTrainable, or leave it out."
+            )
+        found.update({path: parameters for path, parameters in trainable.items() if path not in found})
     return found
 
 
