@@ -20,6 +20,8 @@ from torchbricks_lightning.lightning.checkpoints import brick_state_dict, check_
 from torchbricks_lightning.lightning.example_inputs import EXAMPLE_INPUTS_KEY, example_tensors, record_example_inputs
 from torchbricks_lightning.lightning.loss_logging import TOTAL_LOSS, LossMeans, samples_in
 from torchbricks_lightning.lightning.metric_logging import render_matrix, split_metrics, warn_once
+from torchbricks_lightning.lightning.optimizers import configure_optimizers as configure_brick_optimizers
+from torchbricks_lightning.lightning.optimizers import optimisation_callbacks, plan_optimisation
 from torchbricks_lightning.lightning.resume import attached_trainer, load_resume_state, save_resume_state
 
 __all__ = [
@@ -70,6 +72,13 @@ class LightningBrickCollection(pl.LightningModule):
         compile_model: compile the collection with ``torch.compile``; each stage gets its own graph, so alternating
             training and validation does not recompile.
         compile_kwargs: extra arguments for ``torch.compile``.
+        param_groups: groups by brick path pattern (first match wins) with optimiser options or ``lr_scale``, e.g.
+            ``[{"bricks": "backbone", "lr": 1e-4}]``; see :mod:`~torchbricks_lightning.lightning.param_groups`.
+        lr: the default group's learning rate and the base of ``lr_scale``, tuned by Lightning's LR finder
+            (``Tuner.lr_find(module)``); None keeps the optimiser's own. See :mod:`.optimizers`.
+        decay_norms_and_biases: False puts biases and norm weights in ``"{group}/no_decay"`` groups (no decay).
+        unfreeze: ``{brick pattern: epoch}``: those bricks stay frozen, in eval mode, until that epoch (counted from
+            0). See :mod:`~torchbricks_lightning.lightning.finetuning`.
 
     Example:
         >>> from torch import nn
@@ -94,6 +103,10 @@ class LightningBrickCollection(pl.LightningModule):
         check_finite_loss: bool = True,
         compile_model: bool = False,
         compile_kwargs: Mapping[str, Any] | None = None,
+        param_groups: Sequence[Mapping[str, Any]] | None = None,
+        lr: float | None = None,
+        decay_norms_and_biases: bool = True,
+        unfreeze: Mapping[str, int] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=list(_OBJECT_ARGUMENTS))
@@ -129,6 +142,10 @@ class LightningBrickCollection(pl.LightningModule):
                 f"A loss is named {TOTAL_LOSS!r}, the name under which the total loss is logged ('train/loss', ...). "
                 "Give the loss brick another output name."
             )
+        self.lr = lr  # read and set by Lightning's LR finder
+        self.optimisation_plan = plan_optimisation(
+            brick_collection, optimizer, param_groups, lr, decay_norms_and_biases, unfreeze
+        )
         self.check_finite_loss = check_finite_loss
         self.compile_model = compile_model
         self.compile_kwargs = dict(compile_kwargs or {})
@@ -310,17 +327,10 @@ class LightningBrickCollection(pl.LightningModule):
 
     # ---------------------------------------------------------------------------------------- optimisers
     def configure_optimizers(self) -> Any:
-        parameters = [parameter for parameter in self.parameters() if parameter.requires_grad]
-        optimizer = self.optimizer_factory(parameters)
-        if self.lr_scheduler_factory is None:
-            return optimizer
-        scheduler = self.lr_scheduler_factory(optimizer)
-        config: dict[str, Any] = {"scheduler": scheduler, "interval": self.lr_scheduler_interval}
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            config["monitor"] = self.lr_scheduler_monitor or "validation/loss"
-        elif self.lr_scheduler_monitor:
-            config["monitor"] = self.lr_scheduler_monitor
-        return {"optimizer": optimizer, "lr_scheduler": config}
+        return configure_brick_optimizers(self)  # groups by brick path, the tuned lr, the scheduler: optimizers.py
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        return optimisation_callbacks(self)  # the unfreeze schedule, group lrs after the LR finder: optimizers.py
 
     # ---------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
