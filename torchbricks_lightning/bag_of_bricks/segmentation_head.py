@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F  # noqa: N812
 
 from torchbricks_lightning.bag_of_bricks.losses import MaskedCrossEntropyLoss
 from torchbricks_lightning.bag_of_bricks.metrics import ConfusionMatrixMetrics
@@ -20,8 +19,10 @@ __all__ = ["PixelClassifier", "SegmentationHead", "create_segmentation_head"]
 class PixelClassifier(nn.Module):
     """A per-pixel classifier on feature maps, upsampled to the mask's size.
 
-    An optional ``3x3`` convolution with ``hidden_channels`` (and a ReLU), a ``1x1`` convolution to ``num_classes``
-    scores, then bilinear upsampling by ``upsample`` (the backbone's stride). Returns logits ``(N, C, H, W)``,
+    An optional ``3x3`` convolution with ``hidden_channels`` (and a ReLU), then a ``1x1`` convolution to
+    ``num_classes * upsample**2`` scores per feature position, rearranged into ``upsample x upsample`` pixels by a
+    sub-pixel shuffle (``nn.PixelShuffle``, ONNX's ``DepthToSpace``): every output pixel gets scores of its own,
+    however coarse the feature maps (``upsample`` is the backbone's stride). Returns logits ``(N, C, H, W)``,
     probabilities (softmax over classes) and the predicted class of each pixel ``(N, H, W)``.
 
     Args:
@@ -48,14 +49,14 @@ class PixelClassifier(nn.Module):
         if hidden_channels:
             layers += [nn.Conv2d(n_features, hidden_channels, 3, padding=1), nn.ReLU()]
             channels = hidden_channels
-        layers.append(nn.Conv2d(channels, num_classes, 1))
+        layers.append(nn.Conv2d(channels, num_classes * upsample * upsample, 1))
+        if upsample > 1:
+            layers.append(nn.PixelShuffle(upsample))
         self.scores = nn.Sequential(*layers)
         self.upsample = int(upsample)
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits = self.scores(features)
-        if self.upsample > 1:
-            logits = F.interpolate(logits, scale_factor=self.upsample, mode="bilinear", align_corners=False)
         probabilities = torch.softmax(logits, dim=1)
         return logits, probabilities, probabilities.argmax(dim=1)
 

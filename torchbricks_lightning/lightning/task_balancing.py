@@ -1,0 +1,103 @@
+"""What ``LightningBrickCollection`` does for multi-task training: labelled counts, the balancer's hooks and logs.
+
+The logic lives in :mod:`torchbricks_lightning.multitask` (which never imports Lightning); this module holds the
+few steps that need the LightningModule: checking the constructor arguments, finding each loss's labelled count in
+a step's outputs, handing the balancer the epoch means of its losses and logging ``train/balance/...``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from torchbricks_lightning.core.collection import BrickCollection
+from torchbricks_lightning.core.losses import merge_loss_weights
+from torchbricks_lightning.core.stages import Stage
+from torchbricks_lightning.errors import BrickDefinitionError
+from torchbricks_lightning.lightning.loss_logging import LossMeans
+from torchbricks_lightning.multitask.balancers import LossBalancer
+from torchbricks_lightning.multitask.labels import labelled_count_names
+from torchbricks_lightning.multitask.score import DeltaM
+
+__all__ = ["LabelledCounts", "check_multitask_arguments", "drop_balancer_state", "end_balancer_epoch", "log_balance"]
+
+_BALANCER_PREFIX = "loss_balancer."
+
+
+def check_multitask_arguments(
+    collection: BrickCollection,
+    loss_weights: Mapping[str, float] | None,
+    loss_balancer: LossBalancer | None,
+    delta_m: DeltaM | None,
+) -> None:
+    """Check the types, set the balancer up on the collection's training losses and check Δm's metric keys.
+
+    Raises:
+        BrickDefinitionError: an argument has the wrong type.
+        ConfigError: the balancer names an unknown loss or shared tensor, or Δm an unknown metric key.
+    """
+    if loss_balancer is not None and not isinstance(loss_balancer, LossBalancer):
+        raise BrickDefinitionError(
+            "Expected loss_balancer to be a LossBalancer (e.g. torchbricks_lightning.multitask.UncertaintyWeighting()"
+            f"), but got {type(loss_balancer).__name__}."
+        )
+    if delta_m is not None and not isinstance(delta_m, DeltaM):
+        raise BrickDefinitionError(
+            f"Expected delta_m to be a torchbricks_lightning.multitask.DeltaM, but got {type(delta_m).__name__}."
+        )
+    if loss_balancer is not None:
+        loss_balancer.setup(collection, merge_loss_weights(collection.loss_weights(), loss_weights))
+    if delta_m is not None:
+        delta_m.check_keys(collection.metric_keys())
+
+
+class LabelledCounts:
+    """The labelled count of each loss that reports one, read from a step's outputs.
+
+    The loss-to-count names are found once per structure of the bricks (the collection's node tuple changes when
+    they change), so a step pays one dict lookup per counted loss.
+    """
+
+    def __init__(self) -> None:
+        self._nodes: object = None
+        self._names: dict[str, str] = {}
+
+    def __call__(self, collection: BrickCollection, named_outputs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        nodes = collection.brick_nodes()
+        if nodes is not self._nodes:
+            self._names = labelled_count_names(collection)
+            self._nodes = nodes
+        return {loss: named_outputs[count] for loss, count in self._names.items() if count in named_outputs}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_nodes": None, "_names": {}}
+
+
+def end_balancer_epoch(module: pl.LightningModule, balancer: LossBalancer, loss_means: LossMeans) -> None:
+    """Hand the balancer the epoch means of its losses (synced over the processes, so the same everywhere) and log
+    its weights if they change once per epoch."""
+    means = loss_means.metrics(Stage.TRAIN)
+    balancer.on_train_epoch_end({name: float(means[name].compute()) for name in balancer.loss_names if name in means})
+    if not balancer.log_every_step:
+        log_balance(module, balancer, on_step=False)
+
+
+def log_balance(module: pl.LightningModule, balancer: LossBalancer, on_step: bool) -> None:
+    """Log the balancer's values as ``train/balance/{name}`` (the same on every process: no sync)."""
+    for name, value in balancer.logged_values().items():
+        module.log(f"train/balance/{name}", value, on_step=on_step, on_epoch=not on_step)
+
+
+def drop_balancer_state(checkpoint: dict[str, Any]) -> None:
+    """Remove the balancer's weights (``loss_balancer.*``) from a checkpoint's ``state_dict``, in place.
+
+    A balancer's state (learned log-variances, loss histories) only matters for training; a module rebuilt to
+    predict or export (``load_from_checkpoint(path, brick_collection=...)``) has no balancer and loads the rest.
+    """
+    state = checkpoint.get("state_dict")
+    if isinstance(state, dict):
+        for key in [key for key in state if isinstance(key, str) and key.startswith(_BALANCER_PREFIX)]:
+            del state[key]
