@@ -26,6 +26,7 @@ from torchbricks_lightning.lightning.task_balancing import (
     check_multitask_arguments,
     drop_balancer_state,
     end_balancer_epoch,
+    evaluation_total,
     log_balance,
 )
 from torchbricks_lightning.multitask.balancers import LossBalancer
@@ -238,7 +239,8 @@ class LightningBrickCollection(pl.LightningModule):
             for name, value in optimised.items():
                 self.log(f"train/{name}_step", value, on_step=True, on_epoch=False, sync_dist=True)
             self.log("train/loss_step", total, on_step=True, on_epoch=False, sync_dist=True, prog_bar=True)
-        means.update(stage, TOTAL_LOSS, total, weight)
+        if stage is Stage.TRAIN or not counts:  # else the epoch total is the weighted sum of the losses' means
+            means.update(stage, TOTAL_LOSS, total, weight)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         named_outputs, total = self._shared_step(batch, Stage.TRAIN)
@@ -337,6 +339,9 @@ class LightningBrickCollection(pl.LightningModule):
                 self.log(key, metric, on_epoch=True, logger=False, metric_attribute=attribute)  # for monitors
             else:
                 self.log(key, metric, on_epoch=True, prog_bar=total, metric_attribute=attribute)
+        total_of_means = evaluation_total(self.loss_means, stage, self.brick_collection, self.loss_weights)
+        if total_of_means is not None:
+            self.log(f"{stage.value}/{TOTAL_LOSS}", total_of_means, on_epoch=True, prog_bar=True, sync_dist=False)
 
     def _log_matrix(self, name: str, matrix: torch.Tensor) -> None:
         image_loggers = [logger for logger in self.loggers if isinstance(logger, TensorBoardLogger)]

@@ -17,12 +17,19 @@ from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.core.losses import merge_loss_weights
 from torchbricks_lightning.core.stages import Stage
 from torchbricks_lightning.errors import BrickDefinitionError
-from torchbricks_lightning.lightning.loss_logging import LossMeans
+from torchbricks_lightning.lightning.loss_logging import TOTAL_LOSS, LossMeans
 from torchbricks_lightning.multitask.balancers import LossBalancer
 from torchbricks_lightning.multitask.labels import labelled_count_names
 from torchbricks_lightning.multitask.score import DeltaM
 
-__all__ = ["LabelledCounts", "check_multitask_arguments", "drop_balancer_state", "end_balancer_epoch", "log_balance"]
+__all__ = [
+    "LabelledCounts",
+    "check_multitask_arguments",
+    "drop_balancer_state",
+    "end_balancer_epoch",
+    "evaluation_total",
+    "log_balance",
+]
 
 _BALANCER_PREFIX = "loss_balancer."
 
@@ -101,3 +108,23 @@ def drop_balancer_state(checkpoint: dict[str, Any]) -> None:
     if isinstance(state, dict):
         for key in [key for key in state if isinstance(key, str) and key.startswith(_BALANCER_PREFIX)]:
             del state[key]
+
+
+def evaluation_total(
+    loss_means: LossMeans, stage: Stage, collection: BrickCollection, loss_weights: Mapping[str, float] | None
+) -> torch.Tensor | None:
+    """The epoch total of a validation or test stage with counted losses: ``sum_i w_i mean_i`` (else None).
+
+    With partial labels each loss's epoch mean is over its labelled elements, so the total is the static-weighted sum
+    of those means, whatever the batches (or the processes' shards) held. Without counted losses the module keeps
+    the total's own epoch mean, weighted by batch size, which is the same sum.
+    """
+    means = loss_means.metrics(stage)
+    if stage is Stage.TRAIN or (TOTAL_LOSS in means and means[TOTAL_LOSS].update_called):
+        return None
+    updated = {name: metric for name, metric in means.items() if name != TOTAL_LOSS and metric.update_called}
+    if not updated:
+        return None
+    weights = merge_loss_weights(collection.loss_weights(), loss_weights)
+    total = sum(weights.get(name, 1.0) * metric.compute() for name, metric in updated.items())
+    return torch.as_tensor(total)
