@@ -11,9 +11,11 @@ Each variant trains the same steps from the same initial weights:
   pass, a 3x3 Gram matrix and the projection in the backward pass.
 
 A step period is the time between two successive ``on_train_batch_start`` hooks: one whole loop iteration (batch,
-forward, backward, optimizer step, logging, the module's batch-end hook where per-step balancer weights are logged).
-The figure is the median period after the warm-up steps, then the median over the runs of the paired ratios to the
-static run of the same repeat; the variants' order flips every repeat and the garbage collector is off during a run.
+forward, backward, optimizer step, logging, the module's batch-end hook where per-step balancer weights are logged),
+measured as the CPU time of the training thread (``time.thread_time_ns``; torch runs single-threaded here, so all of
+a step's work is on that thread), so that other processes on a shared machine do not count. The figure is the median
+period after the warm-up steps, then the median over the runs of the paired ratios to the static run of the same
+repeat; the variants' order flips every repeat and the garbage collector is off during a run.
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ class _StepClock(pl.Callback):
 
 
 def step_periods(variant: str, steps: int) -> list[float]:
-    """Seconds per training step of one fit of ``variant`` (the periods after the warm-up)."""
+    """CPU seconds per training step of one fit of ``variant`` (the periods after the warm-up)."""
     module = LightningBrickCollection(
         demo_bricks(),
         optimizer=partial(torch.optim.AdamW, lr=3e-3, weight_decay=1e-4),
@@ -136,8 +138,8 @@ def run(settings: Settings | None = None) -> BenchmarkResult:
             scale=1e3,
             max_ratio=TARGETS[name],
             notes=(
-                f"the demo's three-task model, batch 64, median step period over {steps} steps after "
-                f"{WARMUP_STEPS} warm-up steps, {repeats} interleaved runs"
+                f"the demo's three-task model, batch 64, median step period (training thread CPU time) over {steps} "
+                f"steps after {WARMUP_STEPS} warm-up steps, {repeats} interleaved runs"
             ),
         )
         for name in TARGETS

@@ -247,3 +247,30 @@ def test_a_dataset_label_that_no_brick_reads_is_refused_before_training(tmp_path
     with pytest.raises(ConfigError, match=r"dataset 'masks' yields \['foreground'\], which no brick reads"):
         trainer.fit(module, datamodule=datamodule)
     assert trainer.global_step == 0
+
+
+def test_an_evaluation_without_labels_for_a_task_leaves_it_out_of_the_total(tmp_path: Path) -> None:
+    data = DigitsDataModule()
+    data.setup()
+    unlabelled = {**data.splits["val"], "targets": torch.full_like(data.splits["val"]["targets"], -100)}
+    loader = DataLoader(_Named(unlabelled), batch_size=64)
+    module = LightningBrickCollection(bricks())
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    (logged,) = trainer.validate(module, dataloaders=loader, verbose=False)
+    assert math.isnan(logged["validation/digit/loss_ce"]), "no label in the epoch: no mean"
+    with torch.no_grad():
+        logits = module.brick_collection({"raw": unlabelled["raw"]}, Stage.INFERENCE)["parity/logits"]
+    expected = float(F.cross_entropy(logits, unlabelled["parity"]))
+    assert logged["validation/parity/loss_ce"] == pytest.approx(expected, rel=1e-5)
+    assert logged["validation/loss"] == pytest.approx(expected, rel=1e-5), "the total of the tasks with labels"
+
+
+class _Named(Dataset[dict[str, torch.Tensor]]):
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(self.tensors["raw"])
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {name: tensor[index] for name, tensor in self.tensors.items()}

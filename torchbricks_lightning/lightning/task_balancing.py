@@ -116,8 +116,9 @@ def evaluation_total(
     """The epoch total of a validation or test stage with counted losses: ``sum_i w_i mean_i`` (else None).
 
     With partial labels each loss's epoch mean is over its labelled elements, so the total is the static-weighted sum
-    of those means, whatever the batches (or the processes' shards) held. Without counted losses the module keeps
-    the total's own epoch mean, weighted by batch size, which is the same sum.
+    of those means, whatever the batches (or the processes' shards) held. A loss without a single labelled element in
+    the epoch (on any process) has no mean (its own key is NaN) and is left out of the total. Without counted losses
+    the module keeps the total's own epoch mean, weighted by batch size, which is the same sum.
     """
     means = loss_means.metrics(stage)
     if stage is Stage.TRAIN or (TOTAL_LOSS in means and means[TOTAL_LOSS].update_called):
@@ -125,6 +126,13 @@ def evaluation_total(
     updated = {name: metric for name, metric in means.items() if name != TOTAL_LOSS and metric.update_called}
     if not updated:
         return None
+    counts = torch.stack([metric.weight.detach().double() for metric in updated.values()])
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(counts)  # every process runs the epoch end: one collective, in order
     weights = merge_loss_weights(collection.loss_weights(), loss_weights)
-    total = sum(weights.get(name, 1.0) * metric.compute() for name, metric in updated.items())
-    return torch.as_tensor(total)
+    terms = [
+        weights.get(name, 1.0) * metric.compute()
+        for (name, metric), count in zip(updated.items(), counts.tolist(), strict=True)
+        if count > 0
+    ]
+    return torch.stack(terms).sum() if terms else None
