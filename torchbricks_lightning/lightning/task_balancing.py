@@ -93,7 +93,17 @@ def end_balancer_epoch(module: pl.LightningModule, balancer: LossBalancer, loss_
 
 
 def log_balance(module: pl.LightningModule, balancer: LossBalancer, on_step: bool) -> None:
-    """Log the balancer's values as ``train/balance/{name}`` (the same on every process: no sync)."""
+    """Log the balancer's values as ``train/balance/{name}`` (the same on every process: no sync).
+
+    Per-step values are logged at the steps whose values the loggers write (every ``log_every_n_steps`` optimizer
+    steps, as Lightning counts them): a ``self.log`` call costs about as much as a small model's loss, and values
+    logged in between would never reach a logger.
+    """
+    if on_step:
+        trainer = module.trainer
+        every = int(getattr(trainer, "log_every_n_steps", 1))  # set by the Trainer from its argument
+        if not every or (trainer.global_step % every and not trainer.is_last_batch):
+            return
     for name, value in balancer.logged_values().items():
         module.log(f"train/balance/{name}", value, on_step=on_step, on_epoch=not on_step)
 

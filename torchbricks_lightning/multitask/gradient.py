@@ -29,6 +29,7 @@ and restored on resume. A task without labels in a batch has ``g_j = 0`` and tak
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, ClassVar
@@ -222,8 +223,6 @@ class PCGrad(LossBalancer):
 
     log_every_step: ClassVar[bool] = True
     steps: torch.Tensor
-    scaling: torch.Tensor
-    conflicts: torch.Tensor
 
     def __init__(self, shared_name: str = "features", loss_names: Sequence[str] | None = None, seed: int = 0) -> None:
         super().__init__(loss_names)
@@ -237,8 +236,8 @@ class PCGrad(LossBalancer):
         self._source: torch.Tensor | None = None
         self._branches: tuple[torch.Tensor, ...] = ()
         self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
-        self.register_buffer("scaling", torch.ones(0), persistent=False)
-        self.register_buffer("conflicts", torch.zeros(()), persistent=False)
+        self.last_coefficients: list[float] = []
+        self.last_conflicts = 0
 
     # ------------------------------------------------------------------------------------------ wiring
     def setup_tasks(self, collection: BrickCollection) -> None:
@@ -247,7 +246,7 @@ class PCGrad(LossBalancer):
             handle.remove()
         self._handles = []
         self.branch_tasks = tuple(by_task)
-        self.scaling = torch.ones(len(self.branch_tasks))
+        self.last_coefficients = [1.0] * len(self.branch_tasks)
         bricks = dict(collection.named_bricks())
         nodes = {node.path: node for node in collection.plan(Stage.TRAIN).nodes}
         for task, paths in enumerate(by_task.values()):
@@ -286,30 +285,32 @@ class PCGrad(LossBalancer):
         if not present:
             return None
         like = present[0]
-        stacked = torch.stack([torch.zeros_like(like) if grad is None else grad for grad in grads])
-        flat = stacked.reshape(len(grads), -1).float()
-        gram = flat @ flat.T
+        flat = torch.stack([(torch.zeros_like(like) if grad is None else grad).reshape(-1) for grad in grads])
+        gram = flat.float() @ flat.float().T
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         if distributed and torch.distributed.get_world_size() > 1:
             torch.distributed.all_reduce(gram)
-        coefficients, conflicts = pcgrad_coefficients(gram.double().tolist(), self._orders(len(grads)))
-        with torch.no_grad():
-            self.steps.add_(1)
-            self.scaling = torch.tensor(coefficients, dtype=torch.float32, device=self.steps.device)
-            self.conflicts = torch.tensor(float(conflicts), device=self.steps.device)
-        factors = torch.tensor(coefficients, dtype=like.dtype, device=like.device)
-        return (factors.view(-1, *([1] * like.ndim)) * stacked).sum(dim=0)
+        step = int(self.steps)
+        coefficients, conflicts = pcgrad_coefficients(gram.double().tolist(), self._orders(len(grads), step))
+        self.steps.fill_(step + 1)
+        self.last_coefficients, self.last_conflicts = coefficients, conflicts
+        factors = torch.tensor(coefficients, dtype=flat.dtype, device=flat.device)
+        return (factors @ flat).view_as(like)
 
-    def _orders(self, count: int) -> list[list[int]]:
-        if count <= 2:
-            return [[j for j in range(count) if j != i] for i in range(count)]
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.steps))
-        return [torch.randperm(count, generator=generator).tolist() for _ in range(count)]
+    def _orders(self, count: int, step: int) -> list[list[int]]:
+        """For each task, the order in which the others are visited: random, from ``(seed, step)`` only."""
+        others = [[j for j in range(count) if j != i] for i in range(count)]
+        if count > 2:
+            generator = random.Random(self.seed * 1_000_003 + step)  # noqa: S311 - an order, not a secret
+            for order in others:
+                generator.shuffle(order)
+        return others
 
     # ------------------------------------------------------------------------------------------ logging
     def logged_values(self) -> dict[str, torch.Tensor]:
-        values = dict(zip(self.branch_tasks, self.scaling.unbind(), strict=False))
-        values["conflicts"] = self.conflicts
+        coefficients = zip(self.branch_tasks, self.last_coefficients, strict=True)
+        values = {task: torch.tensor(value) for task, value in coefficients}
+        values["conflicts"] = torch.tensor(float(self.last_conflicts))
         return values
 
     def extra_repr(self) -> str:
