@@ -116,7 +116,7 @@ def run(settings: Settings | None = None) -> BenchmarkResult:
     settings = settings or Settings.full()
     start = time.perf_counter()
     steps = 4 if settings.quick else 57  # 3 epochs of 19 steps: DWA's epoch ends are inside the runs
-    repeats = settings.fit_repeats if not settings.quick else 2
+    repeats = settings.fit_repeats if not settings.quick else 1
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     periods: dict[str, list[list[float]]] = {name: [] for name in VARIANTS}
 
