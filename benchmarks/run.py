@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import build, dispatch, lightning_parity, metrics, onnx_export
+from benchmarks import balancers, build, dispatch, lightning_parity, metrics, onnx_export
 from benchmarks import compile as compile_benchmark
 from benchmarks.common import BenchmarkResult, Figure, Settings, environment, pin_threads
 from benchmarks.report import build_report, write_report
@@ -35,6 +35,7 @@ BENCHMARKS: dict[str, Callable[[Settings], BenchmarkResult]] = {
     "lightning_parity": lightning_parity.run,
     "onnx": onnx_export.run,
     "compile": compile_benchmark.run,
+    "balancers": balancers.run,
 }
 ON_CUDA_TOO = ("dispatch", "lightning_parity", "compile")
 

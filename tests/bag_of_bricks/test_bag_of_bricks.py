@@ -22,12 +22,14 @@ from torchbricks_lightning import (
 from torchbricks_lightning.bag_of_bricks import (
     BackboneResnet,
     ImageClassifier,
+    MaskedCrossEntropyLoss,
     Preprocessor,
     create_image_classification_head,
     resnet_to_brick,
 )
 from torchbricks_lightning.bag_of_bricks.preprocessors import IMAGENET_MEAN, IMAGENET_STD
 from torchbricks_lightning.errors import BrickDefinitionError, ConfigError
+from torchbricks_lightning.multitask import BrickLabelledLoss
 
 
 # ---------------------------------------------------------------------------------------------- Preprocessor
@@ -181,10 +183,13 @@ def test_create_image_classification_head_bricks() -> None:
     assert isinstance(accuracy, BrickMetricSingle)
     assert accuracy.input_names == ["./class_prediction", "targets"]
     assert accuracy.report_names == ["accuracy"]
+    assert isinstance(loss, BrickLabelledLoss)  # a BrickLoss that also outputs its labelled count
     assert isinstance(loss, BrickLoss)
-    assert isinstance(loss.model, nn.CrossEntropyLoss)
+    assert isinstance(loss.model, MaskedCrossEntropyLoss)
+    assert loss.model.ignore_index == -100
     assert loss.input_names == ["./logits", "targets"]
-    assert loss.output_names == ["./loss_ce"]
+    assert loss.output_names == ["./loss_ce", "./labelled"]
+    assert loss.loss_output_names == ["./loss_ce"]
     assert loss.loss_weight == 0.5
 
 
@@ -236,10 +241,12 @@ def test_spec_nested_heads_example(capsys: pytest.CaptureFixture[str]) -> None:
         "head0/probabilities",
         "head0/class_prediction",
         "head0/loss_ce",
+        "head0/labelled",
         "head1/logits",
         "head1/probabilities",
         "head1/class_prediction",
         "head1/loss_ce",
+        "head1/labelled",
     ]
     metrics = brick_collections.summarize(Stage.TRAIN, reset=True)
     assert set(metrics) == {"head0/accuracy", "head1/accuracy"}

@@ -272,4 +272,4 @@ def test_run_entry_point_writes_both_files(tmp_path: Path) -> None:
     assert report["method"]["benchmarks"] == ["metrics"]
     assert [figure["benchmark"] for figure in report["figures"]] == ["metrics"] * len(report["figures"])
     assert (tmp_path / "results.md").read_text(encoding="utf-8").startswith("# torchbricks_lightning benchmarks")
-    assert set(BENCHMARKS) == {"dispatch", "build", "compile", "lightning_parity", "metrics", "onnx"}
+    assert set(BENCHMARKS) >= {"dispatch", "build", "compile", "lightning_parity", "metrics", "onnx"}

@@ -1,4 +1,4 @@
-"""Reusable modules and ready-made bricks for image models: preprocessing, backbones and heads."""
+"""Reusable modules and ready-made bricks for image models: preprocessing, backbones, heads, losses and metrics."""
 
 from torchbricks_lightning.bag_of_bricks.backbones import (
     BackboneResnet,
@@ -11,17 +11,33 @@ from torchbricks_lightning.bag_of_bricks.heads import (
     ImageClassifier,
     create_image_classification_head,
 )
-from torchbricks_lightning.bag_of_bricks.metrics import ConfusionMatrixMetrics
+from torchbricks_lightning.bag_of_bricks.losses import MaskedCrossEntropyLoss, MaskedRegressionLoss
+from torchbricks_lightning.bag_of_bricks.metrics import ConfusionMatrixMetrics, RegressionMetrics
 from torchbricks_lightning.bag_of_bricks.preprocessors import Preprocessor
+from torchbricks_lightning.bag_of_bricks.regression_head import RegressionHead, Regressor, create_regression_head
+from torchbricks_lightning.bag_of_bricks.segmentation_head import (
+    PixelClassifier,
+    SegmentationHead,
+    create_segmentation_head,
+)
 
 __all__ = [
     "BackboneResnet",
     "ClassificationHead",
     "ConfusionMatrixMetrics",
     "ImageClassifier",
+    "MaskedCrossEntropyLoss",
+    "MaskedRegressionLoss",
+    "PixelClassifier",
     "Preprocessor",
+    "RegressionHead",
+    "RegressionMetrics",
+    "Regressor",
+    "SegmentationHead",
     "SmallConvNet",
     "TorchvisionBackbone",
     "create_image_classification_head",
+    "create_regression_head",
+    "create_segmentation_head",
     "resnet_to_brick",
 ]

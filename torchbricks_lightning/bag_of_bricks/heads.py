@@ -5,11 +5,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from torchbricks_lightning.bag_of_bricks.losses import MaskedCrossEntropyLoss
 from torchbricks_lightning.bag_of_bricks.metrics import ConfusionMatrixMetrics
-from torchbricks_lightning.core.bricks import BrickInterface, BrickLoss, BrickTrainable
+from torchbricks_lightning.core.bricks import BrickInterface, BrickTrainable
 from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.core.metric_bricks import BrickMetricSingle
 from torchbricks_lightning.errors import ConfigError
+from torchbricks_lightning.multitask.labels import IGNORE_INDEX, BrickLabelledLoss, check_ignore_index
 
 __all__ = ["ClassificationHead", "ImageClassifier", "create_image_classification_head"]
 
@@ -55,6 +57,7 @@ def create_image_classification_head(
     targets_name: str,
     loss_weight: float = 1.0,
     with_confusion_matrix: bool = False,
+    ignore_index: int = IGNORE_INDEX,
 ) -> dict[str, BrickInterface]:
     """The bricks of one classification task: a classifier, its cross-entropy loss and its metrics.
 
@@ -62,17 +65,27 @@ def create_image_classification_head(
     ``accuracy`` (macro, as torchmetrics' ``MulticlassAccuracy``) and, with ``with_confusion_matrix=True``,
     ``confusion`` (drawn as a picture in TensorBoard by ``LightningBrickCollection``).
 
+    Partial labels: a target equal to ``ignore_index`` is a missing label. The loss
+    (:class:`~torchbricks_lightning.bag_of_bricks.MaskedCrossEntropyLoss` in a
+    :class:`~torchbricks_lightning.multitask.BrickLabelledLoss`) averages over the labelled samples and also outputs
+    their count (``./labelled``), and the metrics count labelled samples only.
+
     Outputs use relative names, so the same head can be nested under several names: inside ``head0``
-    they become ``head0/logits``, ``head0/probabilities``, ``head0/class_prediction`` and ``head0/loss_ce``.
+    they become ``head0/logits``, ``head0/probabilities``, ``head0/class_prediction``, ``head0/loss_ce`` and
+    ``head0/labelled``.
+
+    Raises:
+        ConfigError: ``ignore_index`` is a valid class index.
 
     Example:
         >>> from torchbricks_lightning import BrickCollection
         >>> collection = BrickCollection({"head0": create_image_classification_head(3, 8, "features", "targets")})
         >>> collection.output_names("train")
-        ['head0/logits', 'head0/probabilities', 'head0/class_prediction', 'head0/loss_ce']
+        ['head0/logits', 'head0/probabilities', 'head0/class_prediction', 'head0/loss_ce', 'head0/labelled']
         >>> collection.metric_keys()
         ['head0/accuracy']
     """
+    check_ignore_index(ignore_index, num_classes, "create_image_classification_head")
     bricks: dict[str, BrickInterface] = {
         "classify": BrickTrainable(
             ImageClassifier(num_classes=num_classes, n_features=in_channels),
@@ -85,13 +98,14 @@ def create_image_classification_head(
                 num_classes,
                 values=("accuracy", "confusion") if with_confusion_matrix else ("accuracy",),
                 validate_args=False,
+                ignore_index=ignore_index,
             ),
             input_names=["./class_prediction", targets_name],
         ),
-        "loss": BrickLoss(
-            nn.CrossEntropyLoss(),
+        "loss": BrickLabelledLoss(
+            MaskedCrossEntropyLoss(ignore_index=ignore_index, return_count=True),
             input_names=["./logits", targets_name],
-            output_names=["./loss_ce"],
+            output_names=["./loss_ce", "./labelled"],
             loss_weight=loss_weight,
         ),
     }
@@ -116,9 +130,10 @@ class ClassificationHead(BrickCollection):
         targets_name: str = "targets",
         loss_weight: float = 1.0,
         with_confusion_matrix: bool = False,
+        ignore_index: int = IGNORE_INDEX,
     ) -> None:
         super().__init__(
             create_image_classification_head(
-                num_classes, in_channels, features_name, targets_name, loss_weight, with_confusion_matrix
+                num_classes, in_channels, features_name, targets_name, loss_weight, with_confusion_matrix, ignore_index
             )
         )

@@ -10,15 +10,19 @@ from torchbricks_lightning.datamodules.loading import (
     ResumableSampler,
     SeededIndex,
 )
+from torchbricks_lightning.datamodules.multitask import SAMPLING_MODES, MixtureSampler, MultiTaskDataModule
 from torchbricks_lightning.datamodules.synthetic import SyntheticImageDataModule
 
 __all__ = [
     "CIFAR10_MEAN",
     "CIFAR10_STD",
+    "SAMPLING_MODES",
     "CIFAR10DataModule",
     "DigitsDataModule",
     "EvaluationSampler",
     "LoaderStateError",
+    "MixtureSampler",
+    "MultiTaskDataModule",
     "ResumableDataLoader",
     "ResumableSampler",
     "SeededIndex",

@@ -7,6 +7,7 @@ from torch.utils.data import Dataset
 
 from torchbricks_lightning.datamodules.base import Split, SplitDataModule
 from torchbricks_lightning.errors import ConfigError
+from torchbricks_lightning.multitask.labels import IGNORE_INDEX
 
 __all__ = ["DigitsDataModule", "load_digits_tensors"]
 
@@ -45,7 +46,11 @@ class DigitsDataModule(SplitDataModule):
     """scikit-learn's handwritten digits with a deterministic, stratified train/val/test split.
 
     Batches are dicts: ``raw`` (images ``(B, 1, 8, 8)`` in ``[0, 1]``), ``targets`` (the digit), and ``parity``
-    (0 for even digits, 1 for odd), a second label for multi-task recipes.
+    (0 for even digits, 1 for odd), a second label for multi-task recipes. With ``with_foreground=True`` they also
+    hold ``foreground``, a per-pixel mask ``(B, 8, 8)`` (1 where the ink is darker than half the scale, else 0), a
+    dense task derived from the image. With ``labelled_fraction < 1`` only that share of the training images (of
+    each digit, chosen by ``seed``) keeps its digit label; the others have ``targets = -100`` (a missing label),
+    while validation and test keep every label.
 
     The loaders are those of :class:`SplitDataModule`: a resumable training loader whose order depends on
     ``(seed, epoch)`` only, and evaluation loaders that hand every image to exactly one process under DDP.
@@ -56,6 +61,17 @@ class DigitsDataModule(SplitDataModule):
         test_fraction: the share of each digit held out for testing.
         seed: the seed of the split and of the training order.
         num_workers: dataloader workers.
+        labelled_fraction: the share of training images that keep their digit label, in ``(0, 1]``.
+        with_foreground: add the per-pixel ``foreground`` mask.
+
+    Example:
+        >>> data = DigitsDataModule(labelled_fraction=0.3, with_foreground=True)
+        >>> batch = next(iter(data.train_dataloader()))
+        >>> sorted(batch), tuple(batch["foreground"].shape[1:])
+        (['foreground', 'parity', 'raw', 'targets'], (8, 8))
+        >>> labelled = data.splits["train"]["targets"] != -100
+        >>> round(float(labelled.float().mean()), 2), bool((data.splits["val"]["targets"] != -100).all())
+        (0.3, True)
     """
 
     def __init__(
@@ -65,8 +81,14 @@ class DigitsDataModule(SplitDataModule):
         test_fraction: float = 0.2,
         seed: int = 0,
         num_workers: int = 0,
+        labelled_fraction: float = 1.0,
+        with_foreground: bool = False,
     ) -> None:
         super().__init__(batch_size=batch_size, seed=seed, num_workers=num_workers)
+        if not 0 < labelled_fraction <= 1:
+            raise ConfigError(f"Expected labelled_fraction in (0, 1], but got {labelled_fraction!r}.")
+        self.labelled_fraction = float(labelled_fraction)
+        self.with_foreground = bool(with_foreground)
         if not (0 <= val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
             raise ConfigError(
                 f"Expected val_fraction and test_fraction in [0, 1) summing below 1, but got {val_fraction} and "
@@ -93,9 +115,23 @@ class DigitsDataModule(SplitDataModule):
             indices["test"] += members[:n_test]
             indices["val"] += members[n_test : n_test + n_val]
             indices["train"] += members[n_test + n_val :]
+        unlabelled: set[int] = set()
+        if self.labelled_fraction < 1:
+            for digit in range(10):
+                members = [index for index in indices["train"] if int(digits[index]) == digit]
+                kept = round(len(members) * self.labelled_fraction)
+                shuffled = torch.randperm(len(members), generator=generator).tolist()
+                unlabelled.update(members[position] for position in shuffled[kept:])
         for split, chosen in indices.items():
             order = torch.tensor(sorted(chosen), dtype=torch.int64)
-            self.splits[split] = {"raw": images[order], "targets": digits[order], "parity": digits[order] % 2}
+            split_images, split_digits = images[order], digits[order]
+            targets = split_digits.clone()
+            if split == "train" and unlabelled:
+                missing = torch.tensor([int(index) in unlabelled for index in order.tolist()])
+                targets[missing] = IGNORE_INDEX
+            self.splits[split] = {"raw": split_images, "targets": targets, "parity": split_digits % 2}
+            if self.with_foreground:
+                self.splits[split]["foreground"] = (split_images[:, 0] > 0.5).long()
 
     def split_dataset(self, split: Split) -> _NamedDataset:
         self.setup()

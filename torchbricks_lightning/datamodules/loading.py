@@ -121,22 +121,30 @@ class ResumableSampler(DistributedSampler[Any]):
 
     def _refresh(self) -> None:
         self.num_replicas, self.rank = _process_group(*self._requested)
-        n = _length(self.dataset)
+        n = self.epoch_length()
         if self.drop_last and n % self.num_replicas:
             self.num_samples = n // self.num_replicas
         else:
             self.num_samples = -(-n // self.num_replicas)
         self.total_size = self.num_samples * self.num_replicas
 
-    def order(self, epoch: int | None = None) -> list[int]:
-        """The whole order of ``epoch`` (default: the current one) for all processes, padded or cut."""
-        epoch = self.epoch if epoch is None else epoch
+    def epoch_length(self) -> int:
+        """The number of indices an epoch draws, before padding: the dataset's length (subclasses may differ)."""
+        return _length(self.dataset)
+
+    def draw(self, epoch: int) -> list[int]:
+        """The order of ``epoch`` before padding and sharding: a permutation drawn from ``(seed, epoch)`` alone, or
+        the dataset's order without shuffling. Subclasses draw other orders (a mixture of datasets)."""
         n = _length(self.dataset)
         if self.shuffle:
             generator = torch.Generator().manual_seed(_mix_seed(self.seed, epoch))
-            indices = torch.randperm(n, generator=generator).tolist()
-        else:
-            indices = list(range(n))
+            return torch.randperm(n, generator=generator).tolist()
+        return list(range(n))
+
+    def order(self, epoch: int | None = None) -> list[int]:
+        """The whole order of ``epoch`` (default: the current one) for all processes, padded or cut."""
+        epoch = self.epoch if epoch is None else epoch
+        indices = self.draw(epoch)
         if len(indices) < self.total_size and indices:
             repeats = -(-(self.total_size - len(indices)) // len(indices))
             indices += (indices * repeats)[: self.total_size - len(indices)]
@@ -258,6 +266,9 @@ class ResumableDataLoader(DataLoader[Any]):
         seed_samples: load each sample under a seed of its own (for random augmentations).
         num_replicas: the number of processes; default: the process group's size, or 1.
         rank: this process's rank; default: the process group's rank, or 0.
+        resumable_sampler: a :class:`ResumableSampler` (subclass) over ``dataset`` to use instead of the default
+            one, e.g. the mixture sampler of ``MultiTaskDataModule``; ``shuffle``, ``seed``, ``num_replicas`` and
+            ``rank`` are then its own.
         **kwargs: other ``DataLoader`` arguments (``num_workers``, ``collate_fn``, ``pin_memory``,
             ``persistent_workers``, ...); not ``batch_sampler``, ``generator`` or a ``sampler`` other than
             ``SequentialSampler``.
@@ -287,6 +298,7 @@ class ResumableDataLoader(DataLoader[Any]):
         seed_samples: bool = False,
         num_replicas: int | None = None,
         rank: int | None = None,
+        resumable_sampler: ResumableSampler | None = None,
         **kwargs: Any,
     ) -> None:
         sampler = kwargs.pop("sampler", None)
@@ -308,14 +320,22 @@ class ResumableDataLoader(DataLoader[Any]):
             dataset = dataset.dataset
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"Expected a batch_size >= 1, but got {batch_size!r}.")
-        self.resumable_sampler = ResumableSampler(
-            cast(Sized, dataset),
-            shuffle=shuffle,
-            seed=seed,
-            num_replicas=num_replicas,
-            rank=rank,
-            seed_samples=seed_samples,
-        )
+        if resumable_sampler is None:
+            resumable_sampler = ResumableSampler(
+                cast(Sized, dataset),
+                shuffle=shuffle,
+                seed=seed,
+                num_replicas=num_replicas,
+                rank=rank,
+                seed_samples=seed_samples,
+            )
+        elif not isinstance(resumable_sampler, ResumableSampler):
+            raise BrickDefinitionError(
+                f"Expected resumable_sampler to be a ResumableSampler, but got {type(resumable_sampler).__name__}."
+            )
+        else:
+            seed, resumable_sampler.seed_samples = resumable_sampler.seed, seed_samples
+        self.resumable_sampler = resumable_sampler
         self.seed = int(seed)
         self.seed_samples = seed_samples
         self.source_dataset = dataset
@@ -369,7 +389,7 @@ class ResumableDataLoader(DataLoader[Any]):
             "batches": batches,
             "batch_size": int(self.batch_size or 1),
             "seed": self.seed,
-            "num_samples": _length(sampler.dataset),
+            "num_samples": sampler.epoch_length(),
             "num_replicas": sampler.num_replicas,
             "shuffle": int(sampler.shuffle),
         }
@@ -396,7 +416,7 @@ class ResumableDataLoader(DataLoader[Any]):
         current = {
             "batch_size": int(self.batch_size or 1),
             "seed": self.seed,
-            "num_samples": _length(sampler.dataset),
+            "num_samples": sampler.epoch_length(),
             "num_replicas": sampler.num_replicas,
             "shuffle": int(sampler.shuffle),
         }

@@ -23,6 +23,17 @@ from torchbricks_lightning.lightning.metric_logging import render_matrix, split_
 from torchbricks_lightning.lightning.optimizers import configure_optimizers as configure_brick_optimizers
 from torchbricks_lightning.lightning.optimizers import optimisation_callbacks, plan_optimisation
 from torchbricks_lightning.lightning.resume import attached_trainer, load_resume_state, save_resume_state
+from torchbricks_lightning.lightning.task_balancing import (
+    LabelledCounts,
+    check_multitask_arguments,
+    drop_balancer_state,
+    end_balancer_epoch,
+    evaluation_total,
+    log_balance,
+)
+from torchbricks_lightning.multitask.balancers import LossBalancer
+from torchbricks_lightning.multitask.labels import scale_to_global_counts
+from torchbricks_lightning.multitask.score import DeltaM
 
 __all__ = [
     "DEFAULT_BATCH_NAMES",
@@ -32,7 +43,7 @@ __all__ = [
 ]
 
 DEFAULT_BATCH_NAMES = ("raw", "targets")
-_OBJECT_ARGUMENTS = ("brick_collection", "optimizer", "lr_scheduler")
+_OBJECT_ARGUMENTS = ("brick_collection", "optimizer", "lr_scheduler", "loss_balancer", "delta_m")
 """Arguments that are objects rather than configuration, so never saved as hyperparameters: a checkpoint of a module
 built in Python needs ``brick_collection=`` to load. The CLI records their recipe instead (class paths and plain
 values), so a checkpoint of a CLI run rebuilds the module alone."""
@@ -53,7 +64,10 @@ class LightningBrickCollection(pl.LightningModule):
     total as ``{stage}/loss``: in training each step's value as ``train/{name}_step`` and the epoch mean as
     ``train/{name}_epoch`` (also ``train/{name}`` for callbacks such as ``ModelCheckpoint(monitor=...)``), in
     validation and test the epoch mean. Epoch means weigh each batch by its number of samples, over all processes
-    (see :mod:`~torchbricks_lightning.lightning.loss_logging`). At each epoch end the metrics of the stage are
+    (see :mod:`~torchbricks_lightning.lightning.loss_logging`); a loss that reports its labelled count (a
+    :class:`~torchbricks_lightning.multitask.BrickLabelledLoss`, as the heads' losses do) is weighted by that count
+    instead, and under DDP its training loss is normalised by the labelled count of all processes (see
+    :func:`~torchbricks_lightning.multitask.scale_to_global_counts`). At each epoch end the metrics of the stage are
     summarised, logged as ``{stage}/{metric key}`` and reset. Per-class vectors are logged as one scalar per class,
     and matrices (a confusion matrix) are drawn as pictures on loggers that show images (TensorBoard).
 
@@ -79,6 +93,12 @@ class LightningBrickCollection(pl.LightningModule):
         decay_norms_and_biases: False puts biases and norm weights in ``"{group}/no_decay"`` groups (no decay).
         unfreeze: ``{brick pattern: epoch}``: those bricks stay frozen, in eval mode, until that epoch (counted from
             0). See :mod:`~torchbricks_lightning.lightning.finetuning`.
+        loss_balancer: how the training losses become the optimised total (see
+            :mod:`torchbricks_lightning.multitask`): None for the static weights, or e.g. ``UncertaintyWeighting()``,
+            ``DynamicWeightAverage()``, ``PCGrad(shared_name="features")``. Its weights are logged as
+            ``train/balance/...``; validation and test totals keep the static weights.
+        delta_m: a :class:`~torchbricks_lightning.multitask.DeltaM` with per-metric baselines, logged as
+            ``validation/delta_m`` at each validation epoch end.
 
     Example:
         >>> from torch import nn
@@ -107,6 +127,8 @@ class LightningBrickCollection(pl.LightningModule):
         lr: float | None = None,
         decay_norms_and_biases: bool = True,
         unfreeze: Mapping[str, int] | None = None,
+        loss_balancer: LossBalancer | None = None,
+        delta_m: DeltaM | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=list(_OBJECT_ARGUMENTS))
@@ -151,6 +173,10 @@ class LightningBrickCollection(pl.LightningModule):
         self.compile_kwargs = dict(compile_kwargs or {})
         self.example_inputs: dict[str, dict[str, Any]] = {}
         self.loss_means = LossMeans()
+        check_multitask_arguments(brick_collection, self.loss_weights, loss_balancer, delta_m)
+        self.loss_balancer = loss_balancer  # a submodule: its parameters and buffers are trained and checkpointed
+        self.delta_m = delta_m
+        self.labelled_counts = LabelledCounts()
         self._warned: set[str] = set()
         self.__dict__["_compiled"] = None
 
@@ -190,32 +216,48 @@ class LightningBrickCollection(pl.LightningModule):
         named_inputs = self.named_inputs_of(batch, stage)
         if not self.example_inputs:
             self.example_inputs = record_example_inputs(self.brick_collection, named_inputs)
-        named_outputs = self._run(named_inputs, stage)
+        balancer = self.loss_balancer
+        if stage is Stage.TRAIN and balancer is not None:
+            with balancer.training_pass():  # a gradient-level balancer branches the shared tensor in this pass
+                named_outputs = self._run(named_inputs, stage)
+        else:
+            named_outputs = self._run(named_inputs, stage)
         losses = self.brick_collection.extract_losses(named_outputs)
         if not losses:
             return named_outputs, None
-        total = self.brick_collection.total_loss(losses, self.loss_weights)  # the losses only, found once
-        self._log_losses(stage, losses, total, samples_in(named_inputs))
+        counts = self.labelled_counts(self.brick_collection, named_outputs)
+        optimised = scale_to_global_counts(losses, counts) if stage is Stage.TRAIN and counts else losses
+        if stage is Stage.TRAIN and balancer is not None:
+            total = balancer(optimised)
+        else:
+            total = self.brick_collection.total_loss(optimised, self.loss_weights)  # the losses only, found once
+        self._log_losses(stage, losses, optimised, total, samples_in(named_inputs), counts)
         return named_outputs, total
 
-    def _log_losses(self, stage: Stage, losses: Mapping[str, torch.Tensor], total: torch.Tensor, weight: float) -> None:
-        """Add the step's losses to the stage's epoch means, each batch weighted by ``weight``; in training, log
-        each step's values too (averaged over the processes, as the step's batch is split across them).
+    def _log_losses(
+        self,
+        stage: Stage,
+        losses: Mapping[str, torch.Tensor],
+        optimised: Mapping[str, torch.Tensor],
+        total: torch.Tensor,
+        weight: float,
+        counts: Mapping[str, torch.Tensor],
+    ) -> None:
+        """Add the step's losses to the stage's epoch means, each weighted by its labelled count if it reports one
+        (else by the batch's ``weight``, its number of samples); in training, log each step's values too.
 
-        Every loss gets the batch's number of samples as its weight; ``LossMeans.update`` takes one weight per loss
-        and call, so a loss averaged over fewer elements (e.g. the labelled samples of a partially labelled batch)
-        can be given its own count instead.
+        A step's values are the ``optimised`` losses, averaged over the processes: under DDP the counted losses are
+        normalised by the labelled count of all processes, so that average is the mean over the whole step's labels.
         """
         means = self.loss_means
+        for name, value in losses.items():
+            means.update(stage, name, value, counts.get(name, weight))
         if stage is Stage.TRAIN:
-            for name, value in losses.items():
+            for name, value in optimised.items():
                 self.log(f"train/{name}_step", value, on_step=True, on_epoch=False, sync_dist=True)
-                means.update(stage, name, value, weight)
             self.log("train/loss_step", total, on_step=True, on_epoch=False, sync_dist=True, prog_bar=True)
-        else:
-            for name, value in losses.items():
-                means.update(stage, name, value, weight)
-        means.update(stage, TOTAL_LOSS, total, weight)
+        if stage is Stage.TRAIN or not counts:  # else the epoch total is the weighted sum of the losses' means
+            means.update(stage, TOTAL_LOSS, total, weight)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         named_outputs, total = self._shared_step(batch, Stage.TRAIN)
@@ -250,6 +292,8 @@ class LightningBrickCollection(pl.LightningModule):
     def on_train_epoch_start(self) -> None:
         self.brick_collection.reset_metrics(Stage.TRAIN)
         self.loss_means.reset(Stage.TRAIN)
+        if self.loss_balancer is not None:
+            self.loss_balancer.on_train_epoch_start()
 
     def on_validation_epoch_start(self) -> None:
         self.brick_collection.reset_metrics(Stage.VALIDATION)
@@ -261,6 +305,12 @@ class LightningBrickCollection(pl.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch(Stage.TRAIN)
+        if self.loss_balancer is not None:
+            end_balancer_epoch(self, self.loss_balancer, self.loss_means)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.loss_balancer is not None and self.loss_balancer.log_every_step:
+            log_balance(self, self.loss_balancer, on_step=True)
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch(Stage.VALIDATION)
@@ -281,6 +331,8 @@ class LightningBrickCollection(pl.LightningModule):
             self.loss_means.reset(stage)
             return
         self._log_loss_means(stage)
+        if self.delta_m is not None and stage is Stage.VALIDATION and metrics:
+            self.log("validation/delta_m", self.delta_m(metrics), sync_dist=False)  # from synced metrics
         if not metrics:
             return
         split = split_metrics(stage.value, metrics)
@@ -304,6 +356,9 @@ class LightningBrickCollection(pl.LightningModule):
                 self.log(key, metric, on_epoch=True, logger=False, metric_attribute=attribute)  # for monitors
             else:
                 self.log(key, metric, on_epoch=True, prog_bar=total, metric_attribute=attribute)
+        total_of_means = evaluation_total(self.loss_means, stage, self.brick_collection, self.loss_weights)
+        if total_of_means is not None:
+            self.log(f"{stage.value}/{TOTAL_LOSS}", total_of_means, on_epoch=True, prog_bar=True, sync_dist=False)
 
     def _log_matrix(self, name: str, matrix: torch.Tensor) -> None:
         image_loggers = [logger for logger in self.loggers if isinstance(logger, TensorBoardLogger)]
@@ -340,6 +395,8 @@ class LightningBrickCollection(pl.LightningModule):
         save_resume_state(self, self.brick_collection, checkpoint, self.loss_means)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.loss_balancer is None:
+            drop_balancer_state(checkpoint)  # training state a module built for inference or export does not hold
         trainer = attached_trainer(self)
         if trainer is not None and "state_dict" in checkpoint:
             # A Trainer restoring ckpt_path loads the weights right after this hook, with torch's own error for a

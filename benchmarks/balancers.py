@@ -1,0 +1,148 @@
+"""Task balancers: time per training step with each balancer against static weights, on the demo's model.
+
+The model is the demo's (``examples/digits_multitask.py``): preprocessor, ``SmallConvNet(32, 64, 128)``, a digit
+head (30% of its labels), a parity head and a foreground segmentation head, on the digits with batches of 64,
+trained by ``LightningBrickCollection`` with AdamW in a real ``Trainer`` (no logger, no validation, no checkpoints).
+Each variant trains the same steps from the same initial weights:
+
+- ``static``: ``loss_balancer=None`` (the baseline);
+- ``uncertainty``, ``dwa``: the loss-level balancers (target: at most 1.02x the static step);
+- ``pcgrad``: the gradient-level balancer on ``features`` (target: at most 1.15x): a branch per task in the forward
+  pass, a 3x3 Gram matrix and the projection in the backward pass.
+
+A step period is the time between two successive ``on_train_batch_start`` hooks: one whole loop iteration (batch,
+forward, backward, optimizer step, logging, the module's batch-end hook where per-step balancer weights are logged),
+measured as the CPU time of the training thread (``time.thread_time_ns``; torch runs single-threaded here, so all of
+a step's work is on that thread), so that other processes on a shared machine do not count. The figure is the median
+period after the warm-up steps, then the median over the runs of the paired ratios to the static run of the same
+repeat; the variants' order flips every repeat and the garbage collector is off during a run.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import logging
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from benchmarks.common import BenchmarkResult, Figure, Samples, Settings, interleaved, ratio_figure
+from torchbricks_lightning import BrickCollection, BrickNotTrainable, BrickTrainable
+from torchbricks_lightning.bag_of_bricks import (
+    Preprocessor,
+    SmallConvNet,
+    create_image_classification_head,
+    create_segmentation_head,
+)
+from torchbricks_lightning.datamodules import DigitsDataModule
+from torchbricks_lightning.lightning import LightningBrickCollection
+from torchbricks_lightning.multitask import DynamicWeightAverage, LossBalancer, PCGrad, UncertaintyWeighting
+
+__all__ = ["TARGETS", "VARIANTS", "demo_bricks", "run", "step_periods"]
+
+VARIANTS: dict[str, Callable[[], LossBalancer | None]] = {
+    "static": lambda: None,
+    "uncertainty": UncertaintyWeighting,
+    "dwa": DynamicWeightAverage,
+    "pcgrad": partial(PCGrad, shared_name="features"),
+}
+TARGETS = {"uncertainty": 1.02, "dwa": 1.02, "pcgrad": 1.15}
+WARMUP_STEPS = 5
+
+
+def demo_bricks() -> BrickCollection:
+    """The demo's three-task model (examples/digits_multitask.py's ``build_bricks``)."""
+    torch.manual_seed(0)
+    backbone = SmallConvNet(in_channels=1, widths=(32, 64, 128))
+    return BrickCollection(
+        {
+            "preprocessor": BrickNotTrainable(
+                Preprocessor(mean=[0.5], std=[0.5]), input_names=["raw"], output_names=["normalized"]
+            ),
+            "backbone": BrickTrainable(backbone, input_names=["normalized"], output_names=["features"]),
+            "digit": create_image_classification_head(10, 128, "features", "targets", with_confusion_matrix=True),
+            "parity": create_image_classification_head(2, 128, "features", "parity"),
+            "foreground": create_segmentation_head(2, 128, "features", "foreground", upsample=4, hidden_channels=32),
+        }
+    )
+
+
+class _StepClock(pl.Callback):
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self.starts.append(time.perf_counter_ns())
+
+
+def step_periods(variant: str, steps: int) -> list[float]:
+    """CPU seconds per training step of one fit of ``variant`` (the periods after the warm-up)."""
+    module = LightningBrickCollection(
+        demo_bricks(),
+        optimizer=partial(torch.optim.AdamW, lr=3e-3, weight_decay=1e-4),
+        loss_balancer=VARIANTS[variant](),
+    )
+    clock = _StepClock()
+    trainer = pl.Trainer(
+        max_steps=steps + WARMUP_STEPS + 1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[clock],
+    )
+    datamodule = DigitsDataModule(batch_size=64, labelled_fraction=0.3, with_foreground=True)
+    gc.collect()
+    gc.disable()
+    try:
+        trainer.fit(module, datamodule=datamodule)
+    finally:
+        gc.enable()
+    starts = clock.starts[WARMUP_STEPS:]
+    return [(later - earlier) / 1e9 for earlier, later in itertools.pairwise(starts)]
+
+
+def run(settings: Settings | None = None) -> BenchmarkResult:
+    settings = settings or Settings.full()
+    start = time.perf_counter()
+    steps = 4 if settings.quick else 57  # 3 epochs of 19 steps: DWA's epoch ends are inside the runs
+    repeats = settings.fit_repeats if not settings.quick else 1
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    periods: dict[str, list[list[float]]] = {name: [] for name in VARIANTS}
+
+    def measure(name: str) -> float:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            values = step_periods(name, steps)
+        periods[name].append(values)
+        return statistics.median(values)
+
+    samples: Samples = interleaved({name: partial(measure, name) for name in VARIANTS}, repeats)
+    figures: list[Figure] = [
+        ratio_figure(
+            f"balancers: {name} step vs static weights",
+            samples,
+            name,
+            "static",
+            unit="ms/step",
+            scale=1e3,
+            max_ratio=TARGETS[name],
+            notes=(
+                f"the demo's three-task model, batch 64, median step period (training thread CPU time) over {steps} "
+                f"steps after {WARMUP_STEPS} warm-up steps, {repeats} interleaved runs"
+            ),
+        )
+        for name in TARGETS
+    ]
+    details: dict[str, Any] = {"samples": samples, "steps": steps, "periods": periods}
+    return BenchmarkResult("balancers", figures, details, time.perf_counter() - start)

@@ -1,0 +1,43 @@
+"""The balancer benchmark's code path in quick mode: registered, every balancer timed against static weights."""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks import balancers
+from benchmarks.common import Settings
+from benchmarks.run import BENCHMARKS
+
+
+def test_balancer_benchmark_quick() -> None:
+    assert BENCHMARKS["balancers"] is balancers.run
+    result = balancers.run(Settings.fast())
+    data = result.as_dict()
+    json.dumps(data, allow_nan=False)
+    figures = {figure["name"]: figure for figure in data["figures"]}
+    assert set(figures) == {f"balancers: {name} step vs static weights" for name in ("uncertainty", "dwa", "pcgrad")}
+    for name, figure in figures.items():
+        assert figure["benchmark"] == "balancers"
+        assert figure["target"] == ("<= 1.15x" if "pcgrad" in name else "<= 1.02x")
+        assert figure["value"] > 0
+        assert figure["baseline"] > 0
+        assert figure["comparison"] > 0
+    periods = data["details"]["periods"]
+    assert set(periods) == set(balancers.VARIANTS)
+    assert all(len(run) == 4 for runs in periods.values() for run in runs)  # 4 step periods after the warm-up
+
+
+def test_the_benchmarked_model_is_the_demos() -> None:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
+    try:
+        from digits_multitask import build_bricks
+    finally:
+        sys.path.pop(0)
+    demo, benchmarked = build_bricks(), balancers.demo_bricks()
+    assert [path for path, _ in demo.named_bricks()] == [path for path, _ in benchmarked.named_bricks()]
+    assert {name: tuple(p.shape) for name, p in demo.named_parameters()} == {
+        name: tuple(p.shape) for name, p in benchmarked.named_parameters()
+    }

@@ -1,0 +1,295 @@
+"""Task balancing at the loss level: how the training losses of several tasks become the optimised total.
+
+``LightningBrickCollection(loss_balancer=...)`` takes one balancer (a class path in a YAML recipe). Each task is a
+loss name; ``w_i`` below is its static weight (the loss brick's ``loss_weight``, or the module's ``loss_weights``
+override), and ``L_i`` its training loss of the step (a mean over labelled elements for the heads' losses):
+
+- :class:`StaticWeights`: ``total = sum_i w_i L_i``, what the module does without a balancer.
+- :class:`UncertaintyWeighting` (Kendall, Gal and Cipolla, CVPR 2018), with a learnable ``s_i = log sigma_i^2``
+  per task: ``total = sum_i w_i (exp(-s_i) L_i / 2 + s_i / 2)``. This is the paper's regression form, used for
+  every task as LibMTL does (``losses / (2 * loss_scale.exp()) + loss_scale / 2``). The ``s_i`` are parameters of
+  the balancer, itself a submodule of the LightningModule: the optimizer gets them with the model's parameters, and
+  checkpoints save and restore them. The logged weight is ``w_i exp(-s_i) / 2``, the factor of ``L_i``.
+- :class:`DynamicWeightAverage` (Liu, Johns and Davison, CVPR 2019): ``total = sum_i w_i lambda_i L_i`` with
+  ``lambda_i = K exp(r_i / T) / sum_k exp(r_k / T)``, ``r_i = L_i(t-1) / L_i(t-2)`` the ratio of the task's mean
+  training loss over the last two epochs, ``K`` the number of balanced tasks and ``T`` the temperature (2 in the
+  paper); ``lambda_i = 1`` in the first two epochs. The epoch means are those logged as ``train/{loss}_epoch``
+  (over labelled elements and every process). The two last means and the current weights are buffers: checkpoints
+  carry them, so a resumed run continues with the same weights.
+
+A balancer names the losses it balances (default: every loss of the training stage); the others keep
+``w_i L_i``. Every balancer reports its per-task weights, which the module logs as ``train/balance/{loss}``.
+Gradient-level balancing (:class:`~torchbricks_lightning.multitask.gradient.PCGrad`) is a balancer too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from torchbricks_lightning.core.collection import BrickCollection
+from torchbricks_lightning.core.stages import Stage
+from torchbricks_lightning.errors import BrickDefinitionError, ConfigError, did_you_mean
+
+__all__ = ["DynamicWeightAverage", "LossBalancer", "StaticWeights", "UncertaintyWeighting"]
+
+
+class LossBalancer(nn.Module):
+    """Base class of the balancers: turns the training losses into the total that is optimised.
+
+    ``LightningBrickCollection`` calls :meth:`setup` once, when it is built, with the collection and the static
+    weights of its training losses; then, in every training step, :meth:`forward` with the losses (inside
+    :meth:`training_pass`, around the forward pass of the bricks), and at each training epoch's start and end
+    :meth:`on_train_epoch_start` and :meth:`on_train_epoch_end`. Validation and test totals keep the static weights,
+    so that ``validation/loss`` stays comparable across epochs.
+
+    Args:
+        loss_names: the losses to balance (default: every loss of the training stage); the others keep their static
+            weight.
+
+    Attributes:
+        log_every_step: whether the weights change every step (logged at every training batch end) or once per
+            epoch (logged at each training epoch end).
+    """
+
+    log_every_step: ClassVar[bool] = False
+
+    def __init__(self, loss_names: Sequence[str] | None = None) -> None:
+        super().__init__()
+        if isinstance(loss_names, str):
+            raise BrickDefinitionError(f"Expected loss_names to be a list of names, but got the string {loss_names!r}.")
+        self.requested_names = None if loss_names is None else tuple(loss_names)
+        self.loss_names: tuple[str, ...] = ()
+        self.static_weights: dict[str, float] = {}
+        self._others: tuple[tuple[str, float], ...] = ()
+        self.__dict__["_balanced_weights"] = torch.ones(0)
+
+    # ------------------------------------------------------------------------------------------ set-up
+    def setup(self, collection: BrickCollection, static_weights: Mapping[str, float]) -> None:
+        """Check the names against the collection's training losses and remember the static weights.
+
+        Raises:
+            ConfigError: a balanced loss is not a training loss of the collection (with a close match), or nothing
+                is left to balance.
+        """
+        train_losses = collection.loss_names(Stage.TRAIN)
+        where = type(self).__name__
+        requested = self.requested_names if self.requested_names is not None else tuple(train_losses)
+        for name in requested:
+            if name not in train_losses:
+                hint = did_you_mean(name, train_losses)
+                raise ConfigError(
+                    f"{where} balances the loss {name!r}, but the training stage has no such loss.{hint} Training "
+                    f"losses: {train_losses}."
+                )
+        if len(set(requested)) != len(requested):
+            raise ConfigError(f"{where} names a loss more than once: {list(requested)}.")
+        if not requested:
+            raise ConfigError(f"{where} has no loss to balance: the training stage produces none. Add a loss brick.")
+        self.loss_names = tuple(requested)
+        self.static_weights = {name: float(static_weights.get(name, 1.0)) for name in train_losses}
+        self._others = tuple((name, self.static_weights[name]) for name in train_losses if name not in requested)
+        self.__dict__["_balanced_weights"] = torch.tensor([self.static_weights[name] for name in requested])
+        self.setup_tasks(collection)
+
+    def setup_tasks(self, collection: BrickCollection) -> None:
+        """Set up what the balancer needs per task, after :attr:`loss_names` is known (subclasses)."""
+
+    def _weights_tensor(self, like: torch.Tensor) -> torch.Tensor:
+        weights: torch.Tensor = self.__dict__["_balanced_weights"]
+        if weights.device != like.device or weights.dtype != like.dtype:
+            weights = weights.to(device=like.device, dtype=like.dtype)
+            self.__dict__["_balanced_weights"] = weights
+        return weights
+
+    def _check_set_up(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        if not self.loss_names:
+            raise ConfigError(
+                f"{type(self).__name__} was not set up: pass it to LightningBrickCollection(loss_balancer=...), which "
+                "calls setup(collection, weights) with the collection's training losses."
+            )
+        return torch.stack([losses[name] for name in self.loss_names])
+
+    def _add_others(self, total: torch.Tensor, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        for name, weight in self._others:
+            if name in losses:
+                total = total + weight * losses[name]
+        return total
+
+    # ------------------------------------------------------------------------------------------ training
+    def forward(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The total of a training step's losses (static weights; subclasses balance)."""
+        stacked = self._check_set_up(losses)
+        return self._add_others((self._weights_tensor(stacked) * stacked).sum(), losses)
+
+    def training_pass(self) -> AbstractContextManager[None]:
+        """A context around the training forward pass of the bricks (gradient-level balancers act inside it)."""
+        return nullcontext()
+
+    def on_train_epoch_start(self) -> None:
+        """Called at the start of every training epoch."""
+
+    def on_train_epoch_end(self, epoch_means: Mapping[str, float]) -> None:
+        """Called at the end of every training epoch with the epoch means of the balanced losses."""
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The current per-task weights (what multiplies each loss), logged as ``train/balance/{loss}``."""
+        weights: torch.Tensor = self.__dict__["_balanced_weights"]
+        return {name: weights[index].detach() for index, name in enumerate(self.loss_names)}
+
+    def logged_values(self) -> dict[str, torch.Tensor]:
+        """The values the module logs under ``train/balance/``: the weights by default."""
+        return self.weights()
+
+    def extra_repr(self) -> str:
+        return f"loss_names={list(self.loss_names or self.requested_names or [])}"
+
+
+class StaticWeights(LossBalancer):
+    """Today's behaviour, as a balancer: ``total = sum_i w_i L_i`` with the bricks' (or ``loss_weights``') weights.
+
+    Unlike ``loss_balancer=None``, it logs the weights as ``train/balance/{loss}`` at every epoch end.
+
+    Example:
+        >>> from torch import nn
+        >>> from torchbricks_lightning import BrickCollection, BrickLoss
+        >>> collection = BrickCollection({
+        ...     "a": BrickLoss(nn.L1Loss(), input_names=["x", "y"], output_names=["l1"], loss_weight=2.0),
+        ...     "b": BrickLoss(nn.MSELoss(), input_names=["x", "y"], output_names=["l2"]),
+        ... })
+        >>> balancer = StaticWeights()
+        >>> balancer.setup(collection, collection.loss_weights())
+        >>> balancer({"l1": torch.tensor(1.0), "l2": torch.tensor(3.0)})
+        tensor(5.)
+    """
+
+
+class UncertaintyWeighting(LossBalancer):
+    """Learned task weights from homoscedastic uncertainty (Kendall et al., CVPR 2018).
+
+    ``total = sum_i w_i (exp(-s_i) L_i / 2 + s_i / 2)`` with one learnable ``s_i = log sigma_i^2`` per balanced
+    loss (the parameter ``log_variances``). At its optimum ``exp(s_i) = L_i``: each task is weighted by the inverse
+    of its loss. The logged weight of task ``i`` is ``w_i exp(-s_i) / 2``.
+
+    Args:
+        loss_names: the losses to balance (default: every training loss).
+        initial_log_variance: the starting ``s_i`` (0: every weight starts at ``w_i / 2``).
+
+    Example:
+        >>> from torch import nn
+        >>> from torchbricks_lightning import BrickCollection, BrickLoss
+        >>> collection = BrickCollection({
+        ...     "a": BrickLoss(nn.L1Loss(), input_names=["x", "y"], output_names=["l1"]),
+        ...     "b": BrickLoss(nn.MSELoss(), input_names=["x", "y"], output_names=["l2"]),
+        ... })
+        >>> balancer = UncertaintyWeighting()
+        >>> balancer.setup(collection, collection.loss_weights())
+        >>> balancer({"l1": torch.tensor(1.0), "l2": torch.tensor(3.0)})
+        tensor(2., grad_fn=<SumBackward0>)
+        >>> [name for name, _ in balancer.named_parameters()]
+        ['log_variances']
+    """
+
+    log_every_step: ClassVar[bool] = True
+
+    def __init__(self, loss_names: Sequence[str] | None = None, initial_log_variance: float = 0.0) -> None:
+        super().__init__(loss_names)
+        if not math.isfinite(initial_log_variance):
+            raise ConfigError(f"Expected a finite initial_log_variance, but got {initial_log_variance!r}.")
+        self.initial_log_variance = float(initial_log_variance)
+        # Sized at set-up, when the balanced losses are known; empty (and not yet optimised) before.
+        self.log_variances = nn.Parameter(torch.zeros(0))
+
+    def setup_tasks(self, collection: BrickCollection) -> None:
+        if self.log_variances.numel() != len(self.loss_names):
+            self.log_variances = nn.Parameter(torch.full((len(self.loss_names),), self.initial_log_variance))
+
+    def forward(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        stacked = self._check_set_up(losses)
+        s = self.log_variances.to(stacked.dtype)
+        terms = self._weights_tensor(stacked) * (torch.exp(-s) * stacked + s) * 0.5
+        return self._add_others(terms.sum(), losses)
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        weights: torch.Tensor = self.__dict__["_balanced_weights"].to(self.log_variances.device)
+        factors = (weights * torch.exp(-self.log_variances.detach().float()) * 0.5).unbind()
+        return dict(zip(self.loss_names, factors, strict=True))
+
+
+class DynamicWeightAverage(LossBalancer):
+    """Task weights from the rate at which each training loss falls (Liu et al., CVPR 2019).
+
+    ``lambda_i = K exp(r_i / T) / sum_k exp(r_k / T)`` with ``r_i = L_i(t-1) / L_i(t-2)`` (the task's epoch mean
+    training loss one and two epochs ago); 1 for every task in the first two epochs. ``total = sum_i w_i lambda_i
+    L_i``. A task whose loss falls slower gets more weight.
+
+    Args:
+        loss_names: the losses to balance (default: every training loss).
+        temperature: ``T``; larger values make the weights more equal.
+
+    Example:
+        >>> from torch import nn
+        >>> from torchbricks_lightning import BrickCollection, BrickLoss
+        >>> collection = BrickCollection({
+        ...     "a": BrickLoss(nn.L1Loss(), input_names=["x", "y"], output_names=["l1"]),
+        ...     "b": BrickLoss(nn.MSELoss(), input_names=["x", "y"], output_names=["l2"]),
+        ... })
+        >>> balancer = DynamicWeightAverage(temperature=2.0)
+        >>> balancer.setup(collection, collection.loss_weights())
+        >>> for means in ({"l1": 1.0, "l2": 1.0}, {"l1": 0.5, "l2": 1.0}):
+        ...     balancer.on_train_epoch_start()
+        ...     balancer.on_train_epoch_end(means)
+        >>> balancer.on_train_epoch_start()
+        >>> {name: round(float(weight), 4) for name, weight in balancer.weights().items()}
+        {'l1': 0.8756, 'l2': 1.1244}
+    """
+
+    history: torch.Tensor
+    epochs_seen: torch.Tensor
+    lambdas: torch.Tensor
+
+    def __init__(self, loss_names: Sequence[str] | None = None, temperature: float = 2.0) -> None:
+        super().__init__(loss_names)
+        if not temperature > 0:
+            raise ConfigError(f"Expected a temperature > 0, but got {temperature!r}.")
+        self.temperature = float(temperature)
+        self.register_buffer("history", torch.zeros(2, 0, dtype=torch.float64))
+        self.register_buffer("epochs_seen", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("lambdas", torch.ones(0))
+
+    def setup_tasks(self, collection: BrickCollection) -> None:
+        count = len(self.loss_names)
+        if self.history.shape[1] != count:
+            self.history = torch.zeros(2, count, dtype=torch.float64)
+            self.lambdas = torch.ones(count)
+
+    def forward(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        stacked = self._check_set_up(losses)
+        factors = self._weights_tensor(stacked) * self.lambdas.to(stacked.dtype)
+        return self._add_others((factors * stacked).sum(), losses)
+
+    def on_train_epoch_start(self) -> None:
+        if int(self.epochs_seen) < 2:
+            self.lambdas.fill_(1.0)
+            return
+        ratios = self.history[1] / self.history[0]
+        lambdas = len(self.loss_names) * torch.softmax(ratios / self.temperature, dim=0)
+        self.lambdas.copy_(lambdas.to(self.lambdas.dtype))
+
+    def on_train_epoch_end(self, epoch_means: Mapping[str, float]) -> None:
+        latest = self.history[1].clone()  # a loss missing this epoch keeps its last mean
+        for index, name in enumerate(self.loss_names):
+            if name in epoch_means and math.isfinite(epoch_means[name]):
+                latest[index] = float(epoch_means[name])
+        self.history[0].copy_(self.history[1])
+        self.history[1].copy_(latest)
+        self.epochs_seen.add_(1)
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        base: torch.Tensor = self.__dict__["_balanced_weights"].to(self.lambdas.device)
+        return dict(zip(self.loss_names, (base * self.lambdas).unbind(), strict=True))
