@@ -36,6 +36,10 @@ built in Python needs ``brick_collection=`` to load. The CLI records their recip
 values), so a checkpoint of a CLI run rebuilds the module alone."""
 
 BrickValue = BrickInterface | BrickCollection | Mapping[str, BrickInterface | BrickCollection]
+CompileOption = str | int | float | bool | None
+CompileKwargs = Mapping[str, CompileOption | Mapping[str, CompileOption]]
+"""Arguments for ``torch.compile``: plain values (``mode``, ``fullgraph``, ``backend`` by name, ``options``), so
+that a checkpoint's copy of them is data, never a class to build."""
 
 
 def _adam(parameters: Any) -> torch.optim.Optimizer:
@@ -93,7 +97,7 @@ class LightningBrickCollection(pl.LightningModule):
         loss_weights: Mapping[str, float] | None = None,
         check_finite_loss: bool = True,
         compile_model: bool = False,
-        compile_kwargs: Mapping[str, Any] | None = None,
+        compile_kwargs: CompileKwargs | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=list(_OBJECT_ARGUMENTS))
@@ -131,7 +135,7 @@ class LightningBrickCollection(pl.LightningModule):
             )
         self.check_finite_loss = check_finite_loss
         self.compile_model = compile_model
-        self.compile_kwargs = dict(compile_kwargs or {})
+        self.compile_kwargs: dict[str, Any] = dict(compile_kwargs or {})
         self.example_inputs: dict[str, dict[str, Any]] = {}
         self.loss_means = LossMeans()
         self._warned: set[str] = set()
@@ -373,7 +377,6 @@ class LightningBrickCollection(pl.LightningModule):
             map_location=map_location,
             strict=strict,
             trusted_class_prefixes=trusted_class_prefixes,
-            hyper_parameters_key=cls.CHECKPOINT_HYPER_PARAMS_KEY,
             owner=cls,
             **kwargs,
         )
