@@ -17,6 +17,7 @@ from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.core.stages import Stage
 from torchbricks_lightning.errors import BrickDefinitionError, ConfigError, LossNotFiniteError
 from torchbricks_lightning.lightning.checkpoints import brick_state_dict, check_state_fits, load_module_checkpoint
+from torchbricks_lightning.lightning.empty_batches import is_empty_batch, warn_empty_batch
 from torchbricks_lightning.lightning.example_inputs import EXAMPLE_INPUTS_KEY, example_tensors, record_example_inputs
 from torchbricks_lightning.lightning.loss_logging import TOTAL_LOSS, LossMeans, samples_in
 from torchbricks_lightning.lightning.metric_logging import render_matrix, split_metrics, warn_once
@@ -173,8 +174,13 @@ class LightningBrickCollection(pl.LightningModule):
         """Run the ``INFERENCE`` stage."""
         return self._run(named_inputs, Stage.INFERENCE)
 
-    def _shared_step(self, batch: Any, stage: Stage) -> tuple[dict[str, Any], torch.Tensor | None]:
+    def _shared_step(
+        self, batch: Any, stage: Stage, batch_idx: int
+    ) -> tuple[dict[str, Any], torch.Tensor | None] | None:
         named_inputs = self.named_inputs_of(batch, stage)
+        if is_empty_batch(named_inputs):  # its mean losses are NaN: skip it (lightning/empty_batches.py)
+            warn_empty_batch(stage, batch_idx)
+            return None
         if not self.example_inputs:
             self.example_inputs = record_example_inputs(self.brick_collection, named_inputs)
         named_outputs = self._run(named_inputs, stage)
@@ -204,8 +210,11 @@ class LightningBrickCollection(pl.LightningModule):
                 means.update(stage, name, value, weight)
         means.update(stage, TOTAL_LOSS, total, weight)
 
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        named_outputs, total = self._shared_step(batch, Stage.TRAIN)
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
+        step = self._shared_step(batch, Stage.TRAIN, batch_idx)
+        if step is None:
+            return None  # an empty batch: Lightning skips the optimisation step
+        named_outputs, total = step
         if total is None:
             raise ConfigError(
                 "No loss is alive in the 'train' stage, so there is nothing to optimise. Add a BrickLoss alive in "
@@ -222,10 +231,10 @@ class LightningBrickCollection(pl.LightningModule):
         return total
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._shared_step(batch, Stage.VALIDATION)
+        self._shared_step(batch, Stage.VALIDATION, batch_idx)
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._shared_step(batch, Stage.TEST)
+        self._shared_step(batch, Stage.TEST, batch_idx)
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         return self._run(self.named_inputs_of(batch, Stage.INFERENCE), Stage.INFERENCE)
