@@ -38,6 +38,7 @@ __all__ = [
     "UnknownStageError",
     "UntrustedCheckpointError",
     "UntrustedClassError",
+    "command_line_message",
     "did_you_mean",
 ]
 
@@ -169,3 +170,15 @@ class UntrustedClassError(UntrustedCheckpointError):
 
 class CheckpointWriteError(CheckpointError, OSError):
     """A checkpoint could not be written (a full disk, a read-only folder); the previous file at its path is intact."""
+
+
+def command_line_message(error: BaseException) -> str:
+    """The message of ``error`` as the command line shows it: an opt-in is spelt as a command-line option.
+
+    Example:
+        >>> command_line_message(UntrustedClassError("It names 'my_heads.Head'.", "my_heads.")).split(", pass ")[1]
+        "--trusted_class_prefixes '[my_heads.]'."
+        >>> command_line_message(ConfigError("Bad value."))
+        'Bad value.'
+    """
+    return error.command_line_message if isinstance(error, UntrustedClassError) else str(error)

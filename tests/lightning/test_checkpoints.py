@@ -256,7 +256,7 @@ def test_cli_export_refuses_an_untrusted_class(
     assert _cli_exit_code(["export", "--ckpt_path", str(path), "--output", str(output)], tmp_path) == 2
     err = capsys.readouterr().err
     assert f"'os.system' at {BACKBONE_CLASS_PATH_KEY!r}" in err
-    assert "trusted_class_prefixes=['os.']" in err
+    assert "--trusted_class_prefixes '[os.]'" in err  # the command line's spelling
     assert not output.exists()
 
 
