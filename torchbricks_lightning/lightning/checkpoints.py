@@ -315,5 +315,7 @@ def load_module_checkpoint(
     del checkpoint  # Lightning loads its own copy from the same bytes
     try:
         return lightning_load(io.BytesIO(data), map_location=map_location, strict=strict, weights_only=True, **kwargs)
-    except (RuntimeError, ValueError, TypeError) as err:
+    except CheckpointError:
+        raise
+    except Exception as err:  # a value of the wrong type for jsonargparse, an argument the constructor refuses, ...
         raise CheckpointError(f"Could not load checkpoint {source!r}: {err}") from err

@@ -200,7 +200,7 @@ def _class_spec(
     target = resolve_dotted(class_path) if may_import(class_path) else None
     arguments: Any = _arguments_of(target) if callable(target) else UNKNOWN
     for key, item in node.items():
-        if key == class_key:
+        if key in (class_key, "_instantiator"):  # Lightning's instantiator: checked by the trust module
             continue
         if class_key == "_class_path":
             yield from _walk(item, _join(where, key), _member_type(arguments, str(key)), may_import, in_text)
