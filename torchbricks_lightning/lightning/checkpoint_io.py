@@ -152,8 +152,9 @@ def atomic_torch_save(checkpoint: Any, path: str | os.PathLike[str]) -> None:
     except BaseException as err:
         with contextlib.suppress(OSError):
             temporary.unlink()
-        if isinstance(err, OSError):
-            raise _write_error(target, err) from err
+        cause = _os_error(err)
+        if cause is not None:
+            raise _write_error(target, cause) from err
         raise
     _fsync_folder(folder)
 
@@ -176,6 +177,17 @@ def with_safe_checkpoint_io(plugins: Any) -> list[Any]:
     if not any(isinstance(plugin, CheckpointIO) for plugin in listed):
         listed.append(SafeCheckpointIO())
     return listed
+
+
+def _os_error(err: BaseException) -> OSError | None:
+    """The OSError behind a failed save: torch's zip writer reports a full disk as a RuntimeError raised while
+    handling the OSError of the write."""
+    seen: BaseException | None = err
+    for _ in range(10):
+        if seen is None or isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _write_error(target: Path, err: OSError) -> CheckpointWriteError:
