@@ -42,7 +42,7 @@ import torchbricks_lightning.bag_of_bricks as bag_of_bricks
 import torchbricks_lightning.datamodules as datamodules
 from torchbricks_lightning import LightningBrickCollection, SafeCheckpointIO
 from torchbricks_lightning.cli import TorchBricksCLI, main
-from torchbricks_lightning.errors import CheckpointError, UntrustedCheckpointError
+from torchbricks_lightning.errors import CheckpointError, ConfigError, UntrustedCheckpointError
 from torchbricks_lightning.lightning.export import export_checkpoint_as_onnx
 from torchbricks_lightning.lightning.trust import allowed_kinds
 
@@ -703,3 +703,14 @@ def test_gadgets_through_the_command_line_run_nothing(
         outcome = PATHS[path](checkpoint, tmp_path)
         assert not gadgets.marker.exists(), f"{name} ran through {path}"
         assert outcome == REFUSED, f"{name} through {path}: {outcome}"
+
+
+def test_an_hparams_file_is_not_a_way_around_the_check(good: dict[str, Any], gadgets: Gadgets, tmp_path: Path) -> None:
+    """Lightning's ``hparams_file=`` replaces the checkpoint's arguments with a YAML file's, unchecked: refused."""
+    checkpoint = _planted(good, tmp_path, lambda c: None)
+    hparams = tmp_path / "hparams.yaml"
+    hparams.write_text(
+        yaml.safe_dump({"brick_collection": {"extra": _extra_loss_brick(gadgets.class_specs["torch.os.system"])}})
+    )
+    with pytest.raises(ConfigError, match=r"hparams_file=\.\.\.\) is not supported"):
+        LightningBrickCollection.load_from_checkpoint(checkpoint, hparams_file=hparams)

@@ -37,10 +37,8 @@ built in Python needs ``brick_collection=`` to load. The CLI records their recip
 values), so a checkpoint of a CLI run rebuilds the module alone."""
 
 BrickValue = BrickInterface | BrickCollection | Mapping[str, BrickInterface | BrickCollection]
-CompileOption = str | int | float | bool | None
+CompileOption = str | int | float | bool | None  # plain values, so a checkpoint's copy is data, never a class to build
 CompileKwargs = Mapping[str, CompileOption | Mapping[str, CompileOption]]
-"""Arguments for ``torch.compile``: plain values (``mode``, ``fullgraph``, ``backend`` by name, ``options``), so
-that a checkpoint's copy of them is data, never a class to build."""
 
 
 def _adam(parameters: Any) -> torch.optim.Optimizer:
@@ -370,10 +368,11 @@ class LightningBrickCollection(pl.LightningModule):
     ) -> LightningBrickCollection:
         """Rebuild a module from a checkpoint, safely.
 
-        The file is read with ``weights_only=True`` (no arbitrary code runs), and the classes its configuration
-        asks for must come from torchbricks_lightning, torch, torchvision or torchmetrics, unless you add prefixes
-        to ``trusted_class_prefixes``. A module created by the CLI is rebuilt from the checkpoint alone; one built
-        in Python needs ``brick_collection=`` (built as it was for training). See
+        The file is read once with ``weights_only=True`` (no pickled code runs), and what its recipe asks to build
+        must be classes of the kinds recipes use, defined in torchbricks_lightning, torch, torchvision or
+        torchmetrics, or in packages you add to ``trusted_class_prefixes`` (the trust model:
+        :mod:`~torchbricks_lightning.lightning.trust`). A module created by the CLI is rebuilt from the checkpoint
+        alone; one built in Python needs ``brick_collection=`` (built as it was for training). See
         :func:`~torchbricks_lightning.lightning.checkpoints.load_module_checkpoint`.
 
         Raises:
