@@ -5,6 +5,9 @@ even with a weight of zero (``NaN * 0`` is NaN). So :class:`~torchbricks_lightni
 LightningBrickCollection` does not run the bricks on one at all: no loss mean and no metric brick is updated, and
 in training the step is skipped (``training_step`` returns None, which Lightning's automatic optimisation skips),
 with a warning naming the batch.
+
+With several processes (DDP), a step skipped on one process only leaves the others waiting for its gradients:
+there, give every process a non-empty batch (e.g. ``drop_last=True``, or a sampler that never yields an empty one).
 """
 
 from __future__ import annotations
