@@ -43,6 +43,7 @@ from torchbricks_lightning.errors import (
 if TYPE_CHECKING:
     from torchbricks_lightning.callbacks.graph_logging import BrickGraphLogger
     from torchbricks_lightning.callbacks.onnx_export import OnnxExportCallback
+    from torchbricks_lightning.lightning.checkpoint_io import SafeCheckpointIO
     from torchbricks_lightning.lightning.checkpoints import load_brick_collection_weights
     from torchbricks_lightning.lightning.module import LightningBrickCollection
     from torchbricks_lightning.lightning.preflight import check_one_batch
@@ -53,6 +54,7 @@ _LAZY: dict[str, str] = {
     "BrickGraphLogger": "torchbricks_lightning.callbacks.graph_logging",
     "LightningBrickCollection": "torchbricks_lightning.lightning.module",
     "OnnxExportCallback": "torchbricks_lightning.callbacks.onnx_export",
+    "SafeCheckpointIO": "torchbricks_lightning.lightning.checkpoint_io",
     "check_one_batch": "torchbricks_lightning.lightning.preflight",
     "load_brick_collection_weights": "torchbricks_lightning.lightning.checkpoints",
 }
@@ -76,6 +78,7 @@ __all__ = [
     "OnnxExportCallback",
     "OnnxExportResult",
     "ResumeStateError",
+    "SafeCheckpointIO",
     "Stage",
     "StagePlan",
     "TorchBricksError",

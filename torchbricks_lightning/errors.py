@@ -21,6 +21,7 @@ __all__ = [
     "BrickGraphError",
     "BrickOutputError",
     "CheckpointError",
+    "CheckpointWriteError",
     "ConfigError",
     "CycleError",
     "DatasetNotAvailableError",
@@ -36,6 +37,8 @@ __all__ = [
     "TorchBricksError",
     "UnknownStageError",
     "UntrustedCheckpointError",
+    "UntrustedClassError",
+    "command_line_message",
     "did_you_mean",
 ]
 
@@ -130,3 +133,52 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     """
     close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
     return f" Did you mean {close[0]!r}?" if close else ""
+
+
+class UntrustedClassError(UntrustedCheckpointError):
+    """A checkpoint names something it may not build: a class outside the trusted packages, a function, a class of a
+    kind no recipe builds, or a class spec where only plain data belongs.
+
+    ``str(error)`` says how to opt in from Python (``trusted_class_prefixes=['my_heads.']``);
+    :attr:`command_line_message` says it the way the command line takes it (``--trusted_class_prefixes
+    '[my_heads.]'``). ``prefix`` is None when no prefix would make the checkpoint loadable.
+
+    Example:
+        >>> error = UntrustedClassError("It names 'my_heads.Head'.", "my_heads.")
+        >>> print(str(error).removeprefix(error.problem))
+         If you trust this checkpoint and that package, pass trusted_class_prefixes=['my_heads.'].
+        >>> print(error.command_line_message.removeprefix(error.problem))
+         If you trust this checkpoint and that package, pass --trusted_class_prefixes '[my_heads.]'.
+    """
+
+    def __init__(self, problem: str, prefix: str | None = None) -> None:
+        self.problem = problem
+        self.prefix = prefix
+        super().__init__(problem + self._opt_in(f"trusted_class_prefixes=[{prefix!r}]"))
+
+    @property
+    def command_line_message(self) -> str:
+        """The message with the opt-in spelt for the command line."""
+        return self.problem + self._opt_in(f"--trusted_class_prefixes '[{self.prefix}]'")
+
+    def _opt_in(self, spelling: str) -> str:
+        return f" If you trust this checkpoint and that package, pass {spelling}." if self.prefix else ""
+
+    def __reduce__(self) -> tuple[type[UntrustedClassError], tuple[str, str | None]]:
+        return type(self), (self.problem, self.prefix)
+
+
+class CheckpointWriteError(CheckpointError, OSError):
+    """A checkpoint could not be written (a full disk, a read-only folder); the previous file at its path is intact."""
+
+
+def command_line_message(error: BaseException) -> str:
+    """The message of ``error`` as the command line shows it: an opt-in is spelt as a command-line option.
+
+    Example:
+        >>> command_line_message(UntrustedClassError("It names 'my_heads.Head'.", "my_heads.")).split(", pass ")[1]
+        "--trusted_class_prefixes '[my_heads.]'."
+        >>> command_line_message(ConfigError("Bad value."))
+        'Bad value.'
+    """
+    return error.command_line_message if isinstance(error, UntrustedClassError) else str(error)

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
-from benchmarks import balancers
-from benchmarks.common import Settings
-from benchmarks.run import BENCHMARKS
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # the benchmarks package lives at the repository root, beside the library
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import balancers  # noqa: E402
+from benchmarks.common import Settings  # noqa: E402
+from benchmarks.run import BENCHMARKS  # noqa: E402
 
 
 def test_balancer_benchmark_quick() -> None:

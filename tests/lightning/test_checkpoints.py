@@ -256,7 +256,7 @@ def test_cli_export_refuses_an_untrusted_class(
     assert _cli_exit_code(["export", "--ckpt_path", str(path), "--output", str(output)], tmp_path) == 2
     err = capsys.readouterr().err
     assert f"'os.system' at {BACKBONE_CLASS_PATH_KEY!r}" in err
-    assert "trusted_class_prefixes=['os.']" in err
+    assert "--trusted_class_prefixes '[os.]'" in err  # the command line's spelling
     assert not output.exists()
 
 
@@ -281,17 +281,23 @@ def test_trusted_class_prefixes_opt_in_to_an_untrusted_class(cli_checkpoint: Pat
 def test_check_class_paths_walks_nested_dicts_and_lists() -> None:
     config = {
         "model": {"class_path": "torch.nn.Linear", "init_args": {"inner": {"class_path": "torchvision.models.ResNet"}}},
-        "callbacks": [{"class_path": "torchmetrics.Accuracy"}, {"class_path": "my_project.callbacks.Thing"}],
+        "callbacks": [{"class_path": "torchmetrics.Accuracy"}, {"class_path": HARMLESS_CLASS_PATH}],
     }
-    with pytest.raises(
-        UntrustedCheckpointError, match=r"'my_project\.callbacks\.Thing' at 'callbacks\[1\]\.class_path'"
-    ):
+    expected = re.escape(f"{HARMLESS_CLASS_PATH!r} at 'callbacks[1].class_path'")
+    with pytest.raises(UntrustedCheckpointError, match=expected):
         check_class_paths(config)
-    check_class_paths(config, trusted_class_prefixes=["my_project."])
-    check_class_paths(config, trusted_class_prefixes=["my_project.callbacks."])
+    package, module = HarmlessConv.__module__.split(".", 1)[0], HarmlessConv.__module__
+    check_class_paths(config, trusted_class_prefixes=[f"{package}."])
+    check_class_paths(config, trusted_class_prefixes=[f"{module}."])
 
     with pytest.raises(UntrustedCheckpointError, match=r"'evil\.Module' at 'model\._class_path'"):
         check_class_paths({"model": {"_class_path": "evil.Module"}})
+
+
+def test_a_trusted_prefix_still_needs_a_class_that_imports() -> None:
+    """A trusted prefix lets the path be imported; a path that does not resolve is refused rather than waved through."""
+    with pytest.raises(CheckpointError, match=r"'my_project\.callbacks\.Thing' .* cannot be imported"):
+        check_class_paths({"class_path": "my_project.callbacks.Thing"}, trusted_class_prefixes=["my_project."])
 
 
 @pytest.mark.parametrize("class_path", ["torchx.Evil", "torch_evil.Payload", "torchvisionary.Model", "torch"])

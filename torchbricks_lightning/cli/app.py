@@ -6,16 +6,26 @@ What happens to a recipe, in order:
    lists the stages). When it refuses the recipe, :class:`RecipeArgumentParser` looks at the values it loaded with
    the checks of :mod:`~torchbricks_lightning.cli.recipe`, and, when one names the mistake, reports that one line
    instead of jsonargparse's page of union alternatives.
-2. A ``--ckpt_path`` file is read before Lightning opens it (:func:`check_ckpt_path`).
+2. A ``--ckpt_path`` file is read once, before Lightning opens it, and checked against the trust model
+   (:func:`check_ckpt_path`, :mod:`~torchbricks_lightning.lightning.trust`): the recipe that LightningCLI merges
+   from the checkpoint into the model's configuration is the one checked, and the Trainer restores from the same
+   copy. A URL is refused. ``--trusted_class_prefixes '[my_heads.]'`` trusts your own classes in it.
 3. After the classes are built, the model's recipe is recorded in its hyperparameters, so that a checkpoint rebuilds
    the module alone (``LightningBrickCollection.load_from_checkpoint(path)``, ``export --ckpt_path``).
-4. Before ``fit``, :func:`~torchbricks_lightning.lightning.preflight.check_one_batch` runs one batch through the
+4. The Trainer writes and reads checkpoints with
+   :class:`~torchbricks_lightning.lightning.checkpoint_io.SafeCheckpointIO` (never a half-written file), unless
+   the recipe's ``trainer.plugins`` hold another ``CheckpointIO``.
+5. Before ``fit``, :func:`~torchbricks_lightning.lightning.preflight.check_one_batch` runs one batch through the
    validation and training graphs, so a recipe whose bricks do not fit together fails before any log or
    checkpoint folder is written.
+
+:func:`main` (the ``torchbricks-lightning`` command) makes the current folder importable first, as ``python -m``
+does, so a recipe can name ``class_path: my_heads.RegressionHead`` from a ``my_heads.py`` next to it.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -24,20 +34,24 @@ from typing import Any, NoReturn
 
 import yaml
 from jsonargparse import get_loader
+from pytorch_lightning import Trainer
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from typing_extensions import override
 
 from torchbricks_lightning.cli.export import run_export
 from torchbricks_lightning.cli.recipe import first_recipe_problem
-from torchbricks_lightning.errors import TorchBricksError
-from torchbricks_lightning.lightning.checkpoints import read_checkpoint
+from torchbricks_lightning.errors import TorchBricksError, command_line_message
+from torchbricks_lightning.lightning.checkpoint_io import SafeCheckpointIO, with_safe_checkpoint_io
+from torchbricks_lightning.lightning.checkpoints import is_remote, read_checkpoint
 from torchbricks_lightning.lightning.module import LightningBrickCollection
 from torchbricks_lightning.lightning.preflight import check_one_batch
+from torchbricks_lightning.lightning.trust import check_checkpoint
 
 __all__ = ["RecipeArgumentParser", "TorchBricksCLI", "check_ckpt_path", "main"]
 
-_LIGHTNING_CKPT_PATHS = re.compile(r"^(last|best|hpc)$|^(?i:registry)(:.*)?$|://")
-"""``--ckpt_path`` values that Lightning resolves itself (special names, the model registry, remote URLs)."""
+_LIGHTNING_CKPT_NAMES = re.compile(r"^(last|best|hpc)$|^(?i:registry)(:.*)?$")
+"""``--ckpt_path`` values that Lightning resolves itself (special names, the model registry) to a checkpoint, which
+the Trainer then loads through its ``CheckpointIO``."""
 
 
 class RecipeArgumentParser(LightningArgumentParser):
@@ -94,6 +108,7 @@ class TorchBricksCLI(LightningCLI):
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._checked_ckpt: tuple[str, dict[str, Any]] | None = None  # the --ckpt_path file, read and checked
         kwargs.setdefault("model_class", LightningBrickCollection)
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("auto_configure_optimizers", False)
@@ -104,12 +119,65 @@ class TorchBricksCLI(LightningCLI):
         super().__init__(*args, **kwargs)
 
     @override
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--trusted_class_prefixes",
+            type=list[str],
+            default=[],
+            help="Packages of your own whose classes a --ckpt_path checkpoint may build, e.g. '[my_heads.]'.",
+        )
+
+    @override
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse the recipe, then read and check a ``--ckpt_path`` file and merge its recipe into the model's.
+
+        LightningCLI merges the hyperparameters of a ``--ckpt_path`` checkpoint into the model's configuration
+        (a ``validate``, ``test`` or ``predict`` run rebuilds the trained model). Here that is done from the copy
+        read and checked once; the path is then hidden from LightningCLI's own merge, which would read the file
+        again, until :meth:`before_instantiate_classes` hands it back for the Trainer.
+        """
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if ckpt_path is not None:
-            check_ckpt_path(ckpt_path)
+        if ckpt_path is None:
+            return
+        prefixes = self.config[subcommand].get("trusted_class_prefixes") or []
+        checkpoint = check_ckpt_path(ckpt_path, prefixes)
+        if checkpoint is None:
+            return  # 'last', 'best', ...: resolved by the Trainer, loaded through SafeCheckpointIO
+        self._checked_ckpt = (str(ckpt_path), checkpoint)
+        self._merge_checkpoint_recipe(subcommand, checkpoint.get("hyper_parameters") or {})
+        self.config[f"{subcommand}.ckpt_path"] = None
+
+    def _merge_checkpoint_recipe(self, subcommand: str, hyper_parameters: dict[str, Any]) -> None:
+        """What LightningCLI does with a checkpoint's hyperparameters, from the checked copy."""
+        recipe = {key: value for key, value in hyper_parameters.items() if key != "_instantiator"}
+        if not recipe:
+            return
+        if "_class_path" in recipe:
+            recipe = {"class_path": recipe.pop("_class_path"), "dict_kwargs": recipe}
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": recipe}}, self.config)
+        except SystemExit:
+            sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
+            raise
+
+    @override
+    def before_instantiate_classes(self) -> None:
+        if self._checked_ckpt is not None and self.subcommand:
+            self.config[f"{self.subcommand}.ckpt_path"] = self._checked_ckpt[0]
+
+    @override
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The Trainer, with :class:`SafeCheckpointIO` among its plugins unless the recipe sets a ``CheckpointIO``;
+        it restores a ``--ckpt_path`` checkpoint from the copy that was checked."""
+        key = f"{self.subcommand}.trainer.plugins" if self.subcommand else "trainer.plugins"
+        plugins = with_safe_checkpoint_io(kwargs.get("plugins", self.config_init.get(key)))
+        if self._checked_ckpt is not None:
+            for plugin in plugins:
+                if isinstance(plugin, SafeCheckpointIO):
+                    plugin.preload(*self._checked_ckpt)
+        return super().instantiate_trainer(**{**kwargs, "plugins": plugins})
 
     @override
     def after_instantiate_classes(self) -> None:
@@ -145,14 +213,19 @@ class TorchBricksCLI(LightningCLI):
             check_one_batch(self.model, self.datamodule)
 
 
-def check_ckpt_path(ckpt_path: str | Path) -> None:
-    """Read a ``--ckpt_path`` file before Lightning does, so a missing or broken one fails with a clear error.
+def check_ckpt_path(ckpt_path: str | Path, trusted_class_prefixes: Sequence[str] = ()) -> dict[str, Any] | None:
+    """Read a ``--ckpt_path`` file before Lightning does, and check it as ``load_from_checkpoint`` would.
 
-    Lightning's own values (``last``, ``best``, ``hpc``, ``registry:...``) and URLs are left to Lightning.
+    Lightning's own names (``last``, ``best``, ``hpc``, ``registry:...``) are left to it when no such file exists:
+    the Trainer resolves them and loads the file through its ``CheckpointIO``.
+
+    Returns:
+        The checkpoint, or None for a name that Lightning resolves.
 
     Raises:
-        CheckpointError: the file is missing, truncated or not a checkpoint.
-        UntrustedCheckpointError: the file holds pickled objects other than tensors and plain values.
+        CheckpointError: the path is a URL, or the file is missing, truncated or not a checkpoint.
+        UntrustedCheckpointError: the file holds pickled objects other than tensors and plain values, or its
+            recipe asks for something the trust model refuses.
 
     Example:
         >>> check_ckpt_path("last")
@@ -161,23 +234,35 @@ def check_ckpt_path(ckpt_path: str | Path) -> None:
         ...
         torchbricks_lightning.errors.CheckpointError: Checkpoint 'nowhere.ckpt' does not exist.
     """
-    if isinstance(ckpt_path, str) and _LIGHTNING_CKPT_PATHS.search(ckpt_path):
-        return
-    read_checkpoint(ckpt_path)
+    if not is_remote(ckpt_path) and _LIGHTNING_CKPT_NAMES.search(str(ckpt_path)) and not Path(ckpt_path).is_file():
+        return None
+    checkpoint = read_checkpoint(ckpt_path)
+    check_checkpoint(checkpoint, LightningBrickCollection, trusted_class_prefixes)
+    return checkpoint
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``torchbricks-lightning`` command; returns its exit code.
 
-    A mistake in the recipe prints ``error: ...`` without a traceback through Lightning and returns (or, from the
-    parser, exits with) 2.
+    The current folder is made importable first (as ``python -m`` does), so a recipe can name classes from modules
+    next to it. A mistake in the recipe prints ``error: ...`` without a traceback through Lightning and returns (or,
+    from the parser, exits with) 2; an untrusted checkpoint's message says how to trust it on the command line.
     """
+    _import_from_current_folder()
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments and arguments[0] == "export":
         return run_export(arguments[1:])
     try:
         TorchBricksCLI(args=None if argv is None else arguments)
     except TorchBricksError as err:
-        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+        print(f"error: {type(err).__name__}: {command_line_message(err)}", file=sys.stderr)
         return 2
     return 0
+
+
+def _import_from_current_folder() -> None:
+    """Put the current folder first on ``sys.path`` unless it is there already (``python -m`` puts it there; an
+    installed console script puts its own folder there instead)."""
+    here = os.getcwd()
+    if not any(os.path.abspath(entry or ".") == here for entry in sys.path):
+        sys.path.insert(0, here)

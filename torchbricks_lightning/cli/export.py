@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from jsonargparse import ArgumentParser
 
-from torchbricks_lightning.errors import TorchBricksError
+from torchbricks_lightning.errors import TorchBricksError, command_line_message
 from torchbricks_lightning.lightning.export import export_checkpoint_as_onnx
 
 __all__ = ["export_parser", "run_export"]
@@ -53,7 +53,7 @@ def run_export(argv: Sequence[str]) -> int:
             verify=arguments.verify,
         )
     except TorchBricksError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {command_line_message(err)}", file=sys.stderr)
         return 2
     worst = max(result.max_abs_diff.values(), default=0.0)
     print(f"Wrote {result.path}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 from collections.abc import Iterator, Mapping
 from typing import Any, get_args
 
@@ -93,8 +94,10 @@ def first_unimportable_class(config: Mapping[str, Any]) -> str | None:
                 continue  # a short name such as 'ModelCheckpoint': LightningCLI resolves those itself
             try:
                 module = importlib.import_module(module_name)
-            except (ImportError, ValueError):
-                return f"{where}: cannot import module {module_name!r} for class_path {class_path!r}."
+            except (ImportError, ValueError) as err:
+                return (
+                    f"{where}: cannot import module {module_name!r} for class_path {class_path!r}. {_import_hint(err)}"
+                )
             if not hasattr(module, attribute):
                 names = [name for name in dir(module) if not name.startswith("_")]
                 return f"{where}: module {module_name!r} has no class {attribute!r}.{did_you_mean(attribute, names)}"
@@ -145,6 +148,24 @@ def accepted_arguments(cls: Any) -> list[str] | None:
         return None
     keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     return [parameter.name for parameter in parameters if parameter.kind in keyword]
+
+
+def _import_hint(err: BaseException) -> str:
+    """How to make a module importable, or what went wrong inside it when it was found but failed to import.
+
+    Example:
+        >>> print(_import_hint(ModuleNotFoundError("No module named 'my_heads'", name="my_heads")))
+        Python looks for 'my_heads' in the current folder (...) and the installed packages: run the command from ...
+    """
+    missing = getattr(err, "name", None)
+    if isinstance(err, ModuleNotFoundError) and missing:
+        top = missing.split(".")[0]
+        return (
+            f"Python looks for {top!r} in the current folder ({os.getcwd()}) and the installed packages: run the "
+            f"command from the folder that holds {top}.py (or the package folder {top}/), add that folder to "
+            "PYTHONPATH, or install your package (pip install -e .)."
+        )
+    return f"Importing it failed: {type(err).__name__}: {err}"
 
 
 # ------------------------------------------------------------------------------------------------ bricks

@@ -1,6 +1,7 @@
-"""The Lightning layer: a generic LightningModule for brick collections, safe checkpoint loading, and the pre-fit
-check."""
+"""The Lightning layer: a generic LightningModule for brick collections, safe checkpoint loading and saving, and the
+pre-fit check."""
 
+from torchbricks_lightning.lightning.checkpoint_io import SafeCheckpointIO
 from torchbricks_lightning.lightning.checkpoints import (
     CheckpointError,
     UntrustedCheckpointError,
@@ -15,6 +16,7 @@ __all__ = [
     "LightningBrickCollection",
     "LossNotFiniteError",
     "ResumeStateError",
+    "SafeCheckpointIO",
     "UntrustedCheckpointError",
     "check_one_batch",
     "load_brick_collection_weights",

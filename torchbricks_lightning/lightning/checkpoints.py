@@ -1,9 +1,11 @@
-"""Load checkpoints safely: weights only, and only classes from trusted packages (see :mod:`.trust`)."""
+"""Load checkpoints safely: each file read once, weights only, and only classes the trust model allows (see
+:mod:`.trust`)."""
 
 from __future__ import annotations
 
 import builtins
 import importlib.util
+import io
 import os
 import pickle
 import re
@@ -15,41 +17,91 @@ from typing import Any, TypeVar
 import torch
 
 from torchbricks_lightning.core.collection import BrickCollection
-from torchbricks_lightning.errors import BrickDefinitionError, CheckpointError, UntrustedCheckpointError
-from torchbricks_lightning.lightning.trust import TRUSTED_CLASS_PREFIXES, check_class_paths, importable_paths
+from torchbricks_lightning.errors import (
+    BrickDefinitionError,
+    CheckpointError,
+    ConfigError,
+    UntrustedCheckpointError,
+)
+from torchbricks_lightning.lightning.trust import (
+    TRUSTED_CLASS_PREFIXES,
+    check_checkpoint,
+    check_class_paths,
+    importable_paths,
+)
 
 __all__ = [
     "TRUSTED_CLASS_PREFIXES",
     "CheckpointError",
     "UntrustedCheckpointError",
+    "check_checkpoint",
     "check_class_paths",
     "check_state_fits",
     "importable_paths",
+    "is_remote",
     "load_brick_collection_weights",
     "load_module_checkpoint",
     "load_state_into",
     "read_checkpoint",
+    "read_checkpoint_bytes",
 ]
 
 _BRICKS_PREFIX = "brick_collection."
 
 ModuleT = TypeVar("ModuleT")
 
+_REMOTE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_remote(path: str | os.PathLike[str]) -> bool:
+    """Whether a checkpoint path is a URL (``http://``, ``s3://``, ``file://``, ...) rather than a local file.
+
+    Example:
+        >>> is_remote("https://example.com/run.ckpt"), is_remote("s3://bucket/run.ckpt"), is_remote("runs/last.ckpt")
+        (True, True, False)
+    """
+    return bool(_REMOTE.match(os.fspath(path)))
+
 
 def read_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
     """Load a checkpoint file with ``weights_only=True``: tensors and plain values only, never arbitrary code.
 
     Raises:
-        CheckpointError: the file is missing, truncated or not a checkpoint.
+        CheckpointError: the path is a URL, or the file is missing, truncated or not a checkpoint.
         UntrustedCheckpointError: the file holds pickled objects other than tensors and plain values.
     """
+    return read_checkpoint_bytes(path, map_location)[0]
+
+
+def read_checkpoint_bytes(path: str | os.PathLike[str], map_location: Any = "cpu") -> tuple[dict[str, Any], bytes]:
+    """Read a checkpoint file once, and load it from those bytes with ``weights_only=True``.
+
+    Whoever needs the file again (Lightning, to rebuild a module) gets the same bytes, so the file cannot change
+    between the check and the load.
+
+    Returns:
+        ``(checkpoint, data)``: the checkpoint dict, and the bytes it was loaded from.
+
+    Raises:
+        CheckpointError: the path is a URL, or the file is missing, truncated or not a checkpoint.
+        UntrustedCheckpointError: the file holds pickled objects other than tensors and plain values.
+    """
+    if is_remote(path):
+        raise CheckpointError(
+            f"Checkpoint {os.fspath(path)!r} is a URL; remote checkpoints are not loaded. Download it, make sure you "
+            "trust its source, and pass the local file."
+        )
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"Checkpoint {str(path)!r} does not exist.")
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {str(path)!r} is not a file.")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        data = path.read_bytes()
+    except OSError as err:
+        raise CheckpointError(f"Could not read checkpoint {str(path)!r}: {err}.") from err
+    try:
+        checkpoint = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         offending = [line.strip() for line in str(err).splitlines() if "unsupported global" in line.lower()]
         if offending and _names_real_global(offending[0]):
@@ -63,7 +115,7 @@ def read_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
         raise CheckpointError(_unreadable(path, err)) from err
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"Checkpoint {str(path)!r} holds a {type(checkpoint).__name__}, not a checkpoint dict.")
-    return checkpoint
+    return checkpoint, data
 
 
 def _names_real_global(message: str) -> bool:
@@ -210,15 +262,16 @@ def load_module_checkpoint(
     map_location: Any = None,
     strict: bool | None = None,
     trusted_class_prefixes: Sequence[str] = (),
-    hyper_parameters_key: str = "hyper_parameters",
     owner: type | None = None,
     **kwargs: Any,
 ) -> ModuleT:
-    """The body of ``LightningBrickCollection.load_from_checkpoint``: check the file, then let Lightning rebuild.
+    """The body of ``LightningBrickCollection.load_from_checkpoint``: read and check the file, then let Lightning
+    rebuild the module from the bytes that were checked.
 
-    The file is read with ``weights_only=True``, the classes its hyperparameters name are checked against the
-    trusted packages, and the weights are checked against ``brick_collection`` (when given) before Lightning reads
-    the file again to build the module.
+    The file is read once, with ``weights_only=True``; every hyperparameter location Lightning reads is checked
+    against the trust model (:func:`~torchbricks_lightning.lightning.trust.check_checkpoint`), and the weights
+    against ``brick_collection`` (when given). Lightning then loads the same bytes from memory, never the path, so
+    a file swapped in the meantime is not read.
 
     Args:
         lightning_load: Lightning's own ``load_from_checkpoint`` of the module class.
@@ -226,20 +279,27 @@ def load_module_checkpoint(
         map_location: where to load the tensors (as in Lightning).
         strict: check that the checkpoint and the bricks hold the same names (default: yes).
         trusted_class_prefixes: packages, beyond torch and friends, whose classes the checkpoint may use.
-        hyper_parameters_key: the checkpoint key of the hyperparameters.
-        owner: the module class, whose signature tells which hyperparameters are plain data (see
-            :func:`~torchbricks_lightning.lightning.trust.check_class_paths`).
+        owner: the module class, whose signature types the hyperparameters.
         kwargs: constructor arguments that override the saved ones, such as ``brick_collection``.
 
     Raises:
-        CheckpointError: the file is unreadable or truncated, it holds no bricks and none are given, or it does not
-            fit the bricks.
-        UntrustedCheckpointError: the checkpoint holds code or names an untrusted class.
+        CheckpointError: the path is a URL, the file is unreadable or truncated, it holds no bricks and none are
+            given, or it does not fit the bricks.
+        UntrustedCheckpointError: the checkpoint holds code or asks for something the trust model refuses.
+        ConfigError: ``hparams_file`` was passed (the checkpoint's own hyperparameters are the ones checked).
     """
-    checkpoint = read_checkpoint(checkpoint_path)
-    hyper_parameters = checkpoint.get(hyper_parameters_key, {})
-    check_class_paths(hyper_parameters, trusted_class_prefixes, owner=owner)
+    if "hparams_file" in kwargs:
+        raise ConfigError(
+            "load_from_checkpoint(hparams_file=...) is not supported: the hyperparameters are read from the "
+            "checkpoint itself, where they are checked. Pass the values to change as keyword arguments instead."
+        )
+    checkpoint, data = read_checkpoint_bytes(checkpoint_path)
     source = str(checkpoint_path)
+    if owner is not None:
+        hyper_parameters = check_checkpoint(checkpoint, owner, trusted_class_prefixes)
+    else:
+        hyper_parameters = checkpoint.get("hyper_parameters") or {}
+        check_class_paths(hyper_parameters, trusted_class_prefixes)
     if "brick_collection" not in kwargs and "brick_collection" not in hyper_parameters:
         raise CheckpointError(
             f"Checkpoint {source!r} was written by a LightningBrickCollection built in Python, so it holds the "
@@ -252,9 +312,10 @@ def load_module_checkpoint(
             bricks = BrickCollection(bricks)
         kwargs["brick_collection"] = bricks
         load_state_into(bricks, brick_state_dict(checkpoint, source=source), strict=strict is not False, source=source)
+    del checkpoint  # Lightning loads its own copy from the same bytes
     try:
-        return lightning_load(
-            Path(checkpoint_path), map_location=map_location, strict=strict, weights_only=True, **kwargs
-        )
-    except (RuntimeError, ValueError, TypeError) as err:
+        return lightning_load(io.BytesIO(data), map_location=map_location, strict=strict, weights_only=True, **kwargs)
+    except CheckpointError:
+        raise
+    except Exception as err:  # a value of the wrong type for jsonargparse, an argument the constructor refuses, ...
         raise CheckpointError(f"Could not load checkpoint {source!r}: {err}") from err

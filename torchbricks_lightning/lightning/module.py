@@ -17,6 +17,7 @@ from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.core.stages import Stage
 from torchbricks_lightning.errors import BrickDefinitionError, ConfigError, LossNotFiniteError
 from torchbricks_lightning.lightning.checkpoints import brick_state_dict, check_state_fits, load_module_checkpoint
+from torchbricks_lightning.lightning.empty_batches import is_empty_batch, warn_empty_batch
 from torchbricks_lightning.lightning.example_inputs import EXAMPLE_INPUTS_KEY, example_tensors, record_example_inputs
 from torchbricks_lightning.lightning.loss_logging import TOTAL_LOSS, LossMeans, samples_in
 from torchbricks_lightning.lightning.metric_logging import render_matrix, split_metrics, warn_once
@@ -49,6 +50,8 @@ built in Python needs ``brick_collection=`` to load. The CLI records their recip
 values), so a checkpoint of a CLI run rebuilds the module alone."""
 
 BrickValue = BrickInterface | BrickCollection | Mapping[str, BrickInterface | BrickCollection]
+CompileOption = str | int | float | bool | None  # plain values, so a checkpoint's copy is data, never a class to build
+CompileKwargs = Mapping[str, CompileOption | Mapping[str, CompileOption]]
 
 
 def _adam(parameters: Any) -> torch.optim.Optimizer:
@@ -122,7 +125,7 @@ class LightningBrickCollection(pl.LightningModule):
         loss_weights: Mapping[str, float] | None = None,
         check_finite_loss: bool = True,
         compile_model: bool = False,
-        compile_kwargs: Mapping[str, Any] | None = None,
+        compile_kwargs: CompileKwargs | None = None,
         param_groups: Sequence[Mapping[str, Any]] | None = None,
         lr: float | None = None,
         decay_norms_and_biases: bool = True,
@@ -170,7 +173,7 @@ class LightningBrickCollection(pl.LightningModule):
         )
         self.check_finite_loss = check_finite_loss
         self.compile_model = compile_model
-        self.compile_kwargs = dict(compile_kwargs or {})
+        self.compile_kwargs: dict[str, Any] = dict(compile_kwargs or {})
         self.example_inputs: dict[str, dict[str, Any]] = {}
         self.loss_means = LossMeans()
         check_multitask_arguments(brick_collection, self.loss_weights, loss_balancer, delta_m)
@@ -212,8 +215,13 @@ class LightningBrickCollection(pl.LightningModule):
         """Run the ``INFERENCE`` stage."""
         return self._run(named_inputs, Stage.INFERENCE)
 
-    def _shared_step(self, batch: Any, stage: Stage) -> tuple[dict[str, Any], torch.Tensor | None]:
+    def _shared_step(
+        self, batch: Any, stage: Stage, batch_idx: int
+    ) -> tuple[dict[str, Any], torch.Tensor | None] | None:
         named_inputs = self.named_inputs_of(batch, stage)
+        if is_empty_batch(named_inputs):  # its mean losses are NaN: skip it (lightning/empty_batches.py)
+            warn_empty_batch(stage, batch_idx)
+            return None
         if not self.example_inputs:
             self.example_inputs = record_example_inputs(self.brick_collection, named_inputs)
         balancer = self.loss_balancer
@@ -259,8 +267,11 @@ class LightningBrickCollection(pl.LightningModule):
         if stage is Stage.TRAIN or not counts:  # else the epoch total is the weighted sum of the losses' means
             means.update(stage, TOTAL_LOSS, total, weight)
 
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        named_outputs, total = self._shared_step(batch, Stage.TRAIN)
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
+        step = self._shared_step(batch, Stage.TRAIN, batch_idx)
+        if step is None:
+            return None  # an empty batch: Lightning skips the optimisation step
+        named_outputs, total = step
         if total is None:
             raise ConfigError(
                 "No loss is alive in the 'train' stage, so there is nothing to optimise. Add a BrickLoss alive in "
@@ -277,10 +288,10 @@ class LightningBrickCollection(pl.LightningModule):
         return total
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._shared_step(batch, Stage.VALIDATION)
+        self._shared_step(batch, Stage.VALIDATION, batch_idx)
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._shared_step(batch, Stage.TEST)
+        self._shared_step(batch, Stage.TEST, batch_idx)
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         return self._run(self.named_inputs_of(batch, Stage.INFERENCE), Stage.INFERENCE)
@@ -424,10 +435,11 @@ class LightningBrickCollection(pl.LightningModule):
     ) -> LightningBrickCollection:
         """Rebuild a module from a checkpoint, safely.
 
-        The file is read with ``weights_only=True`` (no arbitrary code runs), and the classes its configuration
-        asks for must come from torchbricks_lightning, torch, torchvision or torchmetrics, unless you add prefixes
-        to ``trusted_class_prefixes``. A module created by the CLI is rebuilt from the checkpoint alone; one built
-        in Python needs ``brick_collection=`` (built as it was for training). See
+        The file is read once with ``weights_only=True`` (no pickled code runs), and what its recipe asks to build
+        must be classes of the kinds recipes use, defined in torchbricks_lightning, torch, torchvision or
+        torchmetrics, or in packages you add to ``trusted_class_prefixes`` (the trust model:
+        :mod:`~torchbricks_lightning.lightning.trust`). A module created by the CLI is rebuilt from the checkpoint
+        alone; one built in Python needs ``brick_collection=`` (built as it was for training). See
         :func:`~torchbricks_lightning.lightning.checkpoints.load_module_checkpoint`.
 
         Raises:
@@ -440,7 +452,6 @@ class LightningBrickCollection(pl.LightningModule):
             map_location=map_location,
             strict=strict,
             trusted_class_prefixes=trusted_class_prefixes,
-            hyper_parameters_key=cls.CHECKPOINT_HYPER_PARAMS_KEY,
             owner=cls,
             **kwargs,
         )

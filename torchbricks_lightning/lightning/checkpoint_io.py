@@ -1,0 +1,240 @@
+"""``SafeCheckpointIO``: Lightning's checkpoint plugin, with saves that are never half-written and safe loads.
+
+Lightning's own ``TorchCheckpointIO`` writes through a temporary file in ``TMPDIR`` and moves it into place. When the
+checkpoint folder is on another filesystem, the move is a copy into the target, so a process killed during the copy
+leaves a truncated checkpoint, possibly ``last.ckpt``, the last good one. A full disk does the same.
+
+:class:`SafeCheckpointIO` writes a temporary file in the target folder itself, flushes and fsyncs it, renames it over
+the target (atomic on POSIX filesystems) and fsyncs the folder. A save that fails or is killed leaves the previous
+file as it was; a failed one removes its temporary file, and temporary files of killed saves are removed by the next
+save to the same path. Loads go through
+:func:`~torchbricks_lightning.lightning.checkpoints.read_checkpoint`: weights only, remote paths refused, clear
+errors for broken files.
+
+Example:
+    >>> import pytorch_lightning as pl
+    >>> trainer = pl.Trainer(plugins=[SafeCheckpointIO()], logger=False, enable_progress_bar=False)
+    >>> type(trainer.strategy.checkpoint_io).__name__
+    'SafeCheckpointIO'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import secrets
+import socket
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from typing_extensions import override
+
+from torchbricks_lightning.errors import CheckpointError, CheckpointWriteError
+from torchbricks_lightning.lightning.checkpoints import is_remote, read_checkpoint
+
+__all__ = ["SafeCheckpointIO", "atomic_torch_save", "with_safe_checkpoint_io"]
+
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning's ``CheckpointIO`` that never leaves a half-written checkpoint and loads weights only.
+
+    Pass it to the ``Trainer`` (``plugins=[SafeCheckpointIO()]``); the ``torchbricks-lightning`` command uses it
+    unless the recipe sets another ``CheckpointIO``. See the module's docstring for how it saves.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._preloaded: tuple[str, dict[str, Any]] | None = None
+
+    @override
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        """Write ``checkpoint`` to ``path`` atomically (see :func:`atomic_torch_save`).
+
+        Raises:
+            TypeError: ``storage_options`` was given (as in Lightning's ``TorchCheckpointIO``).
+            CheckpointError: ``path`` is a URL.
+            CheckpointWriteError: the file could not be written; the previous one at ``path`` is intact.
+        """
+        if storage_options is not None:
+            raise TypeError(
+                f"`Trainer.save_checkpoint(..., storage_options=...)` is not supported by {type(self).__name__}."
+            )
+        if is_remote(path):
+            raise CheckpointError(
+                f"{type(self).__name__} writes local files only, but got {os.fspath(path)!r}. Use Lightning's "
+                "TorchCheckpointIO (or an fsspec-based CheckpointIO) for remote storage."
+            )
+        atomic_torch_save(checkpoint, path)
+
+    @override
+    def load_checkpoint(
+        self,
+        path: Any,
+        map_location: Callable[..., Any] | str | torch.device | None = "cpu",
+        weights_only: bool | None = None,
+    ) -> dict[str, Any]:
+        """Load a checkpoint with ``weights_only=True`` (see
+        :func:`~torchbricks_lightning.lightning.checkpoints.read_checkpoint`).
+
+        Raises:
+            CheckpointError: ``path`` is a URL, or the file is missing, truncated or not a checkpoint;
+                ``weights_only=False`` was asked for.
+            UntrustedCheckpointError: the file holds pickled objects other than tensors and plain values.
+        """
+        if weights_only is False:
+            raise CheckpointError(
+                f"{type(self).__name__} loads weights only, but weights_only=False was asked for {os.fspath(path)!r}. "
+                "Use Lightning's TorchCheckpointIO for checkpoints that hold pickled objects, and only if you fully "
+                "trust their source."
+            )
+        preloaded, self._preloaded = self._preloaded, None
+        if preloaded is not None and preloaded[0] == os.path.abspath(os.fspath(path)):
+            return preloaded[1]
+        return read_checkpoint(path, map_location=map_location)
+
+    @override
+    def remove_checkpoint(self, path: Any) -> None:
+        """Remove a checkpoint file (never a folder: unlike Lightning's, the removal is not recursive)."""
+        target = Path(os.fspath(path))
+        if target.is_file() or target.is_symlink():
+            target.unlink(missing_ok=True)
+
+    def preload(self, path: str | os.PathLike[str], checkpoint: dict[str, Any]) -> None:
+        """Hand the next :meth:`load_checkpoint` of ``path`` a checkpoint read already, instead of reading the file
+        again (the CLI reads and checks a ``--ckpt_path`` file once, then the Trainer restores from that copy)."""
+        self._preloaded = (os.path.abspath(os.fspath(path)), checkpoint)
+
+
+def atomic_torch_save(checkpoint: Any, path: str | os.PathLike[str]) -> None:
+    """``torch.save`` that leaves either the whole new file at ``path`` or the previous one, never a partial file.
+
+    It writes ``.{name}.{host}.{pid}.{random}.tmp`` next to ``path``, flushes and fsyncs it, renames it over
+    ``path`` and fsyncs the folder. On failure the temporary file is removed; temporary files of ``path`` left by
+    killed processes of this host are removed first.
+
+    Raises:
+        CheckpointWriteError: the file could not be written (a full disk, a read-only folder, a folder at ``path``);
+            the previous file at ``path`` is intact.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> atomic_torch_save({"step": 1}, folder / "last.ckpt")
+        >>> torch.load(folder / "last.ckpt"), sorted(item.name for item in folder.iterdir())
+        ({'step': 1}, ['last.ckpt'])
+    """
+    target = Path(os.fspath(path))
+    folder = target.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _write_error(target, err) from err
+    if target.is_dir():
+        raise _write_error(target, IsADirectoryError(errno.EISDIR, "a folder of that name is in the way"))
+    _remove_stale_temporaries(folder, target.name)
+    temporary = folder / f".{target.name}.{_HOST}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(descriptor, "wb") as file:
+            torch.save(checkpoint, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, target)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        cause = _os_error(err)
+        if cause is not None:
+            raise _write_error(target, cause) from err
+        raise
+    _fsync_folder(folder)
+
+
+def with_safe_checkpoint_io(plugins: Any) -> list[Any]:
+    """Trainer ``plugins`` with a :class:`SafeCheckpointIO` added, unless they hold a ``CheckpointIO`` already.
+
+    Example:
+        >>> [type(plugin).__name__ for plugin in with_safe_checkpoint_io(None)]
+        ['SafeCheckpointIO']
+        >>> with_safe_checkpoint_io(["bf16-mixed", TorchCheckpointIO()])[1].__class__.__name__
+        'TorchCheckpointIO'
+    """
+    if plugins is None:
+        listed: list[Any] = []
+    elif isinstance(plugins, Iterable) and not isinstance(plugins, (str, bytes)):
+        listed = list(plugins)
+    else:
+        listed = [plugins]
+    if not any(isinstance(plugin, CheckpointIO) for plugin in listed):
+        listed.append(SafeCheckpointIO())
+    return listed
+
+
+def _os_error(err: BaseException) -> OSError | None:
+    """The OSError behind a failed save: torch's zip writer reports a full disk as a RuntimeError raised while
+    handling the OSError of the write."""
+    seen: BaseException | None = err
+    for _ in range(10):
+        if seen is None or isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _write_error(target: Path, err: OSError) -> CheckpointWriteError:
+    reason = err.strerror or str(err)
+    hint = " Free some space, or save checkpoints elsewhere." if err.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+    error = CheckpointWriteError(
+        f"Could not write checkpoint {str(target)!r}: {reason}. Nothing was written there; a previous checkpoint at "
+        f"that path is intact.{hint}"
+    )
+    error.errno = err.errno
+    return error
+
+
+def _remove_stale_temporaries(folder: Path, name: str) -> None:
+    """Remove the temporary files of ``name`` left by killed saves of this host (their process is gone)."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        match = _TEMPORARY.match(entry.name)
+        if match and match["name"] == name and match["host"] == _HOST and not _alive(int(match["pid"])):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename durable. Some filesystems cannot fsync a folder; the rename itself is still atomic there."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
