@@ -5,17 +5,17 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from torchbricks_lightning.core.bricks import BrickInterface
-from torchbricks_lightning.core.collection import BrickCollection
+from torchbricks_lightning.core.collection import BrickCollection, BrickTree
 from torchbricks_lightning.core.stages import Stage
 from torchbricks_lightning.errors import BrickDefinitionError, ConfigError, LossNotFiniteError
+from torchbricks_lightning.lightning.brick_arguments import BricksArgument
 from torchbricks_lightning.lightning.checkpoints import brick_state_dict, check_state_fits, load_module_checkpoint
 from torchbricks_lightning.lightning.example_inputs import EXAMPLE_INPUTS_KEY, example_tensors, record_example_inputs
 from torchbricks_lightning.lightning.loss_logging import TOTAL_LOSS, LossMeans, samples_in
@@ -34,8 +34,6 @@ _OBJECT_ARGUMENTS = ("brick_collection", "optimizer", "lr_scheduler")
 """Arguments that are objects rather than configuration, so never saved as hyperparameters: a checkpoint of a module
 built in Python needs ``brick_collection=`` to load. The CLI records their recipe instead (class paths and plain
 values), so a checkpoint of a CLI run rebuilds the module alone."""
-
-BrickValue = BrickInterface | BrickCollection | Mapping[str, BrickInterface | BrickCollection]
 
 
 def _adam(parameters: Any) -> torch.optim.Optimizer:
@@ -84,7 +82,7 @@ class LightningBrickCollection(pl.LightningModule):
 
     def __init__(
         self,
-        brick_collection: BrickCollection | Mapping[str, BrickValue],
+        brick_collection: BricksArgument,
         optimizer: OptimizerCallable = _adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
@@ -98,7 +96,7 @@ class LightningBrickCollection(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=list(_OBJECT_ARGUMENTS))
         if isinstance(brick_collection, Mapping) and not isinstance(brick_collection, BrickCollection):
-            brick_collection = BrickCollection(brick_collection)
+            brick_collection = BrickCollection(cast(BrickTree, brick_collection))  # it checks each value itself
         if not isinstance(brick_collection, BrickCollection):
             raise BrickDefinitionError(
                 "Expected brick_collection to be a BrickCollection or a dict of bricks, but got "
