@@ -10,7 +10,6 @@ from typing import Any, Literal, cast
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
-from pytorch_lightning.loggers import TensorBoardLogger
 
 from torchbricks_lightning.core.collection import BrickCollection, BrickTree
 from torchbricks_lightning.core.stages import Stage
@@ -19,7 +18,7 @@ from torchbricks_lightning.lightning.brick_arguments import BricksArgument
 from torchbricks_lightning.lightning.checkpoints import brick_state_dict, check_state_fits, load_module_checkpoint
 from torchbricks_lightning.lightning.example_inputs import EXAMPLE_INPUTS_KEY, example_tensors, record_example_inputs
 from torchbricks_lightning.lightning.loss_logging import TOTAL_LOSS, LossMeans, samples_in
-from torchbricks_lightning.lightning.metric_logging import render_matrix, split_metrics, warn_once
+from torchbricks_lightning.lightning.metric_logging import log_matrices, split_metrics
 from torchbricks_lightning.lightning.resume import attached_trainer, load_resume_state, save_resume_state
 
 __all__ = [
@@ -268,8 +267,8 @@ class LightningBrickCollection(pl.LightningModule):
         if split.scalars:
             # torchmetrics has already synchronised the states across processes in compute().
             self.log_dict({name: value.float() for name, value in split.scalars.items()}, sync_dist=False)
-        for name, matrix in split.matrices.items():
-            self._log_matrix(name, matrix)
+        if split.matrices:  # drawn as pictures, titled with their key and the epoch, classes named where known
+            log_matrices(self, self.brick_collection, stage, split.matrices, self._warned)
 
     def _log_loss_means(self, stage: Stage) -> None:
         """Log the epoch means of the losses as Metric objects: Lightning computes them (torchmetrics syncs their
@@ -285,26 +284,6 @@ class LightningBrickCollection(pl.LightningModule):
                 self.log(key, metric, on_epoch=True, logger=False, metric_attribute=attribute)  # for monitors
             else:
                 self.log(key, metric, on_epoch=True, prog_bar=total, metric_attribute=attribute)
-
-    def _log_matrix(self, name: str, matrix: torch.Tensor) -> None:
-        image_loggers = [logger for logger in self.loggers if isinstance(logger, TensorBoardLogger)]
-        if image_loggers and self.trainer.is_global_zero:
-            image = render_matrix(matrix)
-            for logger in image_loggers:
-                logger.experiment.add_image(name, image, global_step=self.global_step)
-        others = [type(logger).__name__ for logger in self.loggers if not isinstance(logger, TensorBoardLogger)]
-        if others:
-            hint = (
-                "It is shown as an image in TensorBoard only."
-                if image_loggers
-                else "Add a TensorBoardLogger to see it as an image."
-            )
-            warn_once(
-                f"Metric {name!r} is a {tuple(matrix.shape)} matrix; {', '.join(others)} cannot show pictures, so it "
-                f"is not logged there. {hint}",
-                self._warned,
-                name,
-            )
 
     # ---------------------------------------------------------------------------------------- optimisers
     def configure_optimizers(self) -> Any:
