@@ -16,7 +16,9 @@ from torchbricks_lightning.core.stages import Stage
 from torchbricks_lightning.errors import BrickDefinitionError, ConfigError, LossNotFiniteError
 from torchbricks_lightning.lightning.brick_arguments import BricksArgument
 from torchbricks_lightning.lightning.checkpoints import brick_state_dict, check_state_fits, load_module_checkpoint
+from torchbricks_lightning.lightning.error_context import add_batch_names_note
 from torchbricks_lightning.lightning.example_inputs import EXAMPLE_INPUTS_KEY, example_tensors, record_example_inputs
+from torchbricks_lightning.lightning.logged_keys import check_fit_keys, check_logged_names
 from torchbricks_lightning.lightning.loss_logging import TOTAL_LOSS, LossMeans, samples_in
 from torchbricks_lightning.lightning.metric_logging import log_matrices, split_metrics
 from torchbricks_lightning.lightning.resume import attached_trainer, load_resume_state, save_resume_state
@@ -121,11 +123,7 @@ class LightningBrickCollection(pl.LightningModule):
                 raise ConfigError(
                     f"loss_weights names unknown losses {unknown}; the collection's losses are {list(known)}."
                 )
-        if TOTAL_LOSS in brick_collection.loss_weights():
-            raise ConfigError(
-                f"A loss is named {TOTAL_LOSS!r}, the name under which the total loss is logged ('train/loss', ...). "
-                "Give the loss brick another output name."
-            )
+        check_logged_names(brick_collection)  # a loss named 'loss', a metric named like a loss
         self.check_finite_loss = check_finite_loss
         self.compile_model = compile_model
         self.compile_kwargs = dict(compile_kwargs or {})
@@ -170,7 +168,11 @@ class LightningBrickCollection(pl.LightningModule):
         named_inputs = self.named_inputs_of(batch, stage)
         if not self.example_inputs:
             self.example_inputs = record_example_inputs(self.brick_collection, named_inputs)
-        named_outputs = self._run(named_inputs, stage)
+        try:
+            named_outputs = self._run(named_inputs, stage)
+        except Exception as err:
+            add_batch_names_note(err, batch, self.batch_names, self.brick_collection)  # how a tuple batch was named
+            raise
         losses = self.brick_collection.extract_losses(named_outputs)
         if not losses:
             return named_outputs, None
@@ -221,7 +223,15 @@ class LightningBrickCollection(pl.LightningModule):
         self._shared_step(batch, Stage.TEST)
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        return self._run(self.named_inputs_of(batch, Stage.INFERENCE), Stage.INFERENCE)
+        try:
+            return self._run(self.named_inputs_of(batch, Stage.INFERENCE), Stage.INFERENCE)
+        except Exception as err:
+            add_batch_names_note(err, batch, self.batch_names, self.brick_collection)
+            raise
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":  # a typo in a monitored key, found before training rather than after the first epoch
+            check_fit_keys(self.brick_collection, self.trainer, self.lr_scheduler_monitor)
 
     # ---------------------------------------------------------------------------------------- metrics
     # Each stage starts its epoch from empty metrics and loss means, so a run that stopped mid-epoch in this process
