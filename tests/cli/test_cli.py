@@ -302,7 +302,7 @@ def test_a_cli_checkpoint_holds_the_recipe_and_a_python_one_only_plain_values(tm
 
     built_in_python = LightningBrickCollection(cli.model.brick_collection)
     assert not {"brick_collection", "optimizer", "lr_scheduler"} & set(built_in_python.hparams)
-    assert built_in_python.hparams["batch_names"] == ("raw", "targets")
+    assert built_in_python.hparams["batch_names"] == ["raw", "targets"]  # a list: hparams.yaml is plain YAML
 
     # Without Lightning's instantiator in the checkpoint nothing could rebuild the bricks from their recipe.
     with _cwd(tmp_path):

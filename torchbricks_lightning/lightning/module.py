@@ -95,6 +95,8 @@ class LightningBrickCollection(pl.LightningModule):
         compile_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        if isinstance(batch_names, tuple):
+            batch_names = list(batch_names)  # saved from this frame: hparams.yaml stays plain YAML (yaml.safe_load)
         self.save_hyperparameters(ignore=list(_OBJECT_ARGUMENTS))
         if isinstance(brick_collection, Mapping) and not isinstance(brick_collection, BrickCollection):
             brick_collection = BrickCollection(cast(BrickTree, brick_collection))  # it checks each value itself
