@@ -180,3 +180,28 @@ def test_a_misspelt_metric_argument_is_one_line_from_the_command(
         "'process_group', 'dist_sync_fn', 'distributed_available_fn', 'sync_on_compute', 'compute_with_cache']."
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.yaml"]
+
+
+def test_the_readme_yaml_example_parses_and_names_its_checkpoints_as_its_comment_says() -> None:
+    import re
+
+    from jsonargparse import ArgumentParser
+
+    from torchbricks_lightning.callbacks import KeyedModelCheckpoint
+    from torchbricks_lightning.lightning import LightningBrickCollection
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    (block,) = re.findall(r"^```yaml\n(.*?)^```", readme, flags=re.DOTALL | re.MULTILINE)
+    recipe = yaml.safe_load(block)
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(LightningBrickCollection, "model")
+    model = parser.instantiate(parser.parse_object({"model": recipe["model"]})).model
+    assert model.brick_collection.metric_keys() == ["age_metrics/mae", "age_metrics/mse"]
+
+    (callback,) = recipe["trainer"]["callbacks"]
+    assert callback["class_path"] == "torchbricks_lightning.callbacks.KeyedModelCheckpoint"
+    checkpoint = KeyedModelCheckpoint(**callback["init_args"])
+    expected = re.search(r"# (epoch=\S+\.ckpt)", block)
+    assert expected is not None
+    name = checkpoint.format_checkpoint_name({"epoch": 3, "validation/age_metrics/mae": 0.412})
+    assert Path(name).name == expected.group(1)
