@@ -41,6 +41,7 @@ from torchbricks_lightning.errors import (
 )
 
 if TYPE_CHECKING:
+    from torchbricks_lightning.callbacks.checkpoint import KeyedModelCheckpoint
     from torchbricks_lightning.callbacks.graph_logging import BrickGraphLogger
     from torchbricks_lightning.callbacks.onnx_export import OnnxExportCallback
     from torchbricks_lightning.lightning.checkpoints import load_brick_collection_weights
@@ -51,6 +52,7 @@ __version__ = "0.1.0"
 
 _LAZY: dict[str, str] = {
     "BrickGraphLogger": "torchbricks_lightning.callbacks.graph_logging",
+    "KeyedModelCheckpoint": "torchbricks_lightning.callbacks.checkpoint",
     "LightningBrickCollection": "torchbricks_lightning.lightning.module",
     "OnnxExportCallback": "torchbricks_lightning.callbacks.onnx_export",
     "check_one_batch": "torchbricks_lightning.lightning.preflight",
@@ -71,6 +73,7 @@ __all__ = [
     "BrickSpec",
     "BrickTrainable",
     "CheckpointError",
+    "KeyedModelCheckpoint",
     "LightningBrickCollection",
     "LossNotFiniteError",
     "OnnxExportCallback",
