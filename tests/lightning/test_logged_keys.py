@@ -147,6 +147,7 @@ def test_correct_and_foreign_keys_train(tmp_path: Path) -> None:
         ModelCheckpoint(monitor="validation/accuracy", mode="max", filename="{epoch}-{step}"),
         ModelCheckpoint(monitor="train/classwise/recall/class_2", mode="max"),
         EarlyStopping(monitor="my_own_score", strict=False),
+        ModelCheckpoint(monitor="val_loss", save_top_k=0),  # close to 'validation/loss', but perhaps another callback's
     ]
     module = LightningBrickCollection(_bricks())
     trainer = _trainer(tmp_path, callbacks)

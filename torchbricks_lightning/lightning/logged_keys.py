@@ -178,8 +178,9 @@ def check_monitored_keys(
     """Raise :class:`ConfigError` for the first watched key that fit will not log.
 
     A key is refused when the module never logs it during fit and it is surely meant for the module: it starts with
-    a stage (``validation/...``) or is close to a key the module logs. Others may come from your own callbacks'
-    ``log`` calls, and are left to Lightning. ``ModelCheckpoint`` may also watch ``epoch`` and ``step``.
+    a stage (``validation/...``), or it has a ``/`` as the module's keys do and is close to one of them. Others (such
+    as ``val_loss``) may come from your own callbacks' ``log`` calls, and are left to Lightning, which says so after
+    the first epoch if they never come. ``ModelCheckpoint`` may also watch ``epoch`` and ``step``.
 
     Args:
         collection: the bricks.
@@ -197,7 +198,7 @@ def check_monitored_keys(
             continue
         names = fit.names()
         hint = did_you_mean(key, names)
-        if not (key.startswith(_STAGE_PREFIXES) or hint):
+        if not (key.startswith(_STAGE_PREFIXES) or ("/" in key and hint)):
             continue  # perhaps logged by another callback: Lightning says so after the first epoch if not
         matrix = _matrix_shape(key, metric_values)
         if matrix is not None:
