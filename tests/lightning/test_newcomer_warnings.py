@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 import warnings
 from pathlib import Path
@@ -87,7 +88,7 @@ def _no_filters_but_the_library_s() -> None:
     warning_filters.install()
 
 
-def test_test_and_predict_after_fit_show_no_warning(tmp_path: Path) -> None:
+def test_test_and_predict_after_fit_show_no_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     module, data = _module(), _data()
     trainer = pl.Trainer(
         max_epochs=1,
@@ -99,11 +100,15 @@ def test_test_and_predict_after_fit_show_no_warning(tmp_path: Path) -> None:
         log_every_n_steps=1,
     )
     trainer.fit(module, datamodule=data)
-    with warnings.catch_warnings(record=True) as caught:
+    caplog.clear()
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.INFO):
         _no_filters_but_the_library_s()
         trainer.test(module, datamodule=data)
         predictions = trainer.predict(module, datamodule=data)
     assert predictions
+    # Lightning prints some of its notices through logging (e.g. "configure_callbacks will override existing
+    # callbacks passed to Trainer" at every test and predict, before configure_callbacks was removed).
+    assert [record.getMessage() for record in caplog.records] == []
     shown = [f"{w.category.__name__} {w.filename}:{w.lineno}: {w.message}" for w in caught]
     # The bundled datamodules load in the main process when num_workers is 0, which Lightning suggests changing: a
     # warning a user can act on (num_workers=...), and the only one left.
