@@ -41,6 +41,7 @@ from torchbricks_lightning.errors import (
 )
 
 if TYPE_CHECKING:
+    from torchbricks_lightning.callbacks.checkpoint import KeyedModelCheckpoint
     from torchbricks_lightning.callbacks.graph_logging import BrickGraphLogger
     from torchbricks_lightning.callbacks.onnx_export import OnnxExportCallback
     from torchbricks_lightning.lightning.checkpoint_io import SafeCheckpointIO
@@ -52,6 +53,7 @@ __version__ = "0.1.0"
 
 _LAZY: dict[str, str] = {
     "BrickGraphLogger": "torchbricks_lightning.callbacks.graph_logging",
+    "KeyedModelCheckpoint": "torchbricks_lightning.callbacks.checkpoint",
     "LightningBrickCollection": "torchbricks_lightning.lightning.module",
     "OnnxExportCallback": "torchbricks_lightning.callbacks.onnx_export",
     "SafeCheckpointIO": "torchbricks_lightning.lightning.checkpoint_io",
@@ -73,6 +75,7 @@ __all__ = [
     "BrickSpec",
     "BrickTrainable",
     "CheckpointError",
+    "KeyedModelCheckpoint",
     "LightningBrickCollection",
     "LossNotFiniteError",
     "OnnxExportCallback",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import io
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -301,7 +302,7 @@ def test_a_cli_checkpoint_holds_the_recipe_and_a_python_one_only_plain_values(tm
 
     built_in_python = LightningBrickCollection(cli.model.brick_collection)
     assert not {"brick_collection", "optimizer", "lr_scheduler"} & set(built_in_python.hparams)
-    assert built_in_python.hparams["batch_names"] == ("raw", "targets")
+    assert built_in_python.hparams["batch_names"] == ["raw", "targets"]  # a list: hparams.yaml is plain YAML
 
     # Without Lightning's instantiator in the checkpoint nothing could rebuild the bricks from their recipe.
     with _cwd(tmp_path):
@@ -609,8 +610,8 @@ def test_bricks_that_do_not_fit_fail_before_anything_is_written(
 
     assert _exit_code(["fit", "--config", str(path), *QUIET], tmp_path) == 2
     err = capsys.readouterr().err
-    assert "RecipeError: The bricks fail on the first training samples in stage 'validation'" in err
-    assert "mat1 and mat2 shapes cannot be multiplied (2x8 and 7x4)" in err  # two samples of the batch
+    assert "RecipeError: The bricks fail on samples of the first validation batch in stage 'validation'" in err
+    assert re.search(r"mat1 and mat2 shapes cannot be multiplied \([2-4]x8 and 7x4\)", err)  # a few samples
     assert "While running brick 'head0/classify' in stage 'validation'" in err
     assert "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["misfit.yaml"]  # no lightning_logs, no checkpoints

@@ -89,7 +89,7 @@ def _data_overrides(config: Path, run: Path) -> list[str]:
 def _checkpoint_folder(config: Path, run: Path) -> Path:
     """The recipe's (relative) ModelCheckpoint folder, which lands in ``run`` since the command runs there."""
     recipe = yaml.safe_load(config.read_text())
-    (checkpoint,) = [c for c in recipe["trainer"]["callbacks"] if c["class_path"].endswith(".ModelCheckpoint")]
+    (checkpoint,) = [c for c in recipe["trainer"]["callbacks"] if c["class_path"].endswith("ModelCheckpoint")]
     dirpath = Path(checkpoint["init_args"]["dirpath"])
     assert not dirpath.is_absolute(), "recipes keep their checkpoints relative to where they run"
     return run / dirpath

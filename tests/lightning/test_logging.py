@@ -26,7 +26,13 @@ from torchbricks_lightning import BrickLoss, BrickMetrics, BrickMetricSingle, Br
 from torchbricks_lightning.datamodules.synthetic import SyntheticImageDataModule
 from torchbricks_lightning.errors import ConfigError
 from torchbricks_lightning.lightning import LightningBrickCollection
-from torchbricks_lightning.lightning.metric_logging import MetricsToLog, render_matrix, split_metrics
+from torchbricks_lightning.lightning.metric_logging import (
+    MetricsToLog,
+    render_confusion_matrix,
+    render_matrix,
+    split_metrics,
+)
+from torchbricks_lightning.pictures import draw_confusion_matrix
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::pytorch_lightning.utilities.warnings.PossibleUserWarning"),
@@ -327,13 +333,16 @@ def test_tensorboard_scalars_and_confusion_images(tmp_path: Path) -> None:
     assert len(events.Images("validation/classwise/confusion")) == 2  # one per epoch, none from the sanity check
     assert len(events.Images("train/classwise/confusion")) == 2
     (test_image,) = events.Images("test/classwise/confusion")
-    assert (test_image.width, test_image.height) == (NUM_CLASSES * CELL, NUM_CLASSES * CELL)
-    # The picture is the test confusion matrix, counted by hand.
-    expected_picture = render_matrix(result["test"]["confusion"])
+    # The picture is the test confusion matrix, counted by hand, titled with its key and the epoch (2 after fit).
+    expected_picture = render_confusion_matrix(result["test"]["confusion"], title="test/classwise/confusion, epoch 2")
+    assert (test_image.height, test_image.width) == tuple(expected_picture.shape[1:])
     torch.testing.assert_close(decode_png(test_image.encoded_image_string), expected_picture, rtol=0, atol=1.5 / 255)
     (last_validation, *_) = events.Images("validation/classwise/confusion")[::-1]
     picture = decode_png(last_validation.encoded_image_string)
-    torch.testing.assert_close(picture, render_matrix(result["validation"]["confusion"]), rtol=0, atol=1.5 / 255)
+    expected_picture = render_confusion_matrix(
+        result["validation"]["confusion"], title="validation/classwise/confusion, epoch 1"
+    )
+    torch.testing.assert_close(picture, expected_picture, rtol=0, atol=1.5 / 255)
 
 
 def test_matrix_metric_without_tensorboard_warns_once_per_key(tmp_path: Path) -> None:
@@ -391,7 +400,9 @@ def test_image_datamodule_with_conv_backbone_logs_to_tensorboard(tmp_path: Path)
     events = read_events(logger.log_dir)
     assert {"validation/metrics/accuracy", "test/metrics/accuracy", "test/loss"} <= set(events.Tags()["scalars"])
     (image,) = events.Images("test/metrics/confusion")
-    assert (image.width, image.height) == (4 * CELL, 4 * CELL)
+    assert (image.width, image.height) == draw_confusion_matrix(
+        torch.ones(4, 4), "test/metrics/confusion, epoch 1"
+    ).size
 
 
 # --------------------------------------------------------------------------------------------------- split_metrics

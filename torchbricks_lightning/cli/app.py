@@ -210,7 +210,7 @@ class TorchBricksCLI(LightningCLI):
             RecipeError: a brick fails on the batch (e.g. sizes of connected bricks that do not agree).
         """
         if isinstance(self.model, LightningBrickCollection) and self.datamodule is not None:
-            check_one_batch(self.model, self.datamodule)
+            check_one_batch(self.model, self.datamodule, trainer=self.trainer)
 
 
 def check_ckpt_path(ckpt_path: str | Path, trusted_class_prefixes: Sequence[str] = ()) -> dict[str, Any] | None:

@@ -24,6 +24,7 @@ from typing import Any, get_args
 
 from pytorch_lightning import Trainer
 
+from torchbricks_lightning.cli.recipe_metrics import first_metric_problem
 from torchbricks_lightning.core.bricks import BrickInterface
 from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.core.stages import Stage, StageName
@@ -54,9 +55,10 @@ _RECIPE_STAGES = {*_STAGE_VALUES, *(stage.name for stage in Stage)}
 def first_recipe_problem(config: Any) -> str | None:
     """A message for the first mistake in a recipe that jsonargparse reports unclearly, naming its key.
 
-    The checks, in order: :func:`first_unimportable_class`, :func:`first_brick_problem` and
-    :func:`first_alive_stages_problem`. A recipe given before the subcommand holds one section per subcommand
-    (``fit:``); each is checked, and its keys start with the subcommand.
+    The checks, in order: :func:`first_unimportable_class`, :func:`first_brick_problem`,
+    :func:`~torchbricks_lightning.cli.recipe_metrics.first_metric_problem` and :func:`first_alive_stages_problem`.
+    A recipe given before the subcommand holds one section per subcommand (``fit:``); each is checked, and its keys
+    start with the subcommand.
 
     Args:
         config: a recipe as loaded from YAML (nested dicts, lists and plain values).
@@ -72,7 +74,12 @@ def first_recipe_problem(config: Any) -> str | None:
             problem = first_recipe_problem(section)
             if problem:
                 return f"{subcommand}.{problem}"
-    return first_unimportable_class(config) or first_brick_problem(config) or first_alive_stages_problem(config)
+    return (
+        first_unimportable_class(config)
+        or first_brick_problem(config)
+        or first_metric_problem(config)
+        or first_alive_stages_problem(config)
+    )
 
 
 def first_unimportable_class(config: Mapping[str, Any]) -> str | None:

@@ -1,6 +1,7 @@
 """The Lightning layer: a generic LightningModule for brick collections, safe checkpoint loading and saving, and the
 pre-fit check."""
 
+from torchbricks_lightning.lightning import warning_filters
 from torchbricks_lightning.lightning.checkpoint_io import SafeCheckpointIO
 from torchbricks_lightning.lightning.checkpoints import (
     CheckpointError,
@@ -10,6 +11,8 @@ from torchbricks_lightning.lightning.checkpoints import (
 from torchbricks_lightning.lightning.module import LightningBrickCollection, LossNotFiniteError
 from torchbricks_lightning.lightning.preflight import check_one_batch
 from torchbricks_lightning.lightning.resume import ResumeStateError
+
+warning_filters.install()  # warnings from inside Lightning that no user can act on
 
 __all__ = [
     "CheckpointError",

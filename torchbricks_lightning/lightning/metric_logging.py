@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Mapping
 
+import pytorch_lightning as pl
 import torch
+from pytorch_lightning.loggers import TensorBoardLogger
 
-from torchbricks_lightning.pictures import render_matrix
+from torchbricks_lightning.core.collection import BrickCollection
+from torchbricks_lightning.core.metric_bricks import BrickMetrics
+from torchbricks_lightning.core.stages import Stage
+from torchbricks_lightning.pictures import render_confusion_matrix, render_matrix
 
-__all__ = ["MetricsToLog", "render_matrix", "split_metrics", "warn_once"]
+__all__ = [
+    "MetricsToLog",
+    "log_matrices",
+    "metric_class_names",
+    "render_confusion_matrix",
+    "render_matrix",
+    "split_metrics",
+    "warn_once",
+]
 
 
 class MetricsToLog:
@@ -50,3 +64,74 @@ def warn_once(message: str, seen: set[str], key: str) -> None:
     if key not in seen:
         seen.add(key)
         warnings.warn(message, UserWarning, stacklevel=3)
+
+
+def metric_class_names(collection: BrickCollection, stage: Stage) -> dict[str, list[str]]:
+    """The class names of the metrics alive in ``stage`` that have them, by metric key.
+
+    A metric names its classes with a ``class_names`` attribute (a list of strings, one per class); the pictures
+    of its matrices then show them instead of class indices.
+
+    Example:
+        >>> from torchmetrics.classification import MulticlassConfusionMatrix
+        >>> from torchbricks_lightning import BrickCollection, BrickMetricSingle
+        >>> metric = MulticlassConfusionMatrix(num_classes=2)
+        >>> metric.class_names = ["cat", "dog"]
+        >>> collection = BrickCollection({"confusion": BrickMetricSingle(metric, ["pred", "targets"])})
+        >>> metric_class_names(collection, Stage.VALIDATION)
+        {'confusion': ['cat', 'dog']}
+    """
+    names: dict[str, list[str]] = {}
+    for path, brick in collection.named_bricks():
+        if not isinstance(brick, BrickMetrics) or stage not in brick.alive_stages:
+            continue
+        keys = iter(brick.metric_keys(path))  # in the order of the metrics, a dict-valued metric's values together
+        for metric in brick.metrics_for(stage).values(copy_state=False):
+            reported = getattr(metric, "value_names", None)
+            count = 1 if reported is None else len((reported,) if isinstance(reported, str) else tuple(reported))
+            class_names = getattr(metric, "class_names", None)
+            for key in itertools.islice(keys, count):
+                if class_names is not None:
+                    names[key] = [str(name) for name in class_names]
+    return names
+
+
+def log_matrices(
+    module: pl.LightningModule,
+    collection: BrickCollection,
+    stage: Stage,
+    matrices: Mapping[str, torch.Tensor],
+    warned: set[str],
+) -> None:
+    """Draw each matrix (``{stage}/{key}``) for the module's TensorBoard loggers, on rank 0, at the current step.
+
+    A square matrix is drawn as a confusion matrix, titled with its key and the epoch, its rows and columns named by
+    the metric's ``class_names`` when it has them (see :func:`metric_class_names`). Loggers that show no pictures
+    get a warning, once per key, that says where to see it.
+    """
+    image_loggers = [logger for logger in module.loggers if isinstance(logger, TensorBoardLogger)]
+    class_names = metric_class_names(collection, stage) if image_loggers else {}
+    for name, matrix in matrices.items():
+        if image_loggers and module.trainer.is_global_zero:
+            title = f"{name}, epoch {module.current_epoch}"
+            names = class_names.get(name.partition("/")[2])
+            square = matrix.ndim == 2 and matrix.shape[0] == matrix.shape[1]
+            if square and (names is None or len(names) == matrix.shape[0]):
+                image = render_confusion_matrix(matrix, title=title, class_names=names)
+            else:
+                image = render_confusion_matrix(matrix.reshape(-1, matrix.shape[-1]), title, None, ("row", "column"))
+            for logger in image_loggers:
+                logger.experiment.add_image(name, image, global_step=module.global_step)
+        others = [type(logger).__name__ for logger in module.loggers if not isinstance(logger, TensorBoardLogger)]
+        if others:
+            hint = (
+                "It is shown as an image in TensorBoard only."
+                if image_loggers
+                else "Add a TensorBoardLogger to see it as an image."
+            )
+            warn_once(
+                f"Metric {name!r} is a {tuple(matrix.shape)} matrix; {', '.join(others)} cannot show pictures, so it "
+                f"is not logged there. {hint}",
+                warned,
+                name,
+            )

@@ -5,22 +5,23 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
-from pytorch_lightning.loggers import TensorBoardLogger
 
-from torchbricks_lightning.core.bricks import BrickInterface
-from torchbricks_lightning.core.collection import BrickCollection
+from torchbricks_lightning.core.collection import BrickCollection, BrickTree
 from torchbricks_lightning.core.stages import Stage
 from torchbricks_lightning.errors import BrickDefinitionError, ConfigError, LossNotFiniteError
+from torchbricks_lightning.lightning.brick_arguments import BricksArgument
 from torchbricks_lightning.lightning.checkpoints import brick_state_dict, check_state_fits, load_module_checkpoint
 from torchbricks_lightning.lightning.empty_batches import is_empty_batch, warn_empty_batch
+from torchbricks_lightning.lightning.error_context import add_batch_names_note
 from torchbricks_lightning.lightning.example_inputs import EXAMPLE_INPUTS_KEY, example_tensors, record_example_inputs
+from torchbricks_lightning.lightning.logged_keys import check_fit_keys, check_logged_names
 from torchbricks_lightning.lightning.loss_logging import TOTAL_LOSS, LossMeans, samples_in
-from torchbricks_lightning.lightning.metric_logging import render_matrix, split_metrics, warn_once
+from torchbricks_lightning.lightning.metric_logging import log_matrices, split_metrics
 from torchbricks_lightning.lightning.optimizers import configure_optimizers as configure_brick_optimizers
 from torchbricks_lightning.lightning.optimizers import optimisation_callbacks, plan_optimisation
 from torchbricks_lightning.lightning.resume import attached_trainer, load_resume_state, save_resume_state
@@ -49,7 +50,6 @@ _OBJECT_ARGUMENTS = ("brick_collection", "optimizer", "lr_scheduler", "loss_bala
 built in Python needs ``brick_collection=`` to load. The CLI records their recipe instead (class paths and plain
 values), so a checkpoint of a CLI run rebuilds the module alone."""
 
-BrickValue = BrickInterface | BrickCollection | Mapping[str, BrickInterface | BrickCollection]
 CompileOption = str | int | float | bool | None  # plain values, so a checkpoint's copy is data, never a class to build
 CompileKwargs = Mapping[str, CompileOption | Mapping[str, CompileOption]]
 
@@ -116,7 +116,7 @@ class LightningBrickCollection(pl.LightningModule):
 
     def __init__(
         self,
-        brick_collection: BrickCollection | Mapping[str, BrickValue],
+        brick_collection: BricksArgument,
         optimizer: OptimizerCallable = _adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
@@ -134,9 +134,11 @@ class LightningBrickCollection(pl.LightningModule):
         delta_m: DeltaM | None = None,
     ) -> None:
         super().__init__()
+        if isinstance(batch_names, tuple):
+            batch_names = list(batch_names)  # saved from this frame: hparams.yaml stays plain YAML (yaml.safe_load)
         self.save_hyperparameters(ignore=list(_OBJECT_ARGUMENTS))
         if isinstance(brick_collection, Mapping) and not isinstance(brick_collection, BrickCollection):
-            brick_collection = BrickCollection(brick_collection)
+            brick_collection = BrickCollection(cast(BrickTree, brick_collection))  # it checks each value itself
         if not isinstance(brick_collection, BrickCollection):
             raise BrickDefinitionError(
                 "Expected brick_collection to be a BrickCollection or a dict of bricks, but got "
@@ -162,11 +164,7 @@ class LightningBrickCollection(pl.LightningModule):
                 raise ConfigError(
                     f"loss_weights names unknown losses {unknown}; the collection's losses are {list(known)}."
                 )
-        if TOTAL_LOSS in brick_collection.loss_weights():
-            raise ConfigError(
-                f"A loss is named {TOTAL_LOSS!r}, the name under which the total loss is logged ('train/loss', ...). "
-                "Give the loss brick another output name."
-            )
+        check_logged_names(brick_collection)  # a loss named 'loss', a metric named like a loss
         self.lr = lr  # read and set by Lightning's LR finder
         self.optimisation_plan = plan_optimisation(
             brick_collection, optimizer, param_groups, lr, decay_norms_and_biases, unfreeze
@@ -225,11 +223,15 @@ class LightningBrickCollection(pl.LightningModule):
         if not self.example_inputs:
             self.example_inputs = record_example_inputs(self.brick_collection, named_inputs)
         balancer = self.loss_balancer
-        if stage is Stage.TRAIN and balancer is not None:
-            with balancer.training_pass():  # a gradient-level balancer branches the shared tensor in this pass
+        try:
+            if stage is Stage.TRAIN and balancer is not None:
+                with balancer.training_pass():  # a gradient-level balancer branches the shared tensor in this pass
+                    named_outputs = self._run(named_inputs, stage)
+            else:
                 named_outputs = self._run(named_inputs, stage)
-        else:
-            named_outputs = self._run(named_inputs, stage)
+        except Exception as err:
+            add_batch_names_note(err, batch, self.batch_names, self.brick_collection)  # how a tuple batch was named
+            raise
         losses = self.brick_collection.extract_losses(named_outputs)
         if not losses:
             return named_outputs, None
@@ -294,7 +296,24 @@ class LightningBrickCollection(pl.LightningModule):
         self._shared_step(batch, Stage.TEST, batch_idx)
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        return self._run(self.named_inputs_of(batch, Stage.INFERENCE), Stage.INFERENCE)
+        try:
+            return self._run(self.named_inputs_of(batch, Stage.INFERENCE), Stage.INFERENCE)
+        except Exception as err:
+            add_batch_names_note(err, batch, self.batch_names, self.brick_collection)
+            raise
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":  # a typo in a monitored key, found before training rather than after the first epoch
+            check_fit_keys(
+                self.brick_collection, self.trainer, self.lr_scheduler_monitor, also_logged=self.also_logged_keys()
+            )
+
+    def also_logged_keys(self) -> list[str]:
+        """Keys (or prefixes ending in ``/``) logged besides the bricks' losses and metrics, for the key checks."""
+        return [
+            *(["train/balance/"] if self.loss_balancer is not None else []),
+            *(["validation/delta_m"] if self.delta_m is not None else []),
+        ]
 
     # ---------------------------------------------------------------------------------------- metrics
     # Each stage starts its epoch from empty metrics and loss means, so a run that stopped mid-epoch in this process
@@ -350,8 +369,8 @@ class LightningBrickCollection(pl.LightningModule):
         if split.scalars:
             # torchmetrics has already synchronised the states across processes in compute().
             self.log_dict({name: value.float() for name, value in split.scalars.items()}, sync_dist=False)
-        for name, matrix in split.matrices.items():
-            self._log_matrix(name, matrix)
+        if split.matrices:  # drawn as pictures, titled with their key and the epoch, classes named where known
+            log_matrices(self, self.brick_collection, stage, split.matrices, self._warned)
 
     def _log_loss_means(self, stage: Stage) -> None:
         """Log the epoch means of the losses as Metric objects: Lightning computes them (torchmetrics syncs their
@@ -370,26 +389,6 @@ class LightningBrickCollection(pl.LightningModule):
         total_of_means = evaluation_total(self.loss_means, stage, self.brick_collection, self.loss_weights)
         if total_of_means is not None:
             self.log(f"{stage.value}/{TOTAL_LOSS}", total_of_means, on_epoch=True, prog_bar=True, sync_dist=False)
-
-    def _log_matrix(self, name: str, matrix: torch.Tensor) -> None:
-        image_loggers = [logger for logger in self.loggers if isinstance(logger, TensorBoardLogger)]
-        if image_loggers and self.trainer.is_global_zero:
-            image = render_matrix(matrix)
-            for logger in image_loggers:
-                logger.experiment.add_image(name, image, global_step=self.global_step)
-        others = [type(logger).__name__ for logger in self.loggers if not isinstance(logger, TensorBoardLogger)]
-        if others:
-            hint = (
-                "It is shown as an image in TensorBoard only."
-                if image_loggers
-                else "Add a TensorBoardLogger to see it as an image."
-            )
-            warn_once(
-                f"Metric {name!r} is a {tuple(matrix.shape)} matrix; {', '.join(others)} cannot show pictures, so it "
-                f"is not logged there. {hint}",
-                self._warned,
-                name,
-            )
 
     # ---------------------------------------------------------------------------------------- optimisers
     def configure_optimizers(self) -> Any:
