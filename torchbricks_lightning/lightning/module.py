@@ -20,6 +20,7 @@ from torchbricks_lightning.lightning.checkpoints import brick_state_dict, check_
 from torchbricks_lightning.lightning.example_inputs import EXAMPLE_INPUTS_KEY, example_tensors, record_example_inputs
 from torchbricks_lightning.lightning.loss_logging import TOTAL_LOSS, LossMeans, samples_in
 from torchbricks_lightning.lightning.metric_logging import render_matrix, split_metrics, warn_once
+from torchbricks_lightning.lightning.predictions import PredictionOutputs
 from torchbricks_lightning.lightning.resume import attached_trainer, load_resume_state, save_resume_state
 
 __all__ = [
@@ -47,7 +48,7 @@ class LightningBrickCollection(pl.LightningModule):
 
     Lightning's steps map to stages: ``training_step`` runs ``Stage.TRAIN``, ``validation_step``
     ``Stage.VALIDATION``, ``test_step`` ``Stage.TEST`` and ``predict_step`` ``Stage.INFERENCE`` (which returns
-    the outputs dict and computes no loss). Every loss is logged as ``{stage}/{loss name}`` and the optimised
+    ``predict_output_names`` and computes no loss). Every loss is logged as ``{stage}/{loss name}`` and the optimised
     total as ``{stage}/loss``: in training each step's value as ``train/{name}_step`` and the epoch mean as
     ``train/{name}_epoch`` (also ``train/{name}`` for callbacks such as ``ModelCheckpoint(monitor=...)``), in
     validation and test the epoch mean. Epoch means weigh each batch by its number of samples, over all processes
@@ -70,6 +71,8 @@ class LightningBrickCollection(pl.LightningModule):
         compile_model: compile the collection with ``torch.compile``; each stage gets its own graph, so alternating
             training and validation does not recompile.
         compile_kwargs: extra arguments for ``torch.compile``.
+        predict_output_names: what ``predict_step`` returns; default: the inference stage's terminal outputs (the
+            values no alive brick reads, such as ``head/probabilities``), not the inputs and intermediate tensors.
 
     Example:
         >>> from torch import nn
@@ -94,6 +97,7 @@ class LightningBrickCollection(pl.LightningModule):
         check_finite_loss: bool = True,
         compile_model: bool = False,
         compile_kwargs: Mapping[str, Any] | None = None,
+        predict_output_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=list(_OBJECT_ARGUMENTS))
@@ -132,6 +136,7 @@ class LightningBrickCollection(pl.LightningModule):
         self.check_finite_loss = check_finite_loss
         self.compile_model = compile_model
         self.compile_kwargs = dict(compile_kwargs or {})
+        self.predict_outputs = PredictionOutputs(brick_collection, predict_output_names)
         self.example_inputs: dict[str, dict[str, Any]] = {}
         self.loss_means = LossMeans()
         self._warned: set[str] = set()
@@ -224,7 +229,8 @@ class LightningBrickCollection(pl.LightningModule):
         self._shared_step(batch, Stage.TEST)
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        return self._run(self.named_inputs_of(batch, Stage.INFERENCE), Stage.INFERENCE)
+        named_outputs = self._run(self.named_inputs_of(batch, Stage.INFERENCE), Stage.INFERENCE)
+        return self.predict_outputs.pick(self.brick_collection, named_outputs)
 
     # ---------------------------------------------------------------------------------------- metrics
     # Each stage starts its epoch from empty metrics and loss means, so a run that stopped mid-epoch in this process
