@@ -27,6 +27,7 @@ from torchbricks_lightning.core.bricks import (
     BrickTrainable,
 )
 from torchbricks_lightning.core.collection import BrickCollection
+from torchbricks_lightning.core.export import ExportResult, ExportSpec, export_bricks
 from torchbricks_lightning.core.graph import BrickNode, StagePlan
 from torchbricks_lightning.core.mermaid import create_mermaid_dag_graph
 from torchbricks_lightning.core.metric_bricks import BrickMetrics, BrickMetricSingle
@@ -43,6 +44,7 @@ from torchbricks_lightning.errors import (
 if TYPE_CHECKING:
     from torchbricks_lightning.callbacks.graph_logging import BrickGraphLogger
     from torchbricks_lightning.callbacks.onnx_export import OnnxExportCallback
+    from torchbricks_lightning.callbacks.prediction_writer import BrickPredictionWriter
     from torchbricks_lightning.lightning.checkpoints import load_brick_collection_weights
     from torchbricks_lightning.lightning.module import LightningBrickCollection
     from torchbricks_lightning.lightning.preflight import check_one_batch
@@ -51,6 +53,7 @@ __version__ = "0.1.0"
 
 _LAZY: dict[str, str] = {
     "BrickGraphLogger": "torchbricks_lightning.callbacks.graph_logging",
+    "BrickPredictionWriter": "torchbricks_lightning.callbacks.prediction_writer",
     "LightningBrickCollection": "torchbricks_lightning.lightning.module",
     "OnnxExportCallback": "torchbricks_lightning.callbacks.onnx_export",
     "check_one_batch": "torchbricks_lightning.lightning.preflight",
@@ -68,9 +71,12 @@ __all__ = [
     "BrickModule",
     "BrickNode",
     "BrickNotTrainable",
+    "BrickPredictionWriter",
     "BrickSpec",
     "BrickTrainable",
     "CheckpointError",
+    "ExportResult",
+    "ExportSpec",
     "LightningBrickCollection",
     "LossNotFiniteError",
     "OnnxExportCallback",
@@ -83,6 +89,7 @@ __all__ = [
     "__version__",
     "check_one_batch",
     "create_mermaid_dag_graph",
+    "export_bricks",
     "export_bricks_as_onnx",
     "load_brick_collection_weights",
 ]

@@ -28,6 +28,7 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from typing_extensions import override
 
 from torchbricks_lightning.cli.export import run_export
+from torchbricks_lightning.cli.predict import BrickTrainer, report_predictions
 from torchbricks_lightning.cli.recipe import first_recipe_problem
 from torchbricks_lightning.errors import TorchBricksError
 from torchbricks_lightning.lightning.checkpoints import read_checkpoint
@@ -99,6 +100,7 @@ class TorchBricksCLI(LightningCLI):
         kwargs.setdefault("auto_configure_optimizers", False)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("parser_class", RecipeArgumentParser)
+        kwargs.setdefault("trainer_class", BrickTrainer)  # predict --output_dir (cli/predict.py)
         # Lightning then names its CLI instantiator in the hyperparameters, which rebuilds the module from its recipe.
         self.records_recipe = bool(kwargs.get("load_from_checkpoint_support", True))
         super().__init__(*args, **kwargs)
@@ -143,6 +145,10 @@ class TorchBricksCLI(LightningCLI):
         """
         if isinstance(self.model, LightningBrickCollection) and self.datamodule is not None:
             check_one_batch(self.model, self.datamodule)
+
+    def after_predict(self) -> None:
+        """Print where ``predict --output_dir`` wrote the predictions, or how to write them."""
+        report_predictions(self.trainer)
 
 
 def check_ckpt_path(ckpt_path: str | Path) -> None:

@@ -4,8 +4,10 @@ Exports and prediction writers use it, so that a killed or failed write never le
 earlier file at the target is kept until the new one is complete. The files get the mode every new file gets
 (``0o666`` less the umask), the same as Lightning's checkpoints, not the owner-only ``0o600`` of ``mkstemp``.
 
-Temporary files are named ``.{name}.{pid}-{token}.tmp`` (``.model.4242-1a2b3c.onnx.tmp`` for ``model.onnx``), so a
-new write to the same target removes those whose process is gone: what a killed export left behind.
+Temporary files are named ``.{stem}.{pid}-{token}.tmp{suffixes}`` (``.model.4242-1a2b3c4d.tmp.onnx`` for
+``model.onnx``: writers that check the suffix, such as ``torch.export.save``, accept it), so a new write to the same
+target removes those whose process is gone: what a killed export left behind. The ``.model.*.onnx.tmp`` files of
+earlier versions are removed too.
 
 Example:
     >>> import tempfile
@@ -34,7 +36,7 @@ __all__ = ["atomic_path", "check_output_path", "remove_stale_temporaries", "writ
 
 def _temporary_name(path: Path) -> str:
     stem, dot, suffix = path.name.partition(".")
-    return f".{stem}.{os.getpid()}-{secrets.token_hex(4)}{dot}{suffix}.tmp"
+    return f".{stem}.{os.getpid()}-{secrets.token_hex(4)}.tmp{dot}{suffix}"
 
 
 def _owner_is_alive(pid: int) -> bool:
@@ -62,7 +64,10 @@ def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
     stem, dot, suffix = target.name.partition(".")
     removed = []
     try:
-        candidates = list(target.parent.glob(f".{stem}.*{dot}{suffix}.tmp"))
+        candidates = [
+            *target.parent.glob(f".{stem}.*.tmp{dot}{suffix}"),
+            *target.parent.glob(f".{stem}.*{dot}{suffix}.tmp"),  # the mkstemp names of earlier versions
+        ]
     except OSError:
         return []
     for candidate in candidates:

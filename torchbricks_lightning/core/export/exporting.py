@@ -27,7 +27,13 @@ from torchbricks_lightning.core.export.manifest import (
 from torchbricks_lightning.core.export.program import export_program
 from torchbricks_lightning.core.export.selection import ExportGraph, select_export_graph
 from torchbricks_lightning.core.export.shapes import dynamic_dims, second_shape_inputs
-from torchbricks_lightning.core.export.verify import Tolerance, compare_outputs, default_tolerance, raise_on_failures
+from torchbricks_lightning.core.export.verify import (
+    Tolerance,
+    compare_outputs,
+    default_tolerance,
+    raise_on_failures,
+    root_cause,
+)
 from torchbricks_lightning.core.stages import Stage, StageLike, parse_stage
 from torchbricks_lightning.errors import BrickDefinitionError, ConfigError, ExportError
 from torchbricks_lightning.random_state import preserved_random_state
@@ -246,7 +252,7 @@ def export_bricks(
         if any(dims.values()):
             shapes.append(second_shape_inputs(inputs, dims))
         expected = [[eager[name] for name in graph.output_names]]
-        expected += [[model(other, parsed_stage)[name] for name in graph.output_names] for other in shapes[1:]]
+        expected += [_eager_at(model, parsed_stage, other, graph.output_names) for other in shapes[1:]]
 
         with atomic_path(target) as temporary:
             format_info = write_artefact(
@@ -302,6 +308,21 @@ def export_bricks(
         manifest_path=written,
         manifest=manifest,
     )
+
+
+def _eager_at(
+    model: BrickCollection, stage: Stage, inputs: Mapping[str, torch.Tensor], output_names: Sequence[str]
+) -> list[torch.Tensor]:
+    """Eager outputs at the second shape; a model that fails there cannot have those dimensions dynamic."""
+    try:
+        outputs = model(inputs, stage)
+    except Exception as err:
+        shape = ", ".join(f"{name}{tuple(t.shape)}" for name, t in inputs.items())
+        raise ExportError(
+            f"The model fails in eager PyTorch at input shape {shape}, so those dimensions cannot be dynamic: "
+            f"{root_cause(err)} Export with dynamic_spatial=False (or dynamic_batch_size=False). Nothing was written."
+        ) from err
+    return [outputs[name] for name in output_names]
 
 
 def _check(

@@ -52,7 +52,7 @@ def format_of(path: Path, format: str | None) -> ExportFormat:
             if path.suffix == suffix:
                 return name  # type: ignore[return-value]
         raise ConfigError(
-            f"Cannot tell the export format of {str(path)!r}: expected a path ending with "
+            f"Cannot tell the export format of {str(path)!r}: the path must end with "
             f"{' or '.join(repr(s) for s in FORMATS.values())}."
         )
     if path.suffix != FORMATS[format]:

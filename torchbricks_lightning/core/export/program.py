@@ -80,8 +80,14 @@ def export_program(
     user_inputs = [placeholders[name] for name in program.graph_signature.user_inputs]
     symbols: dict[str, str] = {}
     for node, (name, tensor) in zip(user_inputs, inputs.items(), strict=True):
-        shape = getattr(node.meta.get("val"), "shape", tensor.shape)
+        shape = getattr(_value(node), "shape", tensor.shape)
         for dim, label in dims[name].items():
+            if isinstance(shape[dim], int):
+                raise ExportError(
+                    f"Could not export stage {stage!r} with a dynamic {label!r} dimension: the model only works at "
+                    f"the example's size ({name!r} dimension {dim} = {shape[dim]}). Export with "
+                    f"{'dynamic_batch_size' if label == 'batch' else 'dynamic_spatial'}=False. Nothing was written."
+                )
             symbols.setdefault(str(shape[dim]), label)
     output_node = next(node for node in program.graph.nodes if node.op == "output")
     returned = output_node.args[0]
