@@ -50,7 +50,7 @@ class OnnxExportCallback(pl.Callback):
         format: ``"onnx"`` or ``"pt2"``; default: from the file name.
         dtype: ``"float32"`` or ``"float16"``.
         dynamic_spatial: make the spatial dimensions (image sizes) dynamic.
-        opset: the ONNX opset; default: the exporter's.
+        opset: the opset of the ONNX artefacts; default: the exporter's.
         artefacts: several artefacts at once, each with its own path (relative to the folder), outputs, format and
             dtype; replaces ``filename``, ``output_names``, ``format`` and ``dtype``.
 
@@ -136,7 +136,7 @@ class OnnxExportCallback(pl.Callback):
                 dtype=spec.dtype,
                 dynamic_batch_size=self.dynamic_batch_size,
                 dynamic_spatial=self.dynamic_spatial,
-                opset=self.opset,
+                opset=self.opset if format_of(Path(spec.path), spec.format) == "onnx" else None,
                 checkpoint_path=checkpoint_path,
             )
             worst = max(result.max_abs_diff.values(), default=0.0)

@@ -11,6 +11,7 @@ import torch
 
 from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.core.export import ExportResult, ExportSpec, expand_specs, export_bricks
+from torchbricks_lightning.core.export.formats import format_of
 from torchbricks_lightning.core.export.selection import select_export_graph
 from torchbricks_lightning.core.graph import check_input_names
 from torchbricks_lightning.core.stages import Stage, StageLike, parse_stage
@@ -78,7 +79,7 @@ def export_checkpoint(
         stage: the stage to export.
         dynamic_batch_size: make the batch dimension dynamic.
         dynamic_spatial: make the spatial dimensions (image sizes) dynamic.
-        opset: the ONNX opset.
+        opset: the opset of the ONNX artefacts (``.pt2`` ones have none).
         trusted_class_prefixes: packages, beyond torch and friends, whose classes the checkpoint may use.
         verify: compare each artefact with eager PyTorch before moving it into place.
 
@@ -119,7 +120,7 @@ def export_checkpoint(
                 dtype=spec.dtype,
                 dynamic_batch_size=dynamic_batch_size,
                 dynamic_spatial=dynamic_spatial,
-                opset=opset,
+                opset=opset if format_of(Path(spec.path), spec.format) == "onnx" else None,
                 verify=verify,
                 checkpoint_path=checkpoint_path,
             )
