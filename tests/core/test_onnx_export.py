@@ -288,7 +288,7 @@ def test_path_not_ending_in_onnx_raises(tmp_path: Path, name: str) -> None:
 
 def test_unknown_output_name_raises(tmp_path: Path) -> None:
     collection = BrickCollection(boring_bricks())  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match=r"output_names \['loss_ce'\] is not produced in stage 'export'"):
+    with pytest.raises(ConfigError, match=r"output_names \['loss_ce'\] are not produced in stage 'export'"):
         export_bricks_as_onnx(tmp_path / "model.onnx", collection, _inputs(), output_names=["logits", "loss_ce"])
     assert list(tmp_path.iterdir()) == []
 

@@ -142,8 +142,8 @@ class OnnxExportCallback(pl.Callback):
             worst = max(result.max_abs_diff.values(), default=0.0)
             source = f"the weights of {checkpoint_path}" if checkpoint_path else "the current weights"
             message = (
-                f"Exported stage {self.stage.value!r} ({source}) to {result.format}: {result.path} "
-                f"(max abs diff vs PyTorch {worst:.2e}; manifest {result.manifest_path})"
+                f"Exported stage {self.stage.value!r} to {'ONNX' if result.format == 'onnx' else '.pt2'}: "
+                f"{result.path} ({source}; max abs diff vs PyTorch {worst:.2e}; manifest {result.manifest_path})"
             )
             log.info(message)
             print(message)

@@ -12,7 +12,7 @@ from typing import Any
 
 from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.core.export import ExportResult, export_bricks
-from torchbricks_lightning.core.stages import Stage, StageLike
+from torchbricks_lightning.core.stages import Stage, StageLike, parse_stage
 from torchbricks_lightning.errors import ConfigError
 
 __all__ = ["OnnxExportResult", "export_bricks_as_onnx"]
@@ -85,7 +85,7 @@ def export_bricks_as_onnx(
         brick_collection,
         named_inputs,
         output_names=output_names,
-        stage=stage,
+        stage=parse_stage(stage, where="export_bricks_as_onnx"),
         format="onnx",
         dynamic_batch_size=dynamic_batch_size,
         verify=verify,

@@ -74,7 +74,7 @@ def check_output_names(plan: StagePlan, output_names: Iterable[str], *, argument
         >>> check_output_names(plan, ["probabilites"], argument="predict_output_names")
         Traceback (most recent call last):
         ...
-        torchbricks_lightning.errors.ConfigError: predict_output_names ['probabilites'] is not produced in stage ...
+        torchbricks_lightning.errors.ConfigError: predict_output_names ['probabilites'] are not produced in stage ...
     """
     if isinstance(output_names, str) or not isinstance(output_names, Iterable):
         hint = f" Wrap it in a list: [{output_names!r}]." if isinstance(output_names, str) else ""
@@ -98,7 +98,7 @@ def check_output_names(plan: StagePlan, output_names: Iterable[str], *, argument
     unknown = [name for name in names if name not in produced]
     if unknown:
         raise ConfigError(
-            f"{argument} {unknown} {'is' if len(unknown) == 1 else 'are'} not produced in stage {stage!r}; it produces "
+            f"{argument} {unknown} are not produced in stage {stage!r}; it produces "
             f"{list(plan.output_names)}.{did_you_mean(unknown[0], plan.output_names)} Make the brick that produces "
             f"{'it' if len(unknown) == 1 else 'them'} alive in {stage!r} (alive_stages), or pick another name."
         )

@@ -13,6 +13,7 @@ from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.core.export import ExportResult, ExportSpec, expand_specs, export_bricks
 from torchbricks_lightning.core.export.formats import format_of
 from torchbricks_lightning.core.export.selection import select_export_graph
+from torchbricks_lightning.core.export.specs import HEAD_PLACEHOLDER
 from torchbricks_lightning.core.graph import check_input_names
 from torchbricks_lightning.core.stages import Stage, StageLike, parse_stage
 from torchbricks_lightning.errors import BrickDefinitionError, ConfigError
@@ -96,6 +97,8 @@ def export_checkpoint(
     """
     parsed_stage = parse_stage(stage, where="export_checkpoint")
     specs = _specs(artefacts, output_names, format, dtype)
+    for spec in specs:  # a bad file name fails before the checkpoint is read
+        format_of(Path(spec.path.replace(HEAD_PLACEHOLDER, "head")), spec.format)
     kwargs: dict[str, Any] = {} if brick_collection is None else {"brick_collection": brick_collection}
     module = LightningBrickCollection.load_from_checkpoint(
         checkpoint_path, map_location="cpu", trusted_class_prefixes=trusted_class_prefixes, **kwargs

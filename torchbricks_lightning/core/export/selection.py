@@ -76,27 +76,44 @@ def select_export_graph(
     plan = collection.plan(stage)
     requested = output_names is not None
     names = check_output_names(plan, output_names) if output_names is not None else terminal_output_names(plan)
+    nodes = needed_nodes(plan, names) if names else ()
+    bricks = dict(collection.named_bricks())
+    unasked = [
+        (node, kind)
+        for node in (nodes if requested else plan.nodes)
+        if (kind := _kind(node, bricks)) is not None and not (requested and set(node.output_names) & set(names))
+    ]
+    if unasked:
+        raise ExportError(_unasked_message(stage, unasked, names if requested else None))
     if not names:
         raise ExportError(
             f"Stage {stage.value!r} produces nothing to export: no brick is alive in it (or no alive brick has "
             "outputs). Make the model's bricks alive in it (alive_stages), or export another stage."
         )
-    nodes = needed_nodes(plan, names)
-    bricks = dict(collection.named_bricks())
-    for node in nodes if requested else plan.nodes:
-        kind = _kind(node, bricks)
-        if kind is None or (requested and set(node.output_names) & set(names)):
-            continue
-        asked = f" Asked for: {names}." if requested else ""
-        raise ExportError(
-            f"Could not export stage {stage.value!r}: brick {node.path!r} is a {kind} brick alive in it, so the "
-            f"artefact would take its inputs ({list(node.data_inputs)}) and compute the {kind}.{asked} Losses and "
-            f"metrics belong to training, not to an exported model: make it dead in {stage.value!r} with "
-            "alive_stages=['train', 'validation', 'test'] (the default of loss and metric bricks), or pass "
-            "output_names with the outputs to export"
-            + (f", including {list(node.output_names)} to export the {kind} on purpose." if node.output_names else ".")
-        )
     pruned = collection.select(names, stage)
     return ExportGraph(
         collection=pruned, stage=stage, input_names=pruned.input_names(stage), output_names=names, nodes=nodes
     )
+
+
+def _unasked_message(stage: Stage, unasked: Sequence[tuple[BrickNode, str]], asked: Sequence[str] | None) -> str:
+    """Which loss and metric bricks would be exported unasked, and the ways out."""
+    described = ", ".join(f"brick {node.path!r} is a {kind} brick" for node, kind in unasked)
+    inputs = list(dict.fromkeys(name for node, _ in unasked for name in node.data_inputs))
+    outputs = [name for node, _ in unasked for name in node.output_names]
+    one = len(unasked) == 1
+    message = (
+        f"Could not export stage {stage.value!r}: {described} alive in it, so the artefact would take "
+        f"{'its' if one else 'their'} inputs ({inputs}) and compute {'the ' + unasked[0][1] if one else 'them'}."
+        + (f" Asked for: {list(asked)}." if asked is not None else "")
+        + f" Losses and metrics belong to training, not to an exported model: make {'it' if one else 'them'} dead "
+        f"in {stage.value!r} with alive_stages=['train', 'validation', 'test'] (the default of loss and metric "
+        "bricks), or pass output_names with the outputs to export"
+        + (f", including {outputs} to export {'it' if one else 'them'} on purpose." if outputs else ".")
+    )
+    if stage is not Stage.EXPORT:
+        message += (
+            f" Or export stage {Stage.EXPORT.value!r} (--stage export on the command line), where loss and metric "
+            "bricks are dead by default."
+        )
+    return message
