@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchbricks_lightning import BrickCollection, Stage, load_brick_collection_weights
 from torchbricks_lightning.callbacks import OnnxExportCallback
 from torchbricks_lightning.core.export import ExportSpec
+from torchbricks_lightning.errors import ConfigError
 from torchbricks_lightning.lightning import LightningBrickCollection
 
 
@@ -128,3 +129,10 @@ def test_one_artefact_per_head_from_a_recipe_style_filename(tmp_path: Path) -> N
     # boring_bricks' terminal outputs come from two top-level bricks: 'head' (probabilities), 'prediction'.
     outputs: dict[str, Any] = {result.path.name: result.output_names for result in callback.last_results}
     assert outputs == {"head.onnx": ["probabilities"], "prediction.onnx": ["class_prediction"]}
+
+
+def test_unknown_outputs_fail_before_training(tmp_path: Path) -> None:
+    callback = OnnxExportCallback(output_names=["probabilites"])
+    with pytest.raises(ConfigError, match="Did you mean 'probabilities'"):
+        _fit(tmp_path, [callback], max_epochs=1)
+    assert not list(tmp_path.rglob("*.ckpt"))

@@ -13,6 +13,7 @@ from typing_extensions import override
 from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.core.export import ExportResult, ExportSpec, expand_specs, export_bricks
 from torchbricks_lightning.core.export.formats import format_of
+from torchbricks_lightning.core.export.selection import select_export_graph
 from torchbricks_lightning.core.stages import Stage, StageLike, parse_stage
 from torchbricks_lightning.errors import BrickDefinitionError
 from torchbricks_lightning.lightning.checkpoints import load_brick_collection_weights
@@ -158,7 +159,10 @@ class OnnxExportCallback(pl.Callback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        _brick_module(pl_module)
+        # Unknown outputs, or a loss alive in the exported stage, fail now rather than after the training.
+        collection = _brick_module(pl_module).brick_collection
+        for spec in expand_specs(self.specs, collection, self.stage):
+            select_export_graph(collection, self.stage, spec.output_names)
 
     @override
     def on_save_checkpoint(
