@@ -1,15 +1,18 @@
 """The README's command-line export and predict sections run as written, print what they show, and write the files
-they list (after a two-step fit of the recipe they use)."""
+they list (after a two-step fit of the recipe they use, with a lighter backbone). They run in-process, through the
+console script's ``main``: tests/cli runs the script itself in subprocesses."""
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
-import shutil
-import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+import yaml
+
+from torchbricks_lightning.cli import main
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 QUICK = [
@@ -31,34 +34,48 @@ def _blocks(section: str, language: str) -> list[str]:
     return re.findall(rf"^```{language}\n(.*?)^```", section, flags=re.DOTALL | re.MULTILINE)
 
 
-def _start(line: str, cwd: Path) -> subprocess.Popen[str]:
-    script = Path(sys.executable).parent / "torchbricks-lightning"
+def _run(line: str, cwd: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """Run a README command line in-process (the console script's ``main``) and return what it printed."""
     arguments = shlex.split(line)
     assert arguments[0] == "torchbricks-lightning", line
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    return subprocess.Popen(
-        [str(script), *arguments[1:]], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(cwd)
+        patch.setattr(sys, "argv", ["torchbricks-lightning"])
+        code = main(arguments[1:])
+    printed = capsys.readouterr()
+    assert code == 0, f"{line}\n{printed.err[-3000:]}"
+    return printed.out
+
+
+def _lighter_recipe(folder: Path) -> None:
+    """The recipe the README fits, with a small conv net instead of ResNet-18: the commands under test only name
+    the checkpoint, and run in seconds instead of tens of seconds."""
+    recipe = yaml.safe_load((README.parent / "examples" / "configs" / "synthetic_multitask.yaml").read_text())
+    bricks = recipe["model"]["brick_collection"]
+    bricks["backbone"]["init_args"]["model"] = {
+        "class_path": "torchbricks_lightning.bag_of_bricks.SmallConvNet",
+        "init_args": {"in_channels": 3, "widths": [8]},
+    }
+    for head in ("head0", "head1"):
+        bricks[head]["init_args"]["in_channels"] = 8
+    (folder / "examples" / "configs").mkdir(parents=True)
+    (folder / "examples" / "configs" / "synthetic_multitask.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+
+
+def test_readme_export_and_predict_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _lighter_recipe(tmp_path)
+    _run(
+        "torchbricks-lightning fit --config examples/configs/synthetic_multitask.yaml " + shlex.join(QUICK),
+        tmp_path,
+        capsys,
     )
-
-
-def _finish(process: subprocess.Popen[str], line: str) -> str:
-    stdout, stderr = process.communicate(timeout=300)
-    assert process.returncode == 0, f"{line}\n{stderr[-3000:]}"
-    return stdout
-
-
-def test_readme_export_and_predict_commands(tmp_path: Path) -> None:
-    shutil.copytree(README.parent / "examples" / "configs", tmp_path / "examples" / "configs")
-    fit = "torchbricks-lightning fit --config examples/configs/synthetic_multitask.yaml " + shlex.join(QUICK)
-    _finish(_start(fit, tmp_path), fit)
 
     export = _section("Export from the command line")
     (commands,) = _blocks(export, "bash")
     predict = _section("Predictions, streamed to files")
     (command,) = _blocks(predict, "bash")
-    lines = [*commands.strip().splitlines(), command.strip()]
-    started = [_start(line, tmp_path) for line in lines]  # at once: each spends seconds starting up
-    *stdouts, predicted = [_finish(process, line) for process, line in zip(started, lines, strict=True)]
+    *stdouts, predicted = [_run(line, tmp_path, capsys) for line in [*commands.strip().splitlines(), command.strip()]]
 
     (shown,) = _blocks(export, "text")
     for printed in shown.strip().splitlines():
