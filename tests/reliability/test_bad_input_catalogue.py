@@ -924,8 +924,9 @@ CLI_CASES = [
         CliError,
         (
             "exit code 2",
-            "brick 'head0/metrics' is a metric brick",
-            "brick 'head0/loss' is a loss brick",
+            "loss and metric bricks are alive in it",
+            "'head0/metrics' (metric)",
+            "'head0/loss' (loss)",
             "--stage export",
         ),
     ),

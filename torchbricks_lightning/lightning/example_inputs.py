@@ -25,6 +25,7 @@ __all__ = [
     "check_example_inputs",
     "example_tensors",
     "record_example_inputs",
+    "stored_example_inputs",
 ]
 
 EXAMPLE_INPUTS_KEY = "torchbricks_example_inputs"
@@ -71,6 +72,22 @@ def _problem(name: object, spec: object) -> str | None:
             f"{MAX_EXAMPLE_ELEMENTS:,} an example input may have"
         )
     return None
+
+
+def stored_example_inputs(checkpoint: Mapping[str, Any]) -> ExampleInputs:
+    """The example inputs a checkpoint holds (``{}`` when none); their records are checked when they are used.
+
+    Raises:
+        CheckpointError: they are not a dict.
+    """
+    stored = checkpoint.get(EXAMPLE_INPUTS_KEY, {})
+    if not isinstance(stored, Mapping):
+        raise CheckpointError(
+            f"The example inputs (checkpoint key {EXAMPLE_INPUTS_KEY!r}) are a {type(stored).__name__}, not a dict of "
+            "{'shape', 'dtype'} records. The checkpoint was not written by this library or was altered; pass "
+            "named_inputs explicitly."
+        )
+    return dict(stored)
 
 
 def check_example_inputs(example_inputs: object) -> ExampleInputs:

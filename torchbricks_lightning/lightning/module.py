@@ -17,7 +17,12 @@ from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.core.stages import Stage
 from torchbricks_lightning.errors import BrickDefinitionError, ConfigError, LossNotFiniteError
 from torchbricks_lightning.lightning.checkpoints import brick_state_dict, check_state_fits, load_module_checkpoint
-from torchbricks_lightning.lightning.example_inputs import EXAMPLE_INPUTS_KEY, example_tensors, record_example_inputs
+from torchbricks_lightning.lightning.example_inputs import (
+    EXAMPLE_INPUTS_KEY,
+    example_tensors,
+    record_example_inputs,
+    stored_example_inputs,
+)
 from torchbricks_lightning.lightning.loss_logging import TOTAL_LOSS, LossMeans, samples_in
 from torchbricks_lightning.lightning.metric_logging import render_matrix, split_metrics, warn_once
 from torchbricks_lightning.lightning.predictions import PredictionOutputs
@@ -347,7 +352,7 @@ class LightningBrickCollection(pl.LightningModule):
                 strict=self.strict_loading,
                 source=str(trainer.ckpt_path or "ckpt_path"),
             )
-        self.example_inputs = dict(checkpoint.get(EXAMPLE_INPUTS_KEY, {}))
+        self.example_inputs = stored_example_inputs(checkpoint)
         # Only when trainer.fit resumes: load_from_checkpoint and validate/test/predict leave metrics and RNGs alone.
         load_resume_state(self, self.brick_collection, checkpoint, self.loss_means)
 

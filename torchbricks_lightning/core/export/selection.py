@@ -98,12 +98,17 @@ def select_export_graph(
 
 def _unasked_message(stage: Stage, unasked: Sequence[tuple[BrickNode, str]], asked: Sequence[str] | None) -> str:
     """Which loss and metric bricks would be exported unasked, and the ways out."""
-    described = ", ".join(f"brick {node.path!r} is a {kind} brick" for node, kind in unasked)
     inputs = list(dict.fromkeys(name for node, _ in unasked for name in node.data_inputs))
     outputs = [name for node, _ in unasked for name in node.output_names]
     one = len(unasked) == 1
+    described = (
+        f"brick {unasked[0][0].path!r} is a {unasked[0][1]} brick alive in it"
+        if one
+        else f"{len(unasked)} loss and metric bricks are alive in it, "
+        + ", ".join(f"{node.path!r} ({kind})" for node, kind in unasked)
+    )
     message = (
-        f"Could not export stage {stage.value!r}: {described} alive in it, so the artefact would take "
+        f"Could not export stage {stage.value!r}: {described}, so the artefact would take "
         f"{'its' if one else 'their'} inputs ({inputs}) and compute {'the ' + unasked[0][1] if one else 'them'}."
         + (f" Asked for: {list(asked)}." if asked is not None else "")
         + f" Losses and metrics belong to training, not to an exported model: make {'it' if one else 'them'} dead "
