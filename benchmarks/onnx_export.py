@@ -2,7 +2,7 @@
 
 The model is the small CNN (preprocessor, ``SmallConvNet``, classifier) plus a loss brick that is dead in the export
 stage, on a 1x3x64x64 image. The hand-written module calls the same module objects and returns the same tensors
-(every tensor the export stage produces, which is what ``export_bricks_as_onnx`` exports by default), under the
+(every tensor the export stage produces, asked for by name: an export's default is the terminal outputs), under the
 same input and output names. (This module is not called ``onnx.py`` so that it never shadows the ``onnx`` package.)
 
 Figures:
@@ -11,12 +11,16 @@ Figures:
 * the largest absolute difference between onnxruntime and eager PyTorch on the bricks export (target <= 1e-5),
   with the hand-written export's as the baseline;
 * onnxruntime latency of the bricks export against the hand-written export (target: within 3%), one thread;
-* onnxruntime over eager PyTorch (``no_grad``, eval): the speed-up (informational).
+* onnxruntime over eager PyTorch (``no_grad``, eval): the speed-up (informational);
+* onnxruntime latency of a single-head export against the full export of the demo model (``build_bricks`` of
+  ``examples/digits_multitask.py``, on one 8x8 digit): what pruning the graph to one task's outputs saves
+  (informational).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import tempfile
 import time
@@ -40,8 +44,19 @@ from benchmarks.common import (
 )
 from benchmarks.models import cnn_bricks, cnn_modules
 from torchbricks_lightning import BrickCollection, BrickLoss, Stage, export_bricks_as_onnx
+from torchbricks_lightning import export_bricks as export_artefact
+from torchbricks_lightning.core.outputs import head_output_names
 
-__all__ = ["MAX_ABS_ERROR", "MAX_LATENCY_RATIO", "HandWrittenExport", "export_pair", "run"]
+__all__ = [
+    "EXPORTED_NAMES",
+    "MAX_ABS_ERROR",
+    "MAX_LATENCY_RATIO",
+    "HandWrittenExport",
+    "demo_bricks",
+    "export_pair",
+    "head_latency",
+    "run",
+]
 
 MAX_ABS_ERROR = 1e-5
 MAX_LATENCY_RATIO = 1.03
@@ -86,9 +101,14 @@ def _quiet() -> Iterator[None]:
         yield
 
 
+EXPORTED_NAMES = ["normalized", "features", "logits", "probabilities", "class_prediction"]
+"""Every tensor the export stage produces, as the hand-written module returns them (not only the terminal
+outputs, the default of an export), so that both graphs compute and return the same values."""
+
+
 def export_bricks(path: Path, bricks: BrickCollection, image: torch.Tensor) -> list[str]:
     with _quiet():
-        result = export_bricks_as_onnx(path, bricks, {"raw": image}, verify=False)
+        result = export_bricks_as_onnx(path, bricks, {"raw": image}, verify=False, output_names=EXPORTED_NAMES)
     return result.output_names
 
 
@@ -228,7 +248,60 @@ def run(settings: Settings | None = None) -> BenchmarkResult:
             "EXPORT stage",
         )
     )
+    head_figure, details["heads"] = head_latency(settings)
+    figures.append(head_figure)
     return BenchmarkResult("onnx", figures, details, time.perf_counter() - start)
+
+
+def demo_bricks() -> BrickCollection:
+    """The demo model's bricks, from ``build_bricks`` of ``examples/digits_multitask.py``."""
+    path = Path(__file__).resolve().parents[1] / "examples" / "digits_multitask.py"
+    spec = importlib.util.spec_from_file_location("digits_multitask_example", path)
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(f"Cannot import the demo model from {path}.")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.manual_seed(0)
+    bricks: BrickCollection = module.build_bricks()
+    return bricks.eval()
+
+
+def head_latency(settings: Settings) -> tuple[Figure, dict[str, Any]]:
+    """onnxruntime latency of the demo model's first head alone against the full export (every head)."""
+    bricks = demo_bricks()
+    image = torch.rand(1, 1, 8, 8)
+    heads = head_output_names(bricks.plan(Stage.EXPORT))
+    head, names = next(iter(heads.items()))
+    with tempfile.TemporaryDirectory(prefix="bench-onnx-heads-") as folder:
+        full_path, head_path = Path(folder) / "full.onnx", Path(folder) / f"{head}.onnx"
+        with _quiet():
+            full = export_artefact(full_path, bricks, {"raw": image}, verify=False)
+            single = export_artefact(head_path, bricks, {"raw": image}, output_names=names, verify=False)
+        sessions = {"head": session_of(head_path), "full": session_of(full_path)}
+        feeds = {"raw": image.numpy()}
+        latency = time_interleaved({name: lambda s=s: s.run(None, feeds) for name, s in sessions.items()}, settings)
+        nodes = {name: sum(_op_counts(path).values()) for name, path in (("head", head_path), ("full", full_path))}
+    details = {
+        "heads": list(heads),
+        "head": head,
+        "head_outputs": single.output_names,
+        "full_outputs": full.output_names,
+        "head_bricks": single.manifest["bricks"],
+        "full_bricks": full.manifest["bricks"],
+        "onnx_nodes": nodes,
+        "latency": latency,
+    }
+    figure = ratio_figure(
+        f"onnx: onnxruntime latency, one head ({head!r}) vs the full export, demo model",
+        latency,
+        "head",
+        "full",
+        unit="us/call",
+        scale=1e6,
+        notes=f"informational; examples/digits_multitask.py build_bricks, one 1x1x8x8 digit, 1 intra-op thread; "
+        f"{len(heads)} heads {list(heads)}; ONNX nodes {nodes['head']} vs {nodes['full']}",
+    )
+    return figure, details
 
 
 def _timed(fn: Any) -> float:

@@ -27,6 +27,7 @@ from torchbricks_lightning.core.bricks import (
     BrickTrainable,
 )
 from torchbricks_lightning.core.collection import BrickCollection
+from torchbricks_lightning.core.export import ExportResult, ExportSpec, export_bricks
 from torchbricks_lightning.core.graph import BrickNode, StagePlan
 from torchbricks_lightning.core.mermaid import create_mermaid_dag_graph
 from torchbricks_lightning.core.metric_bricks import BrickMetrics, BrickMetricSingle
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from torchbricks_lightning.callbacks.checkpoint import KeyedModelCheckpoint
     from torchbricks_lightning.callbacks.graph_logging import BrickGraphLogger
     from torchbricks_lightning.callbacks.onnx_export import OnnxExportCallback
+    from torchbricks_lightning.callbacks.prediction_writer import BrickPredictionWriter
     from torchbricks_lightning.lightning.checkpoint_io import SafeCheckpointIO
     from torchbricks_lightning.lightning.checkpoints import load_brick_collection_weights
     from torchbricks_lightning.lightning.module import LightningBrickCollection
@@ -53,6 +55,7 @@ __version__ = "0.1.0"
 
 _LAZY: dict[str, str] = {
     "BrickGraphLogger": "torchbricks_lightning.callbacks.graph_logging",
+    "BrickPredictionWriter": "torchbricks_lightning.callbacks.prediction_writer",
     "KeyedModelCheckpoint": "torchbricks_lightning.callbacks.checkpoint",
     "LightningBrickCollection": "torchbricks_lightning.lightning.module",
     "OnnxExportCallback": "torchbricks_lightning.callbacks.onnx_export",
@@ -72,9 +75,12 @@ __all__ = [
     "BrickModule",
     "BrickNode",
     "BrickNotTrainable",
+    "BrickPredictionWriter",
     "BrickSpec",
     "BrickTrainable",
     "CheckpointError",
+    "ExportResult",
+    "ExportSpec",
     "KeyedModelCheckpoint",
     "LightningBrickCollection",
     "LossNotFiniteError",
@@ -89,6 +95,7 @@ __all__ = [
     "__version__",
     "check_one_batch",
     "create_mermaid_dag_graph",
+    "export_bricks",
     "export_bricks_as_onnx",
     "load_brick_collection_weights",
 ]

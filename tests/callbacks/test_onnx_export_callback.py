@@ -61,16 +61,19 @@ class CountingExport(OnnxExportCallback):
         self.calls: list[dict[str, Any]] = []
         self._fit_ended = False
 
-    def export(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> OnnxExportResult:
+    def export(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint_path: str | None = None
+    ) -> list[OnnxExportResult]:
         modes_before = {name: module.training for name, module in pl_module.named_modules()}
         weights_before = {name: value.clone() for name, value in pl_module.state_dict().items()}
-        result = super().export(trainer, pl_module)
+        results = super().export(trainer, pl_module, checkpoint_path)
         self.calls.append(
             {
                 "epoch": trainer.current_epoch,
                 "at_fit_end": self._fit_ended,
                 "best": getattr(trainer.checkpoint_callback, "best_model_path", None),
-                "result": result,
+                "checkpoint": checkpoint_path,
+                "result": results[-1],
                 "modes_before": modes_before,
                 "modes_after": {name: module.training for name, module in pl_module.named_modules()},
                 "weights_kept": all(
@@ -78,7 +81,7 @@ class CountingExport(OnnxExportCallback):
                 ),
             }
         )
-        return result
+        return results
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._fit_ended = True
@@ -99,9 +102,8 @@ def test_default_export_goes_next_to_the_checkpoints_at_fit_end(tmp_path: Path) 
     assert result is not None
     assert result.path == path
     assert result.input_names == ["raw"]  # targets feed only losses and metrics, which are dead in export
-    assert {"logits", "probabilities", "class_prediction"} <= set(result.output_names)
-    assert not [name for name in result.output_names if "loss" in name]
-    assert set(result.max_abs_diff) >= {"logits", "probabilities"}
+    assert result.output_names == ["probabilities", "class_prediction"]  # the terminal outputs
+    assert set(result.max_abs_diff) == {"probabilities", "class_prediction"}
     assert max(result.max_abs_diff.values()) < 1e-4
     assert not [child for child in checkpoints.iterdir() if child.name.endswith(".tmp")]
 
@@ -114,7 +116,7 @@ def test_default_export_goes_next_to_the_checkpoints_at_fit_end(tmp_path: Path) 
     module.eval()
     with torch.no_grad():
         eager = module({"raw": raw})
-    np.testing.assert_allclose(onnx_outputs["logits"], eager["logits"].numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(onnx_outputs["probabilities"], eager["probabilities"].numpy(), atol=1e-4, rtol=0)
     np.testing.assert_array_equal(onnx_outputs["class_prediction"], eager["class_prediction"].numpy())
 
 
@@ -142,12 +144,14 @@ def test_on_best_exports_each_new_best_checkpoint_before_fit_ends(tmp_path: Path
 
     during_fit = [call for call in callback.calls if not call["at_fit_end"]]
     assert during_fit, "on_best=True did not export before the end of fit"
-    assert during_fit[0]["epoch"] == 0  # the first checkpoint is always a new best
-    bests = [call["best"] for call in during_fit]
-    assert len(set(bests)) == len(bests), f"exported twice for the same best checkpoint (save_last): {bests}"
-    assert len(during_fit) <= 3
-    assert bests[-1] == checkpoint.best_model_path
-    assert [call["at_fit_end"] for call in callback.calls].count(True) == 1
+    # The first checkpoint is always a new best; it is exported once written, before epoch 1 trains.
+    assert during_fit[0]["epoch"] == 1
+    assert Path(during_fit[0]["checkpoint"]).name == "epoch=0-step=4.ckpt"
+    exported = [call["checkpoint"] for call in callback.calls]
+    assert len(set(exported)) == len(exported), f"exported twice for the same best checkpoint (save_last): {exported}"
+    assert len(exported) <= 3
+    assert exported[-1] == checkpoint.best_model_path  # the last export is the best checkpoint, never the last epoch
+    assert [call["at_fit_end"] for call in callback.calls].count(True) <= 1
     assert callback.last_result is callback.calls[-1]["result"]
     assert (tmp_path / "checkpoints" / "model.onnx").is_file()
 
@@ -158,9 +162,8 @@ def test_on_best_without_a_monitor_exports_once_per_new_checkpoint(tmp_path: Pat
     trainer = _trainer(tmp_path, [checkpoint, callback], max_epochs=2)
     trainer.fit(_module(), _loader())
 
-    during_fit = [call for call in callback.calls if not call["at_fit_end"]]
-    assert [call["epoch"] for call in during_fit] == [0, 1]
-    assert [Path(call["best"]).name for call in during_fit] == ["epoch=0-step=4.ckpt", "epoch=1-step=8.ckpt"]
+    assert [Path(call["checkpoint"]).name for call in callback.calls] == ["epoch=0-step=4.ckpt", "epoch=1-step=8.ckpt"]
+    assert [call["at_fit_end"] for call in callback.calls] == [False, True]  # the last one once written, at fit end
 
 
 def test_dirpath_and_filename(tmp_path: Path) -> None:
@@ -194,8 +197,8 @@ def test_static_batch_size_and_another_stage(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("filename", ["model.pt", "model", "model.onnx.tmp", "model.ONNX.bak"])
-def test_filename_must_end_with_onnx(filename: str) -> None:
-    with pytest.raises(ConfigError, match=r"end with '\.onnx'.*" + re.escape(repr(filename))):
+def test_filename_must_end_with_onnx_or_pt2(filename: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(repr(filename)) + r".*must end with '\.onnx' or '\.pt2'"):
         OnnxExportCallback(filename=filename)
 
 

