@@ -43,12 +43,8 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.core.stages import Stage
 from torchbricks_lightning.datamodules.base import Split, SplitDataModule
-from torchbricks_lightning.datamodules.loading import (
-    EvaluationSampler,
-    ResumableDataLoader,
-    ResumableSampler,
-    _mix_seed,
-)
+from torchbricks_lightning.datamodules.loading import EvaluationSampler, ResumableDataLoader, ResumableSampler
+from torchbricks_lightning.datamodules.samplers import mix_seed
 from torchbricks_lightning.errors import BrickDefinitionError, ConfigError
 from torchbricks_lightning.multitask.labels import IGNORE_INDEX
 
@@ -127,7 +123,7 @@ class MixtureSampler(ResumableSampler):
 
     def draw(self, epoch: int) -> list[int]:
         length = self.epoch_length()
-        generator = torch.Generator().manual_seed(_mix_seed(self.seed, epoch))
+        generator = torch.Generator().manual_seed(mix_seed(self.seed, epoch))
         if self.sampling == "proportional":
             return self._permutations(sum(self.sizes), length, generator)
         if self.sampling == "round_robin":
@@ -149,7 +145,7 @@ class MixtureSampler(ResumableSampler):
         """Dataset ``source``'s samples in shuffled orders, a new one each time it runs out."""
         cycle = 0
         while True:
-            generator = torch.Generator().manual_seed(_mix_seed(self.seed, epoch, source, cycle))
+            generator = torch.Generator().manual_seed(mix_seed(self.seed, epoch, source, cycle))
             yield from torch.randperm(self.sizes[source], generator=generator).tolist()
             cycle += 1
 

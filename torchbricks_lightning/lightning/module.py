@@ -17,6 +17,7 @@ from torchbricks_lightning.errors import BrickDefinitionError, ConfigError, Loss
 from torchbricks_lightning.lightning.brick_arguments import BricksArgument
 from torchbricks_lightning.lightning.checkpoints import brick_state_dict, check_state_fits, load_module_checkpoint
 from torchbricks_lightning.lightning.empty_batches import is_empty_batch, warn_empty_batch
+from torchbricks_lightning.lightning.epoch_logging import log_epoch, log_step_losses, name_batch
 from torchbricks_lightning.lightning.error_context import add_batch_names_note
 from torchbricks_lightning.lightning.example_inputs import (
     EXAMPLE_INPUTS_KEY,
@@ -25,8 +26,7 @@ from torchbricks_lightning.lightning.example_inputs import (
     stored_example_inputs,
 )
 from torchbricks_lightning.lightning.logged_keys import check_fit_keys, check_logged_names
-from torchbricks_lightning.lightning.loss_logging import TOTAL_LOSS, LossMeans, samples_in
-from torchbricks_lightning.lightning.metric_logging import log_matrices, split_metrics
+from torchbricks_lightning.lightning.loss_logging import LossMeans, samples_in
 from torchbricks_lightning.lightning.optimizers import configure_optimizers as configure_brick_optimizers
 from torchbricks_lightning.lightning.optimizers import optimisation_callbacks, plan_optimisation
 from torchbricks_lightning.lightning.predictions import PredictionOutputs
@@ -36,7 +36,6 @@ from torchbricks_lightning.lightning.task_balancing import (
     check_multitask_arguments,
     drop_balancer_state,
     end_balancer_epoch,
-    evaluation_total,
     log_balance,
 )
 from torchbricks_lightning.multitask.balancers import LossBalancer
@@ -188,7 +187,7 @@ class LightningBrickCollection(pl.LightningModule):
         self.loss_balancer = loss_balancer  # a submodule: its parameters and buffers are trained and checkpointed
         self.delta_m = delta_m
         self.labelled_counts = LabelledCounts()
-        self._warned: set[str] = set()
+        self.warned_keys: set[str] = set()  # keys already warned about (one warning each)
         self.__dict__["_compiled"] = None
 
     # ---------------------------------------------------------------------------------------- running
@@ -203,21 +202,7 @@ class LightningBrickCollection(pl.LightningModule):
 
     def named_inputs_of(self, batch: Any, stage: Stage) -> dict[str, Any]:
         """Map a batch to named inputs: dicts pass through, tuples and lists are named by ``batch_names``."""
-        if isinstance(batch, Mapping):
-            return dict(batch)
-        if isinstance(batch, torch.Tensor):
-            batch = (batch,)
-        if isinstance(batch, (tuple, list)):
-            if len(batch) > len(self.batch_names):
-                raise ConfigError(
-                    f"A {stage.value} batch has {len(batch)} items, but batch_names names {len(self.batch_names)}: "
-                    f"{list(self.batch_names)}. Pass batch_names with one name per item, or return a dict batch."
-                )
-            return dict(zip(self.batch_names, batch, strict=False))
-        raise BrickDefinitionError(
-            f"Expected a {stage.value} batch to be a dict, a tuple/list or a tensor, but got {type(batch).__name__}. "
-            "Return a dict of named tensors from the dataloader, or a tuple named by batch_names."
-        )
+        return name_batch(batch, self.batch_names, stage)
 
     def forward(self, named_inputs: Mapping[str, Any]) -> dict[str, Any]:
         """Run the ``INFERENCE`` stage."""
@@ -251,33 +236,8 @@ class LightningBrickCollection(pl.LightningModule):
             total = balancer(optimised)
         else:
             total = self.brick_collection.total_loss(optimised, self.loss_weights)  # the losses only, found once
-        self._log_losses(stage, losses, optimised, total, samples_in(named_inputs), counts)
+        log_step_losses(self, stage, losses, optimised, total, samples_in(named_inputs), counts)
         return named_outputs, total
-
-    def _log_losses(
-        self,
-        stage: Stage,
-        losses: Mapping[str, torch.Tensor],
-        optimised: Mapping[str, torch.Tensor],
-        total: torch.Tensor,
-        weight: float,
-        counts: Mapping[str, torch.Tensor],
-    ) -> None:
-        """Add the step's losses to the stage's epoch means, each weighted by its labelled count if it reports one
-        (else by the batch's ``weight``, its number of samples); in training, log each step's values too.
-
-        A step's values are the ``optimised`` losses, averaged over the processes: under DDP the counted losses are
-        normalised by the labelled count of all processes, so that average is the mean over the whole step's labels.
-        """
-        means = self.loss_means
-        for name, value in losses.items():
-            means.update(stage, name, value, counts.get(name, weight))
-        if stage is Stage.TRAIN:
-            for name, value in optimised.items():
-                self.log(f"train/{name}_step", value, on_step=True, on_epoch=False, sync_dist=True)
-            self.log("train/loss_step", total, on_step=True, on_epoch=False, sync_dist=True, prog_bar=True)
-        if stage is Stage.TRAIN or not counts:  # else the epoch total is the weighted sum of the losses' means
-            means.update(stage, TOTAL_LOSS, total, weight)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
         step = self._shared_step(batch, Stage.TRAIN, batch_idx)
@@ -345,7 +305,7 @@ class LightningBrickCollection(pl.LightningModule):
         self.loss_means.reset(Stage.TEST)
 
     def on_train_epoch_end(self) -> None:
-        self._log_epoch(Stage.TRAIN)
+        log_epoch(self, Stage.TRAIN)
         if self.loss_balancer is not None:
             end_balancer_epoch(self, self.loss_balancer, self.loss_means)
 
@@ -354,52 +314,10 @@ class LightningBrickCollection(pl.LightningModule):
             log_balance(self, self.loss_balancer, on_step=True)
 
     def on_validation_epoch_end(self) -> None:
-        self._log_epoch(Stage.VALIDATION)
+        log_epoch(self, Stage.VALIDATION)
 
     def on_test_epoch_end(self) -> None:
-        self._log_epoch(Stage.TEST)
-
-    def _log_epoch(self, stage: Stage) -> None:
-        if self.trainer.world_size > 1:
-            # Lightning's progress bar (rank 0 only) computes the epoch's logged values before this hook, and the
-            # other ranks would compute them after it. A value logged with sync_dist=True, or a Metric, takes one
-            # collective to compute, and the metrics' sync below takes more: compute the logged values here on every
-            # rank first, so that each rank runs the collectives in the same order (otherwise DDP deadlocks,
-            # Lightning-AI/pytorch-lightning#21264).
-            _ = self.trainer.callback_metrics
-        metrics = self.brick_collection.summarize(stage, reset=True)
-        if self.trainer.sanity_checking:
-            self.loss_means.reset(stage)
-            return
-        self._log_loss_means(stage)
-        if self.delta_m is not None and stage is Stage.VALIDATION and metrics:
-            self.log("validation/delta_m", self.delta_m(metrics), sync_dist=False)  # from synced metrics
-        if not metrics:
-            return
-        split = split_metrics(stage.value, metrics)
-        if split.scalars:
-            # torchmetrics has already synchronised the states across processes in compute().
-            self.log_dict({name: value.float() for name, value in split.scalars.items()}, sync_dist=False)
-        if split.matrices:  # drawn as pictures, titled with their key and the epoch, classes named where known
-            log_matrices(self, self.brick_collection, stage, split.matrices, self._warned)
-
-    def _log_loss_means(self, stage: Stage) -> None:
-        """Log the epoch means of the losses as Metric objects: Lightning computes them (torchmetrics syncs their
-        states across processes) after the epoch hooks, and resets them."""
-        for name, metric in self.loss_means.metrics(stage).items():
-            if not metric.update_called:
-                continue  # this stage ran no step with this loss (every process alike: each gets batches)
-            attribute = f"loss_means.{self.loss_means.attribute(stage, name)}"
-            key = f"{stage.value}/{name}"
-            total = name == TOTAL_LOSS
-            if stage is Stage.TRAIN:
-                self.log(f"{key}_epoch", metric, on_epoch=True, prog_bar=total, metric_attribute=attribute)
-                self.log(key, metric, on_epoch=True, logger=False, metric_attribute=attribute)  # for monitors
-            else:
-                self.log(key, metric, on_epoch=True, prog_bar=total, metric_attribute=attribute)
-        total_of_means = evaluation_total(self.loss_means, stage, self.brick_collection, self.loss_weights)
-        if total_of_means is not None:
-            self.log(f"{stage.value}/{TOTAL_LOSS}", total_of_means, on_epoch=True, prog_bar=True, sync_dist=False)
+        log_epoch(self, Stage.TEST)
 
     # ---------------------------------------------------------------------------------------- optimisers
     def configure_optimizers(self) -> Any:
