@@ -28,17 +28,25 @@ import onnxruntime
 import pytorch_lightning as pl
 import torch
 import torchvision
-from digits_multitask import LABELLED_FRACTION, TASKS, TEST_METRICS, build_bricks, build_datamodule, build_module
+from digits_multitask import (
+    DIGIT_NAMES,
+    LABELLED_FRACTION,
+    TASKS,
+    TEST_METRICS,
+    build_bricks,
+    build_datamodule,
+    build_module,
+)
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from weight_curves import read_curves, render_curves
 
 from torchbricks_lightning import Stage, create_mermaid_dag_graph
 from torchbricks_lightning.callbacks import BrickGraphLogger
-from torchbricks_lightning.lightning import LightningBrickCollection
+from torchbricks_lightning.lightning import LightningBrickCollection, SafeCheckpointIO
 from torchbricks_lightning.lightning.export import export_checkpoint_as_onnx
 from torchbricks_lightning.multitask import DeltaM
-from torchbricks_lightning.pictures import render_brick_graph, render_matrix, render_prediction_grid
+from torchbricks_lightning.pictures import render_brick_graph, render_confusion_matrix, render_prediction_grid
 
 REQUIRED = {"digit": 0.95, "parity": 0.95, "foreground": 0.80}
 """The least test figure of each task (digit and parity accuracy, foreground mean IoU)."""
@@ -65,6 +73,7 @@ def train(
         accelerator="cpu",
         logger=loggers or False,
         callbacks=callbacks,
+        plugins=[SafeCheckpointIO()],  # checkpoints written atomically: a killed save never leaves a broken file
         log_every_n_steps=5,
         enable_model_summary=False,
         enable_progress_bar=multi,
@@ -116,8 +125,12 @@ def main() -> int:
     confusion.index_put_((test["targets"], torch_digits), torch.ones_like(torch_digits), accumulate=True)
     weights = read_curves(Path(csv_logger.log_dir) / "metrics.csv", "train/balance/")
     pictures = {
-        "test/predictions": render_prediction_grid(test["raw"][:64], torch_digits[:64], test["targets"][:64]),
-        "test/confusion_matrix": render_matrix(confusion),
+        "test/predictions": render_prediction_grid(
+            test["raw"][:64], torch_digits[:64], test["targets"][:64], class_names=DIGIT_NAMES
+        ),
+        "test/confusion_matrix": render_confusion_matrix(
+            confusion, title="test/digit/confusion (best checkpoint)", class_names=DIGIT_NAMES
+        ),
         "graph/train": render_brick_graph(restored.brick_collection, Stage.TRAIN),
     }
     weights_picture = render_curves(weights, "Uncertainty weighting: the weight of each task's loss, exp(-s)/2")

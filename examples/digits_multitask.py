@@ -30,7 +30,7 @@ from torchbricks_lightning.bag_of_bricks import (
 )
 from torchbricks_lightning.callbacks import BrickGraphLogger, OnnxExportCallback
 from torchbricks_lightning.datamodules import DigitsDataModule
-from torchbricks_lightning.lightning import LightningBrickCollection
+from torchbricks_lightning.lightning import LightningBrickCollection, SafeCheckpointIO
 from torchbricks_lightning.multitask import DeltaM, LossBalancer, UncertaintyWeighting
 
 TASKS = ("digit", "parity", "foreground")
@@ -38,6 +38,11 @@ LABELLED_FRACTION = 0.3
 """The share of training images that keep their digit label."""
 TEST_METRICS = {"digit": "digit/accuracy", "parity": "parity/accuracy", "foreground": "foreground/mean_iou"}
 """The metric that measures each task (all higher-is-better)."""
+
+
+DIGIT_NAMES = [str(digit) for digit in range(10)]
+PARITY_NAMES = ["even", "odd"]
+"""The class names the heads record (pictures and export manifests name the classes with them)."""
 
 
 def build_bricks(tasks: Sequence[str] = TASKS) -> BrickCollection:
@@ -51,9 +56,14 @@ def build_bricks(tasks: Sequence[str] = TASKS) -> BrickCollection:
             features_name="features",
             targets_name="targets",
             with_confusion_matrix=True,
+            class_names=DIGIT_NAMES,
         ),
         "parity": create_image_classification_head(
-            num_classes=2, in_channels=features, features_name="features", targets_name="parity"
+            num_classes=2,
+            in_channels=features,
+            features_name="features",
+            targets_name="parity",
+            class_names=PARITY_NAMES,
         ),
         # The features are 2x2 maps of the 8x8 image: a 3x3 convolution, then upsampling by 4.
         "foreground": create_segmentation_head(
@@ -115,7 +125,8 @@ def main() -> None:
         max_epochs=args.max_epochs,
         accelerator="cpu",
         default_root_dir=args.root,
-        callbacks=[BrickGraphLogger(), OnnxExportCallback()],
+        callbacks=[BrickGraphLogger(), OnnxExportCallback(filename="{head}.onnx", on_best=True)],  # a file per head
+        plugins=[SafeCheckpointIO()],  # checkpoints written atomically: a killed save never leaves a broken file
         log_every_n_steps=5,
     )
     trainer.fit(module, datamodule=datamodule)

@@ -76,4 +76,7 @@ def test_readme_cli_commands_run(tmp_path: Path) -> None:
         result = subprocess.run([str(script), *arguments], cwd=tmp_path, env=env, capture_output=True, text=True)
         assert result.returncode == 0, f"{line}\n{result.stderr[-3000:]}"
     assert (tmp_path / "model.onnx").is_file()
-    assert (tmp_path / "checkpoints" / "synthetic_multitask" / "model.onnx").is_file()
+    # The recipe's OnnxExportCallback writes one pruned artefact per head ("{head}.onnx"), each with a manifest.
+    for head in ("head0", "head1"):
+        assert (tmp_path / "checkpoints" / "synthetic_multitask" / f"{head}.onnx").is_file()
+        assert (tmp_path / "checkpoints" / "synthetic_multitask" / f"{head}.onnx.json").is_file()

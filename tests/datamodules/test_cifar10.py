@@ -268,7 +268,7 @@ def test_cifar10_recipe_trains_through_the_cli_and_exports_onnx(
     monkeypatch.setattr("sys.argv", ["torchbricks-lightning"])
     assert main(arguments) == 0
     assert (run / "checkpoints" / "best.ckpt").is_file()
-    path_onnx = run / "checkpoints" / "model.onnx"
+    path_onnx = run / "checkpoints" / "classify.onnx"  # the recipe writes one file per head: "{head}.onnx"
     assert path_onnx.is_file()
     session = onnxruntime.InferenceSession(str(path_onnx), providers=["CPUExecutionProvider"])
     assert [model_input.name for model_input in session.get_inputs()] == ["raw"]

@@ -126,6 +126,14 @@ def fit_recipe(tmp_path_factory: pytest.TempPathFactory) -> Fit:
 
 
 # ------------------------------------------------------------------------------------------------ recipes
+HEADS = {
+    "digits_multitask": ["digit", "foreground", "parity"],
+    "synthetic_multitask": ["head0", "head1"],
+    "cifar10_resnet18": ["classify"],
+}
+"""The heads each recipe's OnnxExportCallback writes a file for."""
+
+
 def test_every_recipe_is_tested() -> None:
     assert {config.stem for config in CONFIGS} == set(IMAGE_SHAPES)
 
@@ -135,8 +143,10 @@ def test_every_recipe_is_tested() -> None:
 def test_recipe_trains_and_its_checkpoint_exports_to_matching_onnx(config: Path, fit_recipe: Fit) -> None:
     checkpoint = fit_recipe(config.stem)
     run = checkpoint.parent
-    if _has_onnx_callback(config):
-        assert (run / "model.onnx").is_file(), "OnnxExportCallback writes model.onnx beside the checkpoints"
+    if _has_onnx_callback(config):  # one file per head beside the checkpoints, each with its manifest
+        heads = sorted(path.stem for path in run.glob("*.onnx"))
+        assert heads == HEADS[config.stem], "OnnxExportCallback(filename='{head}.onnx') writes one file per head"
+        assert all((run / f"{head}.onnx.json").is_file() for head in heads)
 
     path_onnx = run / "exported.onnx"
     # The subcommand's own onnxruntime check is skipped (--verify false): the comparison below is stricter
@@ -213,7 +223,7 @@ def test_digits_multitask_script_runs(tmp_path: Path) -> None:
     assert "test/digit/accuracy" in result.stdout
     root = tmp_path / "runs" / "digits_multitask"
     assert list(root.rglob("*.ckpt"))
-    assert list(root.rglob("model.onnx"))
+    assert sorted(path.stem for path in root.rglob("*.onnx")) == ["digit", "foreground", "parity"]
     assert list(root.rglob("events.out.tfevents.*"))
 
 

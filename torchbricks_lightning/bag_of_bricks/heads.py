@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
 from torchbricks_lightning.bag_of_bricks.losses import MaskedCrossEntropyLoss
-from torchbricks_lightning.bag_of_bricks.metrics import ConfusionMatrixMetrics
+from torchbricks_lightning.bag_of_bricks.metrics import ConfusionMatrixMetrics, check_class_names
 from torchbricks_lightning.core.bricks import BrickInterface, BrickTrainable
 from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.core.metric_bricks import BrickMetricSingle
@@ -24,6 +26,7 @@ class ImageClassifier(nn.Module):
         n_features: the number of input features (channels).
         use_average_pooling: average-pool 4-D feature maps ``(batch, channels, h, w)`` before the
             linear layer (2-D features pass straight through).
+        class_names: a name per class, recorded for export manifests (``class_names``).
 
     Example:
         >>> import torch
@@ -33,12 +36,19 @@ class ImageClassifier(nn.Module):
         ((2, 3), (2, 3), torch.int64)
     """
 
-    def __init__(self, num_classes: int, n_features: int, use_average_pooling: bool = True) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        n_features: int,
+        use_average_pooling: bool = True,
+        class_names: Sequence[str] | None = None,
+    ) -> None:
         super().__init__()
         if num_classes < 1 or n_features < 1:
             raise ConfigError(
                 f"Expected num_classes and n_features to be positive, but got {num_classes} and {n_features}."
             )
+        self.class_names = check_class_names(class_names, num_classes, "ImageClassifier")
         self.use_average_pooling = use_average_pooling
         self.fc = nn.Linear(n_features, num_classes)
 
@@ -58,6 +68,7 @@ def create_image_classification_head(
     loss_weight: float = 1.0,
     with_confusion_matrix: bool = False,
     ignore_index: int = IGNORE_INDEX,
+    class_names: Sequence[str] | None = None,
 ) -> dict[str, BrickInterface]:
     """The bricks of one classification task: a classifier, its cross-entropy loss and its metrics.
 
@@ -74,8 +85,10 @@ def create_image_classification_head(
     they become ``head0/logits``, ``head0/probabilities``, ``head0/class_prediction``, ``head0/loss_ce`` and
     ``head0/labelled``.
 
+    ``class_names`` (one per class) name the classes in the confusion-matrix picture and in export manifests.
+
     Raises:
-        ConfigError: ``ignore_index`` is a valid class index.
+        ConfigError: ``ignore_index`` is a valid class index, or ``class_names`` does not name every class once.
 
     Example:
         >>> from torchbricks_lightning import BrickCollection
@@ -88,7 +101,7 @@ def create_image_classification_head(
     check_ignore_index(ignore_index, num_classes, "create_image_classification_head")
     bricks: dict[str, BrickInterface] = {
         "classify": BrickTrainable(
-            ImageClassifier(num_classes=num_classes, n_features=in_channels),
+            ImageClassifier(num_classes=num_classes, n_features=in_channels, class_names=class_names),
             input_names=[features_name],
             output_names=["./logits", "./probabilities", "./class_prediction"],
         ),
@@ -99,6 +112,7 @@ def create_image_classification_head(
                 values=("accuracy", "confusion") if with_confusion_matrix else ("accuracy",),
                 validate_args=False,
                 ignore_index=ignore_index,
+                class_names=class_names,
             ),
             input_names=["./class_prediction", targets_name],
         ),
@@ -131,9 +145,17 @@ class ClassificationHead(BrickCollection):
         loss_weight: float = 1.0,
         with_confusion_matrix: bool = False,
         ignore_index: int = IGNORE_INDEX,
+        class_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__(
             create_image_classification_head(
-                num_classes, in_channels, features_name, targets_name, loss_weight, with_confusion_matrix, ignore_index
+                num_classes,
+                in_channels,
+                features_name,
+                targets_name,
+                loss_weight,
+                with_confusion_matrix,
+                ignore_index,
+                class_names,
             )
         )

@@ -19,11 +19,30 @@ from torchmetrics import Metric
 from torchbricks_lightning.errors import ConfigError
 from torchbricks_lightning.multitask.labels import check_ignore_index
 
-__all__ = ["ConfusionMatrixMetrics", "RegressionMetrics"]
+__all__ = ["ConfusionMatrixMetrics", "RegressionMetrics", "check_class_names"]
 
 Average = Literal["macro", "micro", "weighted", "none"]
 _VALUES = ("accuracy", "confusion", "mean_iou", "pixel_accuracy")
 _AVERAGES = ("macro", "micro", "weighted", "none")
+
+
+def check_class_names(class_names: Sequence[str] | None, num_classes: int, where: str) -> list[str] | None:
+    """``class_names`` as a list, checked to name each of ``num_classes`` classes once (None stays None).
+
+    Example:
+        >>> check_class_names(("even", "odd"), 2, "parity head")
+        ['even', 'odd']
+    """
+    if class_names is None:
+        return None
+    if isinstance(class_names, str) or not all(isinstance(name, str) for name in class_names):
+        raise ConfigError(f"Expected class_names of {where} to be a list of names, but got {class_names!r}.")
+    names = list(class_names)
+    if len(names) != num_classes or len(set(names)) != len(names):
+        raise ConfigError(
+            f"Expected class_names of {where} to name each of its {num_classes} classes once, but got {names}."
+        )
+    return names
 
 
 class ConfusionMatrixMetrics(Metric):
@@ -51,6 +70,7 @@ class ConfusionMatrixMetrics(Metric):
         validate_args: check shapes, dtypes and that every prediction lies in ``[0, num_classes)`` (one
             ``aminmax`` per update). Targets out of range are always caught, at no cost: they fall outside the
             count matrix. Turn it off when predictions come from an ``argmax`` over ``num_classes`` scores.
+        class_names: a name per class, for the confusion-matrix picture (``class_names``).
         **kwargs: passed to ``torchmetrics.Metric`` (e.g. ``sync_on_compute``).
 
     Example:
@@ -77,6 +97,7 @@ class ConfusionMatrixMetrics(Metric):
         average: Average = "macro",
         validate_args: bool = True,
         ignore_index: int | None = None,
+        class_names: Sequence[str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -92,6 +113,7 @@ class ConfusionMatrixMetrics(Metric):
         if average not in _AVERAGES:
             raise ConfigError(f"Expected argument `average` to be one of {list(_AVERAGES)}, but got {average!r}.")
         self.num_classes = num_classes
+        self.class_names = check_class_names(class_names, num_classes, "ConfusionMatrixMetrics")
         self.value_names: tuple[str, ...] = tuple(values)
         self.average = average
         self.validate_args = bool(validate_args)
