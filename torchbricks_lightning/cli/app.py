@@ -263,7 +263,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TorchBricksError as err:
         print(f"error: {type(err).__name__}: {command_line_message(err)}", file=sys.stderr)
         return 2
+    finally:
+        _close_process_group()
     return 0
+
+
+def _close_process_group() -> None:
+    """Destroy the process group a DDP run leaves behind (Lightning keeps it, so that ``fit`` can be followed by
+    ``test`` in one script). The command is done with it; destroying it joins gloo's threads before the interpreter
+    exits, where they could otherwise abort a successful run with "terminate called without an active exception"."""
+    import torch.distributed
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def _import_from_current_folder() -> None:

@@ -387,4 +387,10 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        # Join gloo's threads before the interpreter exits; without it, a process may abort at exit with
+        # "terminate called without an active exception" after a successful fit.
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
