@@ -81,8 +81,21 @@ def _run(session: nox.Session, program: str, *arguments: str, env: dict[str, str
 
 @nox.session(python=False)
 def tests(session: nox.Session) -> None:
-    """Run pytest (unit tests, README and docstring examples); extra arguments go to pytest."""
-    _run(session, "pytest", *session.posargs, env=TEST_ENV)
+    """Run pytest (unit tests, README and docstring examples); extra arguments go to pytest.
+
+    The tests run in one worker process per core, at most four (pytest-xdist): each test is single-threaded and many
+    wait on subprocesses, so two workers on a 2-core machine take about 60% of the time of one. ``nox -s tests --
+    -n 0`` runs them in this process (for ``--pdb``).
+    """
+    workers = (
+        []
+        if any(arg == "-n" or arg.startswith(("-n", "--numprocesses")) for arg in session.posargs)
+        else [
+            "--numprocesses=auto",
+            "--maxprocesses=4",
+        ]
+    )
+    _run(session, "pytest", *workers, *session.posargs, env=TEST_ENV)
 
 
 @nox.session(python=False)
