@@ -78,9 +78,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, Any]]:
     processes = {devices: _start(devices, root / f"devices{devices}") for devices in (1, 2)}
     results = {}
     for devices, process in processes.items():
-        _wait(process, started)
+        log = _wait(process, started)
         out = root / f"devices{devices}"
         results[devices] = {
+            "log": log,
             **json.loads((out / "result.json").read_text()),
             "ranks": [json.loads((out / f"rank{rank}.json").read_text()) for rank in range(devices)],
         }
@@ -104,6 +105,12 @@ def test_the_jobs_ran_as_intended(runs: dict[int, dict[str, Any]]) -> None:
     assert [rank["digit_labels_in_first_batch"] for rank in runs[2]["ranks"]][1] == 0, "rank 1: no digit label"
     assert runs[2]["ranks"][0]["digit_labels_in_first_batch"] > 0
     assert any(value > 0 for value in runs[1]["balance"]["train/balance/conflicts"]), "PCGrad had conflicts to fix"
+
+
+def test_no_advice_to_sync_values_that_torchmetrics_has_synchronised(runs: dict[int, dict[str, Any]]) -> None:
+    """Lightning's "use sync_dist=True" advice is wrong for the module's epoch metrics; no user can act on it."""
+    assert "All distributed processes registered" in runs[2]["log"], "the log is that of a DDP run"
+    assert "sync_dist=True" not in runs[2]["log"]
 
 
 def test_logged_step_losses_are_those_of_one_process(runs: dict[int, dict[str, Any]]) -> None:
