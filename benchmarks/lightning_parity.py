@@ -138,7 +138,9 @@ class HandWrittenLightningModule(pl.LightningModule):
         self.backbone = backbone
         self.classifier = classifier
         self.loss = nn.CrossEntropyLoss()
-        self.accuracy = ConfusionMatrixMetrics(NUM_CLASSES, validate_args=False)  # the head's metric
+        # The head's metric, with missing labels (-100) left out as the head's are (nn.CrossEntropyLoss ignores
+        # them by default); the brick loss also counts the labelled samples and weights the epoch mean by them.
+        self.accuracy = ConfusionMatrixMetrics(NUM_CLASSES, validate_args=False, ignore_index=-100)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         raw, targets = batch

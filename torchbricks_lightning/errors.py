@@ -99,7 +99,7 @@ class ExportError(TorchBricksError, ValueError, RuntimeError):
 
 
 class RecipeError(TorchBricksError, ValueError, RuntimeError):
-    """The bricks of a recipe fail on a batch of its datamodule (found before any training or logging)."""
+    """The bricks of a recipe cannot be built, or fail on a batch of its datamodule (found before any training)."""
 
 
 class DatasetNotAvailableError(TorchBricksError, ValueError, RuntimeError):

@@ -435,7 +435,7 @@ def test_metric_states_round_trip_and_refuse_other_bricks() -> None:
     ((name, metric_state),) = accuracy.items()
     ((state_name, value),) = metric_state["state"].items()
     wrong = {name: {**metric_state, "state": {state_name: torch.zeros(3, dtype=value.dtype)}}}
-    with pytest.raises(ResumeStateError, match=r"is \(3,\), but the metric holds \(100,\)"):
+    with pytest.raises(ResumeStateError, match=r"is \(3,\), but the metric holds \(101,\)"):
         restore_metric_states(collection, {"head/metrics": wrong})
 
 

@@ -40,8 +40,8 @@ from typing_extensions import override
 
 from torchbricks_lightning.cli.export import run_export
 from torchbricks_lightning.cli.predict import BrickTrainer, report_predictions
-from torchbricks_lightning.cli.recipe import first_recipe_problem
-from torchbricks_lightning.errors import TorchBricksError, command_line_message
+from torchbricks_lightning.cli.recipe import first_brick_that_fails, first_recipe_problem
+from torchbricks_lightning.errors import RecipeError, TorchBricksError, command_line_message
 from torchbricks_lightning.lightning.checkpoint_io import SafeCheckpointIO, with_safe_checkpoint_io
 from torchbricks_lightning.lightning.checkpoints import is_remote, read_checkpoint
 from torchbricks_lightning.lightning.module import LightningBrickCollection
@@ -168,6 +168,23 @@ class TorchBricksCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         if self._checked_ckpt is not None and self.subcommand:
             self.config[f"{self.subcommand}.ckpt_path"] = self._checked_ckpt[0]
+
+    @override
+    def instantiate_classes(self) -> None:
+        """Build the recipe's objects; a brick whose constructor raises is named by its key.
+
+        Raises:
+            RecipeError: an entry of ``model.brick_collection`` raised when it was built (its error is the cause).
+        """
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError):
+            section = self.config.get(self.subcommand) if self.subcommand else self.config
+            failure = first_brick_that_fails(section.as_dict()) if section is not None else None
+            if failure is None:
+                raise
+            where, error = failure
+            raise RecipeError(f"{where}: building it raised {type(error).__name__}: {error}") from error
 
     @override
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:

@@ -22,7 +22,9 @@ import os
 from collections.abc import Iterator, Mapping
 from typing import Any, get_args
 
+from jsonargparse import ArgumentParser
 from pytorch_lightning import Trainer
+from torch import nn
 
 from torchbricks_lightning.cli.recipe_metrics import first_metric_problem
 from torchbricks_lightning.core.bricks import BrickInterface
@@ -37,6 +39,7 @@ __all__ = [
     "accepted_arguments",
     "first_alive_stages_problem",
     "first_brick_problem",
+    "first_brick_that_fails",
     "first_recipe_problem",
     "first_unimportable_class",
 ]
@@ -80,6 +83,48 @@ def first_recipe_problem(config: Any) -> str | None:
         or first_metric_problem(config)
         or first_alive_stages_problem(config)
     )
+
+
+def first_brick_that_fails(config: Mapping[str, Any]) -> tuple[str, Exception] | None:
+    """The first entry of ``model.brick_collection`` whose class raises when it is built, with what it raised.
+
+    jsonargparse builds the whole collection as one value of the ``BrickCollection | dict of bricks`` union, so a
+    brick's own error (``num_classes`` and ``class_names`` that disagree) comes back as one line of a page about
+    every alternative. Built alone, as an ``nn.Module``, the entry raises its own exception. Run only after the
+    collection failed to build: each entry is built once more here.
+
+    Args:
+        config: a parsed recipe (plain dicts: a ``Namespace``'s ``as_dict()``).
+
+    Returns:
+        ``(key, exception)``, or None when every entry builds on its own.
+    """
+    model = config.get("model")
+    bricks = model.get("brick_collection") if isinstance(model, Mapping) else None
+    for where, entry in _class_path_entries(bricks, "model.brick_collection"):
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_argument("--entry", type=nn.Module)
+        try:
+            parsed = parser.parse_object({"entry": entry})
+        except Exception:  # noqa: S112 - a value jsonargparse refuses: the recipe checks report it, not this one
+            continue
+        try:
+            parser.instantiate(parsed)
+        except Exception as err:
+            return where, err
+    return None
+
+
+def _class_path_entries(node: Any, where: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The ``class_path`` entries of a brick collection's recipe (nested dicts of bricks walked through)."""
+    if not isinstance(node, Mapping):
+        return
+    if "class_path" in node:
+        yield where, {key: value for key, value in node.items() if not str(key).startswith("__")}
+        return
+    for name, value in node.items():
+        if not str(name).startswith("__"):
+            yield from _class_path_entries(value, f"{where}.{name}")
 
 
 def first_unimportable_class(config: Mapping[str, Any]) -> str | None:

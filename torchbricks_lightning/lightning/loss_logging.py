@@ -62,7 +62,10 @@ class LossMean(MeanMetric):
         if isinstance(value, torch.Tensor):
             value = value.detach()
         if isinstance(weight, torch.Tensor):
-            self.mean_value.add_(value * weight)
+            if isinstance(value, torch.Tensor):
+                self.mean_value.addcmul_(value, weight)  # one kernel
+            else:
+                self.mean_value.add_(weight * value)
         else:  # one kernel, computed in the state's dtype (float32 also for a half-precision loss)
             self.mean_value.add_(value, alpha=weight)
         self.weight.add_(weight)
