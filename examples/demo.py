@@ -50,7 +50,7 @@ from torchbricks_lightning.pictures import render_brick_graph, render_confusion_
 
 REQUIRED = {"digit": 0.95, "parity": 0.95, "foreground": 0.80}
 """The least test figure of each task (digit and parity accuracy, foreground mean IoU)."""
-LABELS = {"digit": "accuracy", "parity": "accuracy", "foreground": "mean IoU"}
+LABELS = {"digit": "macro accuracy", "parity": "macro accuracy", "foreground": "mean IoU"}
 
 
 def train(
@@ -105,7 +105,7 @@ def main() -> int:
         baseline_validation[TEST_METRICS[task]] = float(checkpoints.best_model_score)  # type: ignore[arg-type]
         baseline_test[task] = figures[task]
         validation = baseline_validation[TEST_METRICS[task]]
-        print(f"  {task:<11} {LABELS[task]:<9} {figures[task]:7.2%} on test, {validation:7.2%} on validation")
+        print(f"  {task:<11} {LABELS[task]:<14} {figures[task]:7.2%} on test, {validation:7.2%} on validation")
     logging.getLogger("pytorch_lightning").setLevel(logging.INFO)
 
     print("\n== 2. Train the three tasks together: one backbone, uncertainty weighting, Δm at every validation")
@@ -160,12 +160,12 @@ def main() -> int:
         )
     )
 
-    print(f"\nDigit accuracy on the {len(targets)} held-out test images:")
+    print(f"\nDigits predicted correctly, of the {len(targets)} held-out test images:")
     print(f"  PyTorch      {torch_accuracy:.2%}")
     print(f"  onnxruntime  {onnx_accuracy:.2%}   ({differ['digit/class_prediction']} predictions differ)")
     print(f"Test figures, single-task baseline -> three-task model ({LABELLED_FRACTION:.0%} of the digits labelled):")
     for task in TASKS:
-        print(f"  {task:<11} {LABELS[task]:<9} {baseline_test[task]:7.2%} -> {multi_test[task]:7.2%}")
+        print(f"  {task:<11} {LABELS[task]:<14} {baseline_test[task]:7.2%} -> {multi_test[task]:7.2%}")
     print(f"Multi-task score Δm on the test split: {test_delta_m:+.2f}%")
     print(
         f"ONNX export: max abs diff vs PyTorch {max(export.max_abs_diff.values()):.2e} on example inputs; "

@@ -106,8 +106,8 @@ def log_matrices(
     """Draw each matrix (``{stage}/{key}``) for the module's TensorBoard loggers, on rank 0, at the current step.
 
     A square matrix is drawn as a confusion matrix, titled with its key and the epoch, its rows and columns named by
-    the metric's ``class_names`` when it has them (see :func:`metric_class_names`). Loggers that show no pictures
-    get a warning, once per key, that says where to see it.
+    the metric's ``class_names`` when it has them (see :func:`metric_class_names`). Without a TensorBoard logger,
+    a warning, once per key, says that the matrix is not logged and how to see it.
     """
     image_loggers = [logger for logger in module.loggers if isinstance(logger, TensorBoardLogger)]
     class_names = metric_class_names(collection, stage) if image_loggers else {}
@@ -122,16 +122,11 @@ def log_matrices(
                 image = render_confusion_matrix(matrix.reshape(-1, matrix.shape[-1]), title, None, ("row", "column"))
             for logger in image_loggers:
                 logger.experiment.add_image(name, image, global_step=module.global_step)
-        others = [type(logger).__name__ for logger in module.loggers if not isinstance(logger, TensorBoardLogger)]
-        if others:
-            hint = (
-                "It is shown as an image in TensorBoard only."
-                if image_loggers
-                else "Add a TensorBoardLogger to see it as an image."
-            )
+        if module.loggers and not image_loggers:  # with one, the picture is there: nothing to warn about
+            others = ", ".join(type(logger).__name__ for logger in module.loggers)
             warn_once(
-                f"Metric {name!r} is a {tuple(matrix.shape)} matrix; {', '.join(others)} cannot show pictures, so it "
-                f"is not logged there. {hint}",
+                f"Metric {name!r} is a {tuple(matrix.shape)} matrix; {others} cannot show pictures, so it is not "
+                "logged. Add a TensorBoardLogger to see it as an image.",
                 warned,
                 name,
             )
