@@ -363,17 +363,16 @@ def test_matrix_metric_without_tensorboard_warns_once_per_key(tmp_path: Path) ->
     assert "test/classwise/per_class/class_0" in columns  # the other metrics of the same brick still are logged
 
 
-def test_matrix_metric_with_tensorboard_and_csv_warns_about_csv_only(tmp_path: Path) -> None:
+def test_matrix_metric_with_tensorboard_and_csv_does_not_warn(tmp_path: Path) -> None:
+    """TensorBoard shows the matrix; that the CSV log leaves it out is expected, not worth a warning on every run
+    (the demo logs to both)."""
     loggers = [TensorBoardLogger(tmp_path, name="tb"), CSVLogger(tmp_path, name="csv")]
-    with pytest.warns(UserWarning, match="TensorBoard") as caught:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         fit_and_test(tmp_path, loggers, confusion=True)
-    messages = matrix_warnings(list(caught))
-    assert len(messages) == 3
+    assert not [str(w.message) for w in caught if "matrix" in str(w.message)]
     assert "test/classwise/confusion" in set(read_events(loggers[0].log_dir).Tags()["images"])
-    for message in messages:
-        assert "CSVLogger" in message
-        # A TensorBoardLogger is already attached (and shows the picture): telling the user to add one misleads.
-        assert "Add a TensorBoardLogger" not in message, message
+    assert not any("confusion" in name for name in read_csv(loggers[1])[0])
 
 
 def test_image_datamodule_with_conv_backbone_logs_to_tensorboard(tmp_path: Path) -> None:

@@ -4,15 +4,13 @@ class names of the metric that has them (read back from the event file)."""
 from __future__ import annotations
 
 import io
-import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from PIL import Image
-from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
@@ -74,50 +72,3 @@ def test_logged_confusion_matrix_has_title_axes_and_class_names(tmp_path: Path) 
     assert picture.shape == expected_pixels.shape
     assert int((picture.int() - expected_pixels.int()).abs().max()) <= 1
     assert "test/loss" in result
-
-
-def _fit_with(loggers: list[Any], tmp_path: Path) -> list[str]:
-    """Fit one epoch of a head with a confusion matrix; the UserWarnings raised, as text."""
-    bricks = BrickCollection(
-        {
-            "head": BrickTrainable(
-                nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4)), input_names=["raw"], output_names=["logits"]
-            ),
-            "prediction": BrickNotTrainable(ArgMax(), input_names=["logits"], output_names=["class_prediction"]),
-            "loss": BrickLoss(nn.CrossEntropyLoss(), input_names=["logits", "targets"], output_names=["ce"]),
-            "shape": {
-                "confusion": BrickMetricSingle(
-                    MulticlassConfusionMatrix(num_classes=4), input_names=["class_prediction", "targets"]
-                )
-            },
-        }
-    )
-    trainer = pl.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=loggers,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        default_root_dir=tmp_path,
-    )
-    data = SyntheticImageDataModule(num_classes=4, image_size=8, n_train=16, n_val=8, n_test=8)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        trainer.fit(LightningBrickCollection(bricks), datamodule=data)
-    return [str(warning.message) for warning in caught if issubclass(warning.category, UserWarning)]
-
-
-def test_a_matrix_not_shown_anywhere_is_warned_about_once_per_key(tmp_path: Path) -> None:
-    messages = [m for m in _fit_with([CSVLogger(tmp_path)], tmp_path) if "cannot show pictures" in m]
-    assert sorted(messages) == [
-        "Metric 'train/shape/confusion' is a (4, 4) matrix; CSVLogger cannot show pictures, so it is not logged. "
-        "Add a TensorBoardLogger to see it as an image.",
-        "Metric 'validation/shape/confusion' is a (4, 4) matrix; CSVLogger cannot show pictures, so it is not "
-        "logged. Add a TensorBoardLogger to see it as an image.",
-    ]  # once each, though the sanity check and the epoch both log the validation matrix
-
-
-def test_no_warning_when_tensorboard_shows_the_matrix_beside_a_csv_log(tmp_path: Path) -> None:
-    """The demo's setup: the CSV log leaves the matrix out, TensorBoard draws it; nothing to warn about."""
-    messages = _fit_with([CSVLogger(tmp_path), TensorBoardLogger(tmp_path, name="tb")], tmp_path)
-    assert not [m for m in messages if "matrix" in m]
