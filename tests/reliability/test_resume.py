@@ -9,8 +9,6 @@ same values for the interrupted epoch and the epochs after it, read back from th
 from __future__ import annotations
 
 import copy
-import csv
-import os
 import random
 import shutil
 import signal
@@ -22,6 +20,7 @@ from typing import Any
 import pytest
 import pytorch_lightning as pl
 import torch
+from job_runs import logged_values, run_jobs
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Dataset, SequentialSampler, TensorDataset
 
@@ -48,7 +47,6 @@ from torchbricks_lightning.random_state import capture_random_state, restore_ran
 JOB = Path(__file__).with_name("resume_job.py")
 KILL_AT_STEP = 30  # epoch 1 (19 batches per epoch), 2 batches after the checkpoint of step 28
 INTERRUPTED_EPOCH = 1
-JOB_TIMEOUT_S = 240
 
 
 def _batches(loader: Any) -> list[torch.Tensor]:
@@ -451,45 +449,8 @@ def test_rng_states_round_trip() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ end to end
-def _run_jobs(*runs: tuple[Path, list[str]]) -> list[subprocess.CompletedProcess[str]]:
-    """Run the job once per ``(out folder, extra arguments)``, all at once (pass two: one per core)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    processes = [
-        subprocess.Popen(
-            [sys.executable, str(JOB), "--out", str(out), "--max-epochs", "3", *extra],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for out, extra in runs
-    ]
-    results = []
-    try:
-        for process in processes:
-            output, _ = process.communicate(timeout=JOB_TIMEOUT_S)
-            results.append(subprocess.CompletedProcess(process.args, process.returncode, output))
-    finally:
-        for process in processes:  # a hung job fails the test instead of outliving it
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    return results
-
-
 def _ok(result: subprocess.CompletedProcess[str]) -> None:
     assert result.returncode == 0, result.stdout[-4000:]
-
-
-def _logged(folder: Path) -> dict[tuple[str, int, int], float]:
-    """``{(name, epoch, step): value}`` of a CSVLogger's metrics.csv."""
-    values = {}
-    with (folder / "metrics.csv").open() as file:
-        for row in csv.DictReader(file):
-            for name, value in row.items():
-                if name not in ("epoch", "step") and value != "":
-                    values[(name, int(row["epoch"]), int(row["step"]))] = float(value)
-    return values
 
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -501,7 +462,8 @@ def crashed_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """An uninterrupted run, and a run killed at step 30 (epoch 1) resumed with and without its metric states."""
     root = tmp_path_factory.mktemp("resume")
     full, crashed = root / "full", root / "crashed"
-    uninterrupted, killed = _run_jobs((full, []), (crashed, ["--kill-at-step", str(KILL_AT_STEP)]))
+    epochs = ["--max-epochs", "3"]
+    uninterrupted, killed = run_jobs(JOB, (full, epochs), (crashed, [*epochs, "--kill-at-step", str(KILL_AT_STEP)]))
     _ok(uninterrupted)
     assert killed.returncode == -signal.SIGKILL, killed.stdout[-4000:]
     assert not (crashed / "final.pt").exists()
@@ -509,8 +471,8 @@ def crashed_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     assert last["global_step"] == 28, "the last checkpoint is 2 steps before the kill, mid-epoch"
     without_metrics = root / "without_metric_states"
     shutil.copytree(crashed, without_metrics)
-    resumed, resumed_without = _run_jobs(
-        (crashed, ["--resume"]), (without_metrics, ["--resume", "--drop-metric-states"])
+    resumed, resumed_without = run_jobs(
+        JOB, (crashed, [*epochs, "--resume"]), (without_metrics, [*epochs, "--resume", "--drop-metric-states"])
     )
     _ok(resumed)
     _ok(resumed_without)
@@ -529,8 +491,8 @@ def test_resumed_run_ends_with_the_uninterrupted_weights(crashed_runs: dict[str,
 def test_resumed_run_logs_the_uninterrupted_values_including_the_interrupted_epoch(
     crashed_runs: dict[str, Path],
 ) -> None:
-    full = _logged(crashed_runs["full"] / "logs" / "first")
-    resumed = _logged(crashed_runs["resumed"] / "logs" / "resumed")
+    full = logged_values(crashed_runs["full"] / "logs" / "first")
+    resumed = logged_values(crashed_runs["resumed"] / "logs" / "resumed")
     epoch_values = {key for key in resumed if not key[0].endswith("_step")}
     interrupted = {name for name, epoch, _ in epoch_values if epoch == INTERRUPTED_EPOCH}
     assert {"train/head/accuracy", "train/auroc", "train/loss_epoch", "validation/head/accuracy"} <= interrupted
@@ -543,8 +505,8 @@ def test_resumed_run_logs_the_uninterrupted_values_including_the_interrupted_epo
 def test_without_the_metric_states_the_interrupted_epochs_train_metrics_would_differ(
     crashed_runs: dict[str, Path],
 ) -> None:
-    full = _logged(crashed_runs["full"] / "logs" / "first")
-    without = _logged(crashed_runs["without_metric_states"] / "logs" / "resumed")
+    full = logged_values(crashed_runs["full"] / "logs" / "first")
+    without = logged_values(crashed_runs["without_metric_states"] / "logs" / "resumed")
     train_metrics = ("train/head/accuracy", "train/auroc")
     for name in train_metrics:
         key = next(key for key in without if key[0] == name and key[1] == INTERRUPTED_EPOCH)

@@ -10,31 +10,17 @@ metric and random-generator states.
 
 from __future__ import annotations
 
-import csv
-import os
 import shutil
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from job_runs import logged_values, run_jobs
 
 JOB = Path(__file__).with_name("finetune_resume_job.py")
 KILL_AT_STEP = 30  # epoch 1 of 19 batches per epoch, 2 batches after the checkpoint of step 28
-JOB_TIMEOUT_S = 240
-
-
-def _logged(folder: Path) -> dict[tuple[str, str, int], float]:
-    """``{(name, epoch, step): value}`` of a CSVLogger's metrics.csv (``LearningRateMonitor`` rows have no epoch)."""
-    values = {}
-    with (folder / "metrics.csv").open() as file:
-        for row in csv.DictReader(file):
-            for name, value in row.items():
-                if name not in ("epoch", "step") and value != "":
-                    values[(name, row["epoch"], int(row["step"]))] = float(value)
-    return values
 
 
 def _initial_weights() -> dict[str, torch.Tensor]:
@@ -49,40 +35,15 @@ def _initial_weights() -> dict[str, torch.Tensor]:
     return finetune_resume_job.build_finetuning_module().state_dict()
 
 
-def _run_jobs(*runs: tuple[Path, list[str]]) -> list[subprocess.CompletedProcess[str]]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    processes = [
-        subprocess.Popen(
-            [sys.executable, str(JOB), "--out", str(out), *extra],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for out, extra in runs
-    ]
-    results = []
-    try:
-        for process in processes:
-            output, _ = process.communicate(timeout=JOB_TIMEOUT_S)
-            results.append(subprocess.CompletedProcess(process.args, process.returncode, output))
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    return results
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("finetune_resume")
     full, crashed = root / "full", root / "crashed"
-    uninterrupted, killed = _run_jobs((full, []), (crashed, ["--kill-at-step", str(KILL_AT_STEP)]))
+    uninterrupted, killed = run_jobs(JOB, (full, []), (crashed, ["--kill-at-step", str(KILL_AT_STEP)]))
     assert uninterrupted.returncode == 0, uninterrupted.stdout[-4000:]
     assert killed.returncode == -signal.SIGKILL, killed.stdout[-4000:]
     shutil.copyfile(crashed / "checkpoints" / "last.ckpt", root / "killed.ckpt")
-    (resumed,) = _run_jobs((crashed, ["--resume"]))
+    (resumed,) = run_jobs(JOB, (crashed, ["--resume"]))
     assert resumed.returncode == 0, resumed.stdout[-4000:]
     return {"full": full, "resumed": crashed, "killed": root / "killed.ckpt"}
 
@@ -113,9 +74,9 @@ def test_a_run_resumed_across_the_unfreeze_with_ema_ends_as_the_uninterrupted_on
     resumed = torch.load(runs["resumed"] / "final.pt", weights_only=True)
     different = [name for name in full if not torch.equal(full[name], resumed[name])]
     assert not different, f"weights differ after the resume: {different}"
-    full_log = _logged(runs["full"] / "logs" / "first")
-    resumed_log = _logged(runs["resumed"] / "logs" / "resumed")
-    assert {epoch for _, epoch, _ in resumed_log} == {"1", "2", ""}, "epochs 1 and 2, and the learning rates"
+    full_log = logged_values(runs["full"] / "logs" / "first")
+    resumed_log = logged_values(runs["resumed"] / "logs" / "resumed")
+    assert {epoch for _, epoch, _ in resumed_log} == {1, 2, None}, "epochs 1 and 2, and the learning rates"
     assert {"lr-SGD/backbone", "validation/head/accuracy", "train/auroc"} <= {name for name, _, _ in resumed_log}
     mismatched = {key: (full_log.get(key), value) for key, value in resumed_log.items() if full_log.get(key) != value}
     assert not mismatched, f"logged values differ from the uninterrupted run: {mismatched}"

@@ -9,70 +9,31 @@ weights) for the interrupted epoch and the epochs after it, read back from the C
 
 from __future__ import annotations
 
-import csv
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from job_runs import logged_values, run_jobs
 
 pytestmark = pytest.mark.slow
 
 JOB = Path(__file__).with_name("multitask_resume_job.py")
 KILL_AT_STEP = 22  # epoch 2 (8 steps per epoch), 2 steps after the checkpoint of step 20
 INTERRUPTED_EPOCH = 2
-TIMEOUT_S = 240
-
-
-def _run(*runs: tuple[Path, list[str]]) -> list[subprocess.CompletedProcess[str]]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    processes = [
-        subprocess.Popen(
-            [sys.executable, str(JOB), "--out", str(out), *extra],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for out, extra in runs
-    ]
-    results = []
-    try:
-        for process in processes:
-            output, _ = process.communicate(timeout=TIMEOUT_S)
-            results.append(subprocess.CompletedProcess(process.args, process.returncode, output))
-    finally:
-        for process in processes:  # a hung job fails the test instead of outliving it
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    return results
-
-
-def _logged(folder: Path) -> dict[tuple[str, int, int], float]:
-    values = {}
-    with (folder / "metrics.csv").open() as file:
-        for row in csv.DictReader(file):
-            for name, value in row.items():
-                if name not in ("epoch", "step") and value != "":
-                    values[(name, int(row["epoch"]), int(row["step"]))] = float(value)
-    return values
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("resume_multitask")
     full, crashed = root / "full", root / "crashed"
-    uninterrupted, killed = _run((full, []), (crashed, ["--kill-at-step", str(KILL_AT_STEP)]))
+    uninterrupted, killed = run_jobs(JOB, (full, []), (crashed, ["--kill-at-step", str(KILL_AT_STEP)]))
     assert uninterrupted.returncode == 0, uninterrupted.stdout[-4000:]
     assert killed.returncode == -signal.SIGKILL, killed.stdout[-4000:]
     last = torch.load(crashed / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] == KILL_AT_STEP - 2, "the last checkpoint is 2 steps before the kill, mid-epoch"
     assert last["epoch"] == INTERRUPTED_EPOCH
-    (resumed,) = _run((crashed, ["--resume"]))
+    (resumed,) = run_jobs(JOB, (crashed, ["--resume"]))
     assert resumed.returncode == 0, resumed.stdout[-4000:]
     return {"full": full, "resumed": crashed}
 
@@ -87,8 +48,8 @@ def test_the_resumed_run_ends_with_the_uninterrupted_weights_and_balancer_state(
 
 
 def test_the_resumed_run_logs_the_uninterrupted_values_and_dwa_weights(runs: dict[str, Path]) -> None:
-    full = _logged(runs["full"] / "logs" / "first")
-    resumed = _logged(runs["resumed"] / "logs" / "resumed")
+    full = logged_values(runs["full"] / "logs" / "first")
+    resumed = logged_values(runs["resumed"] / "logs" / "resumed")
     epochs = {epoch for _, epoch, _ in resumed}
     assert epochs == {INTERRUPTED_EPOCH, INTERRUPTED_EPOCH + 1}
     interrupted = {name for name, epoch, _ in resumed if epoch == INTERRUPTED_EPOCH}
