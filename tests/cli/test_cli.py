@@ -12,8 +12,6 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ import onnxruntime
 import pytest
 import torch
 import yaml
+from cli_runs import exit_code, in_folder, run_script
 
 from torchbricks_lightning.bag_of_bricks import TorchvisionBackbone
 from torchbricks_lightning.cli import TorchBricksCLI, check_ckpt_path, main
@@ -37,34 +36,6 @@ QUIET = ["--trainer.enable_progress_bar", "false"]
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def _script() -> list[str]:
-    """The installed console script next to the interpreter, or ``python -m`` when it is missing."""
-    script = Path(sys.executable).with_name("torchbricks-lightning")
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "torchbricks_lightning.cli"]
-
-
-def _run_script(args: Sequence[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    return subprocess.run(
-        [*_script(), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=240, check=False
-    )
-
-
-@contextmanager
-def _cwd(path: Path) -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(path)
-        patch.setattr(sys, "argv", ["torchbricks-lightning"])  # not pytest's arguments
-        yield
-
-
-def _exit_code(args: Sequence[str], cwd: Path) -> int:
-    """Run ``main`` in-process in ``cwd`` and return its exit code (``parser.error`` exits with SystemExit)."""
-    with _cwd(cwd):
-        try:
-            return main(list(args))
-        except SystemExit as exit_:
-            return int(exit_.code or 0)
 
 
 def _recipe() -> dict[str, Any]:
@@ -107,7 +78,7 @@ class FittedRun:
 def fitted_run(tmp_path_factory: pytest.TempPathFactory) -> FittedRun:
     """``torchbricks-lightning fit --config tiny_recipe.yaml`` in a subprocess, once for the module."""
     folder = tmp_path_factory.mktemp("fit")
-    process = _run_script(["fit", "--config", str(RECIPE), *QUIET], cwd=folder)
+    process = run_script(["fit", "--config", str(RECIPE), *QUIET], cwd=folder)
     assert process.returncode == 0, process.stderr[-4000:]
     return FittedRun(folder, process.stdout, process.stderr)
 
@@ -135,7 +106,7 @@ def test_fit_writes_checkpoints_and_the_callback_exports_onnx_next_to_them(fitte
 @pytest.mark.slow
 def test_export_subcommand_writes_onnx_that_matches_the_checkpoint(fitted_run: FittedRun, tmp_path: Path) -> None:
     output = tmp_path / "model.onnx"
-    process = _run_script(["export", "--ckpt_path", str(fitted_run.last), "--output", str(output)], cwd=tmp_path)
+    process = run_script(["export", "--ckpt_path", str(fitted_run.last), "--output", str(output)], cwd=tmp_path)
     assert process.returncode == 0, process.stderr[-4000:]
     assert f"Wrote {output}" in process.stdout
     assert "max abs diff" in process.stdout
@@ -175,8 +146,8 @@ def test_validate_test_and_predict_run_on_the_fitted_checkpoint(
     fitted_run: FittedRun, tmp_path: Path, subcommand: str, needs: str | None
 ) -> None:
     args = [subcommand, "--config", str(RECIPE), "--ckpt_path", str(fitted_run.last), *QUIET]
-    assert _exit_code(args, tmp_path) == 0
-    with _cwd(tmp_path):
+    assert exit_code(args, tmp_path) == 0
+    with in_folder(tmp_path):
         cli = TorchBricksCLI(args=args)
     if needs is not None:
         assert needs in cli.trainer.callback_metrics
@@ -195,7 +166,7 @@ def test_validate_test_and_predict_run_on_the_fitted_checkpoint(
 def test_print_config_prints_a_complete_recipe_that_runs_again_unchanged(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert _exit_code(["fit", "--config", str(RECIPE), *QUIET, "--print_config"], tmp_path) == 0
+    assert exit_code(["fit", "--config", str(RECIPE), *QUIET, "--print_config"], tmp_path) == 0
     printed_text = capsys.readouterr().out
     printed = yaml.safe_load(printed_text)
     _assert_no_training_output(tmp_path)
@@ -213,8 +184,8 @@ def test_print_config_prints_a_complete_recipe_that_runs_again_unchanged(
     second.mkdir()
     path = (tmp_path / "printed.yaml").resolve()
     path.write_text(printed_text)
-    assert _exit_code(["fit", "--config", str(path)], second) == 0
-    assert _exit_code(["fit", "--config", str(RECIPE), *QUIET], first) == 0
+    assert exit_code(["fit", "--config", str(path)], second) == 0
+    assert exit_code(["fit", "--config", str(RECIPE), *QUIET], first) == 0
 
     # Same recipe, same seed: the printed config trains exactly the same model.
     weights = [torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True) for folder in (first, second)]
@@ -250,7 +221,7 @@ def test_backbone_and_heads_are_a_config_change_only(tmp_path: Path, backbone: s
         in_channels = 512
     path = _write(_with_heads(config, n_heads, in_channels), tmp_path / "recipe.yaml")
 
-    with _cwd(tmp_path):
+    with in_folder(tmp_path):
         cli = TorchBricksCLI(args=["--config", str(path), *QUIET], run=False)
         cli.trainer.fit(cli.model, cli.datamodule)
 
@@ -276,7 +247,7 @@ def test_a_dotted_monitor_is_plain_data_and_the_checkpoint_rebuilds_itself(tmp_p
     config["model"]["lr_scheduler_monitor"] = "test.loss"
     path = _write(config, tmp_path / "recipe.yaml")
 
-    assert _exit_code(["fit", "--config", str(path), *QUIET], tmp_path) == 0
+    assert exit_code(["fit", "--config", str(path), *QUIET], tmp_path) == 0
 
     module = LightningBrickCollection.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     assert module.lr_scheduler_monitor == "test.loss"
@@ -291,7 +262,7 @@ def test_a_cli_checkpoint_holds_the_recipe_and_a_python_one_only_plain_values(tm
     config = _recipe()
     config["trainer"]["callbacks"] = config["trainer"]["callbacks"][:1]
     path = _write(config, tmp_path / "recipe.yaml")
-    with _cwd(tmp_path):
+    with in_folder(tmp_path):
         cli = TorchBricksCLI(args=["--config", str(path), *QUIET], run=False)
     for hyperparameters in (cli.model.hparams, cli.model.hparams_initial):  # saved, and logged by the loggers
         bricks = hyperparameters["brick_collection"]
@@ -305,7 +276,7 @@ def test_a_cli_checkpoint_holds_the_recipe_and_a_python_one_only_plain_values(tm
     assert built_in_python.hparams["batch_names"] == ["raw", "targets"]  # a list: hparams.yaml is plain YAML
 
     # Without Lightning's instantiator in the checkpoint nothing could rebuild the bricks from their recipe.
-    with _cwd(tmp_path):
+    with in_folder(tmp_path):
         plain = TorchBricksCLI(args=["--config", str(path), *QUIET], run=False, load_from_checkpoint_support=False)
     assert "brick_collection" not in plain.model.hparams
 
@@ -320,12 +291,12 @@ def test_the_recipe_checks_run_only_when_jsonargparse_refuses_a_recipe(
     monkeypatch.setattr(app, "first_recipe_problem", lambda config: seen.append(config))
     config = _recipe()
     config["trainer"]["callbacks"] = config["trainer"]["callbacks"][:1]
-    with _cwd(tmp_path):
+    with in_folder(tmp_path):
         TorchBricksCLI(args=["--config", str(_write(config, tmp_path / "good.yaml")), *QUIET], run=False)
     assert seen == []
 
     config["model"]["brick_collection"]["head0"]["init_args"]["num_clases"] = 4
-    assert _exit_code(["fit", "--config", str(_write(config, tmp_path / "typo.yaml")), *QUIET], tmp_path) == 2
+    assert exit_code(["fit", "--config", str(_write(config, tmp_path / "typo.yaml")), *QUIET], tmp_path) == 2
     assert len(seen) == 1
     assert seen[0] == config  # the values jsonargparse loaded: the same as the file
 
@@ -335,7 +306,7 @@ def test_stages_in_a_recipe_are_typed(tmp_path: Path, capsys: pytest.CaptureFixt
     config = _recipe()
     config["trainer"]["callbacks"] = config["trainer"]["callbacks"][:1]
     config["model"]["brick_collection"]["backbone"]["init_args"]["alive_stages"] = ["TRAIN", "validation", "export"]
-    with _cwd(tmp_path):
+    with in_folder(tmp_path):
         cli = TorchBricksCLI(args=["--config", str(_write(config, tmp_path / "good.yaml")), *QUIET], run=False)
     assert [stage.value for stage in cli.model.brick_collection["backbone"].alive_stages] == [
         "train",
@@ -344,7 +315,7 @@ def test_stages_in_a_recipe_are_typed(tmp_path: Path, capsys: pytest.CaptureFixt
     ]
 
     config["model"]["brick_collection"]["backbone"]["init_args"]["alive_stages"] = "train"
-    assert _exit_code(["fit", "--config", str(_write(config, tmp_path / "single.yaml")), *QUIET], tmp_path) == 2
+    assert exit_code(["fit", "--config", str(_write(config, tmp_path / "single.yaml")), *QUIET], tmp_path) == 2
     err = capsys.readouterr().err
     assert "single.yaml: model.brick_collection.backbone.init_args.alive_stages: Expected 'all', 'none'" in err
     assert "Wrap a single stage in a list: [train]" in err
@@ -373,7 +344,7 @@ def test_unknown_brick_class_fails_before_training_in_the_console_script(tmp_pat
     preprocessor["class_path"] = "torchbricks_lightning.bag_of_bricks.Preprocesor"
     path = _write(config, tmp_path / "typo.yaml")
 
-    process = _run_script(["fit", "--config", str(path), *QUIET], cwd=tmp_path)
+    process = run_script(["fit", "--config", str(path), *QUIET], cwd=tmp_path)
 
     assert process.returncode == 2, process.stderr[-4000:]
     assert "model.brick_collection.preprocessor.init_args.model.class_path" in process.stderr
@@ -422,7 +393,7 @@ def test_unknown_class_anywhere_names_the_key_path(
     node["class_path"] = class_path
     path = _write(config, tmp_path / "typo.yaml")
 
-    assert _exit_code(["fit", "--config", str(path), *QUIET], tmp_path) == 2
+    assert exit_code(["fit", "--config", str(path), *QUIET], tmp_path) == 2
     assert message in capsys.readouterr().err
     _assert_no_training_output(tmp_path)
 
@@ -432,7 +403,7 @@ def test_short_class_names_accepted_by_lightning_cli_still_work(tmp_path: Path) 
     config = _recipe()
     config["trainer"]["callbacks"][0]["class_path"] = "ModelCheckpoint"
     path = _write(config, tmp_path / "short.yaml")
-    with _cwd(tmp_path):
+    with in_folder(tmp_path):
         cli = TorchBricksCLI(args=["--config", str(path), *QUIET], run=False)
     assert any(type(callback).__name__ == "ModelCheckpoint" for callback in cli.trainer.callbacks)
 
@@ -442,7 +413,7 @@ def test_typo_in_an_input_name_fails_before_training(tmp_path: Path, capsys: pyt
     config["model"]["brick_collection"]["backbone"]["init_args"]["input_names"] = ["normalised"]
     path = _write(config, tmp_path / "typo.yaml")
 
-    assert _exit_code(["fit", "--config", str(path), *QUIET], tmp_path) == 2
+    assert exit_code(["fit", "--config", str(path), *QUIET], tmp_path) == 2
     err = capsys.readouterr().err
     assert "MissingInputError" in err
     assert "Brick 'backbone' needs input 'normalised'" in err
@@ -456,7 +427,7 @@ def test_typo_in_a_nested_target_name_fails_before_training(tmp_path: Path, caps
     config["model"]["brick_collection"]["head0"]["init_args"]["targets_name"] = "target"
     path = _write(config, tmp_path / "typo.yaml")
 
-    assert _exit_code(["fit", "--config", str(path), *QUIET], tmp_path) == 2
+    assert exit_code(["fit", "--config", str(path), *QUIET], tmp_path) == 2
     err = capsys.readouterr().err
     assert "MissingInputError" in err
     assert "needs input 'target'" in err
@@ -470,7 +441,7 @@ def test_typo_in_alive_stages_fails_before_training(tmp_path: Path, capsys: pyte
     config["model"]["brick_collection"]["backbone"]["init_args"]["alive_stages"] = ["train", "valdation"]
     path = _write(config, tmp_path / "typo.yaml")
 
-    assert _exit_code(["fit", "--config", str(path), *QUIET], tmp_path) == 2
+    assert exit_code(["fit", "--config", str(path), *QUIET], tmp_path) == 2
     err = capsys.readouterr().err
     # The key as written in the recipe file, after the file's name.
     assert "typo.yaml: model.brick_collection.backbone.init_args.alive_stages: Unknown stage" in err
@@ -482,7 +453,7 @@ def test_typo_in_alive_stages_fails_before_training(tmp_path: Path, capsys: pyte
 def test_export_of_a_missing_checkpoint_fails_clearly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = tmp_path / "nowhere" / "run.ckpt"
     output = tmp_path / "model.onnx"
-    assert _exit_code(["export", "--ckpt_path", str(missing), "--output", str(output)], tmp_path) == 2
+    assert exit_code(["export", "--ckpt_path", str(missing), "--output", str(output)], tmp_path) == 2
     err = capsys.readouterr().err
     assert f"Checkpoint {str(missing)!r} does not exist" in err
     assert "Traceback" not in err
@@ -490,13 +461,12 @@ def test_export_of_a_missing_checkpoint_fails_clearly(tmp_path: Path, capsys: py
 
 
 def test_export_requires_ckpt_path_and_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert _exit_code(["export", "--output", str(tmp_path / "model.onnx")], tmp_path) == 2
+    assert exit_code(["export", "--output", str(tmp_path / "model.onnx")], tmp_path) == 2
     assert "ckpt_path" in capsys.readouterr().err
 
 
 def test_a_typo_in_a_dotted_callable_names_its_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """An optimizer given as a plain dotted name (no class_path) is checked like a class path."""
-    from torchbricks_lightning.cli import main
 
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("model:\n  brick_collection: {}\n  optimizer: torch.optim.Adamm\n")
@@ -592,7 +562,7 @@ def test_a_misspelt_argument_of_a_wrapped_module_fails_before_training(
     config["model"]["brick_collection"]["backbone"]["init_args"]["model"]["init_args"]["kernel_sise"] = 3
     path = _write(config, tmp_path / "typo.yaml")
 
-    assert _exit_code(["fit", "--config", str(path), *QUIET], tmp_path) == 2
+    assert exit_code(["fit", "--config", str(path), *QUIET], tmp_path) == 2
     err = capsys.readouterr().err
     assert "model.brick_collection.backbone.init_args.model.init_args.kernel_sise" in err
     assert "Did you mean 'kernel_size'?" in err
@@ -608,7 +578,7 @@ def test_bricks_that_do_not_fit_fail_before_anything_is_written(
     config["model"]["brick_collection"]["head0"]["init_args"]["in_channels"] = 7
     path = _write(config, tmp_path / "misfit.yaml")
 
-    assert _exit_code(["fit", "--config", str(path), *QUIET], tmp_path) == 2
+    assert exit_code(["fit", "--config", str(path), *QUIET], tmp_path) == 2
     err = capsys.readouterr().err
     assert "RecipeError: The bricks fail on samples of the first validation batch in stage 'validation'" in err
     assert re.search(r"mat1 and mat2 shapes cannot be multiplied \([2-4]x8 and 7x4\)", err)  # a few samples
@@ -622,7 +592,7 @@ def test_the_batch_check_before_fit_leaves_no_trace(tmp_path: Path) -> None:
     config = _recipe()
     config["trainer"]["callbacks"] = config["trainer"]["callbacks"][:1]
     path = _write(config, tmp_path / "recipe.yaml")
-    with _cwd(tmp_path):
+    with in_folder(tmp_path):
         cli = TorchBricksCLI(args=["--config", str(path), *QUIET], run=False)
     collection = cli.model.brick_collection
     collection["backbone"].eval()  # a mix of modes, to see that each is put back
@@ -646,7 +616,7 @@ def test_training_is_the_same_with_and_without_the_batch_check(tmp_path: Path, m
     for name, check in (("checked", True), ("unchecked", False)):
         folder = tmp_path / name
         folder.mkdir()
-        with monkeypatch.context() as patch, _cwd(folder):
+        with monkeypatch.context() as patch, in_folder(folder):
             if not check:
                 patch.setattr(TorchBricksCLI, "before_fit", lambda self: None)
             cli = TorchBricksCLI(args=["fit", "--config", str(path), *QUIET])
@@ -678,7 +648,7 @@ def test_a_broken_ckpt_path_fails_before_anything_is_written(
     work.mkdir()
 
     args = [subcommand, "--config", str(RECIPE), "--ckpt_path", str(checkpoint), *QUIET]
-    assert _exit_code(args, work) == 2
+    assert exit_code(args, work) == 2
     err = capsys.readouterr().err
     assert (
         f"CheckpointError: {'Checkpoint' if broken == 'missing' else 'Could not read checkpoint'} {str(checkpoint)!r}"
@@ -698,5 +668,5 @@ def test_fit_with_ckpt_path_last_and_no_checkpoint_yet_trains(tmp_path: Path) ->
     config["trainer"]["callbacks"] = config["trainer"]["callbacks"][:1]
     path = _write(config, tmp_path / "recipe.yaml")
     with pytest.warns(UserWarning, match="no last checkpoint available"):
-        assert _exit_code(["fit", "--config", str(path), "--ckpt_path", "last", *QUIET], tmp_path) == 0
+        assert exit_code(["fit", "--config", str(path), "--ckpt_path", "last", *QUIET], tmp_path) == 0
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()

@@ -9,17 +9,15 @@ import csv
 import os
 import re
 import subprocess
-import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import onnxruntime
 import pytest
 import torch
+from cli_runs import exit_code, in_folder, script_command
 
-from torchbricks_lightning.cli import TorchBricksCLI, main
+from torchbricks_lightning.cli import TorchBricksCLI
 from torchbricks_lightning.lightning import LightningBrickCollection
 
 RECIPE = Path(__file__).parent / "configs" / "tiny_recipe.yaml"
@@ -44,19 +42,6 @@ def readme_recipe() -> str:
     return block
 
 
-def _script() -> list[str]:
-    script = Path(sys.executable).with_name("torchbricks-lightning")
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "torchbricks_lightning.cli"]
-
-
-@contextmanager
-def _cwd(path: Path) -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(path)
-        patch.setattr(sys, "argv", ["torchbricks-lightning"])
-        yield
-
-
 def _configs(folder: Path) -> list[str]:
     (folder / "optimisation.yaml").write_text(readme_recipe())
     (folder / "tiny.yaml").write_text(TINY)
@@ -75,7 +60,7 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("optimisation")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     process = subprocess.run(
-        [*_script(), "fit", *_configs(folder), *QUIET],
+        [*script_command(), "fit", *_configs(folder), *QUIET],
         cwd=folder,
         env=env,
         capture_output=True,
@@ -123,7 +108,7 @@ def test_a_recipe_tunes_the_lr_and_each_group_keeps_its_own(fitted: Path) -> Non
 
 @pytest.mark.slow
 def test_a_recipe_freezes_the_backbone_for_an_epoch_and_averages_the_weights(fitted: Path) -> None:
-    with _cwd(fitted):
+    with in_folder(fitted):
         built = TorchBricksCLI(args=[*_configs(fitted), *QUIET], run=False).model  # the same seed: the same weights
     initial = {name: value for name, value in built.state_dict().items() if ".backbone." in name}
     epochs = [torch.load(fitted / "checkpoints" / f"epoch={epoch}.ckpt", weights_only=True) for epoch in (0, 1)]
@@ -151,14 +136,6 @@ def test_a_recipe_freezes_the_backbone_for_an_epoch_and_averages_the_weights(fit
     np.testing.assert_allclose(logits, expected, atol=1e-5, err_msg="the ONNX file holds the averaged weights")
 
 
-def _exit_code(args: Sequence[str], cwd: Path) -> int:
-    with _cwd(cwd):
-        try:
-            return main(list(args))
-        except SystemExit as exit_:
-            return int(exit_.code or 0)
-
-
 @pytest.mark.parametrize(
     ("override", "message"),
     [
@@ -181,6 +158,6 @@ def _exit_code(args: Sequence[str], cwd: Path) -> int:
 def test_a_recipe_mistake_fails_before_anything_is_written(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], override: list[str], message: str
 ) -> None:
-    assert _exit_code(["fit", "--config", str(RECIPE), *override, *QUIET], tmp_path) != 0
+    assert exit_code(["fit", "--config", str(RECIPE), *override, *QUIET], tmp_path) != 0
     assert message in capsys.readouterr().err
     assert sorted(path.name for path in tmp_path.iterdir()) == [], "nothing written"

@@ -6,19 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
+from cli_runs import exit_code, run_script
 
-from torchbricks_lightning.cli import main
 from torchbricks_lightning.datamodules.synthetic import make_images
 from torchbricks_lightning.lightning import LightningBrickCollection
 
@@ -27,38 +22,10 @@ QUIET = ["--trainer.enable_progress_bar", "false"]
 HEAD = ["head0/logits", "head0/probabilities", "head0/class_prediction"]
 
 
-def _script() -> list[str]:
-    script = Path(sys.executable).with_name("torchbricks-lightning")
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "torchbricks_lightning.cli"]
-
-
-def _run_script(args: Sequence[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    return subprocess.run(
-        [*_script(), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=240, check=False
-    )
-
-
-@contextmanager
-def _cwd(path: Path) -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(path)
-        patch.setattr(sys, "argv", ["torchbricks-lightning"])
-        yield
-
-
-def _main(args: Sequence[str], cwd: Path) -> int:
-    with _cwd(cwd):
-        try:
-            return main(list(args))
-        except SystemExit as exit_:
-            return int(exit_.code or 0)
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("fit")
-    assert _main(["fit", "--config", str(RECIPE), *QUIET], folder) == 0
+    assert exit_code(["fit", "--config", str(RECIPE), *QUIET], folder) == 0
     path = folder / "checkpoints" / "last.ckpt"
     assert path.is_file()
     return path
@@ -66,7 +33,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # ------------------------------------------------------------------------------------------------ export
 def test_export_one_artefact_per_head_in_float16(checkpoint: Path, tmp_path: Path) -> None:
-    process = _run_script(
+    process = run_script(
         ["export", "--ckpt_path", str(checkpoint), "--output", "exports/{head}.onnx", "--dtype", "float16"], tmp_path
     )
     assert process.returncode == 0, process.stderr[-3000:]
@@ -91,7 +58,7 @@ def test_export_several_artefacts_from_one_checkpoint(checkpoint: Path, tmp_path
         "{path: prediction.pt2, output_names: [head0/class_prediction]}]"
     )
     arguments = ["export", "--ckpt_path", str(checkpoint), "--artefacts", artefacts, "--opset", "18"]
-    assert _main(arguments, tmp_path) == 0
+    assert exit_code(arguments, tmp_path) == 0
     assert sorted(path.name for path in tmp_path.iterdir()) == [
         "prediction.pt2",
         "prediction.pt2.json",
@@ -118,7 +85,7 @@ def test_export_options_from_a_yaml_file(checkpoint: Path, tmp_path: Path) -> No
         "  - {path: out/model.pt2}\n"
         "  - {path: out/model.onnx, output_names: [head0/logits]}\n"
     )
-    assert _main(["export", "--config", str(options)], tmp_path) == 0
+    assert exit_code(["export", "--config", str(options)], tmp_path) == 0
     manifest = json.loads((tmp_path / "out" / "model.pt2.json").read_text())
     assert [entry["name"] for entry in manifest["outputs"]] == HEAD
     assert manifest["inputs"][0]["shape"] == ["batch", 3, "height", "width"]
@@ -128,7 +95,7 @@ def test_export_of_an_unknown_output_says_what_was_meant(
     checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     arguments = ["export", "--ckpt_path", str(checkpoint), "--output", "m.onnx", "--output_names", "head0/probs"]
-    assert _main(arguments, tmp_path) == 2
+    assert exit_code(arguments, tmp_path) == 2
     assert "Did you mean 'head0/probabilities'?" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
@@ -136,14 +103,14 @@ def test_export_of_an_unknown_output_says_what_was_meant(
 def test_export_needs_an_output_or_artefacts(
     checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert _main(["export", "--ckpt_path", str(checkpoint)], tmp_path) == 2
+    assert exit_code(["export", "--ckpt_path", str(checkpoint)], tmp_path) == 2
     assert "Give either --output" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------------ predict
 def test_predict_writes_the_predictions_and_says_where(checkpoint: Path, tmp_path: Path) -> None:
     arguments = ["predict", "--config", str(RECIPE), "--ckpt_path", str(checkpoint), "--output_dir", "preds", *QUIET]
-    process = _run_script(arguments, tmp_path)
+    process = run_script(arguments, tmp_path)
     assert process.returncode == 0, process.stderr[-3000:]
     assert "Wrote 1 prediction file(s) (16 samples) to preds: rank0/dl0-batch000000.npz" in process.stdout
     assert "head0/probabilities (float32)" in process.stdout
@@ -165,5 +132,5 @@ def test_predict_writes_the_predictions_and_says_where(checkpoint: Path, tmp_pat
 def test_predict_without_an_output_dir_says_how_to_write_the_predictions(
     checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert _main(["predict", "--config", str(RECIPE), "--ckpt_path", str(checkpoint), *QUIET], tmp_path) == 0
+    assert exit_code(["predict", "--config", str(RECIPE), "--ckpt_path", str(checkpoint), *QUIET], tmp_path) == 0
     assert "predict wrote nothing: pass --output_dir DIR" in capsys.readouterr().err

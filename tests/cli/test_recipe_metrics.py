@@ -3,16 +3,14 @@ mistake in one metric is one line that names its key (not jsonargparse's page of
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from cli_runs import exit_code, in_folder
 
-from torchbricks_lightning.cli import TorchBricksCLI, main
+from torchbricks_lightning.cli import TorchBricksCLI
 from torchbricks_lightning.cli.recipe import first_recipe_problem
 from torchbricks_lightning.cli.recipe_metrics import first_metric_problem
 
@@ -22,22 +20,6 @@ METRICS = {
     "mse": {"class_path": "torchmetrics.MeanSquaredError"},
     "mae": {"class_path": "torchmetrics.MeanAbsoluteError", "init_args": {"num_outputs": 1}},
 }
-
-
-@contextmanager
-def _cwd(path: Path) -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(path)
-        patch.setattr(sys, "argv", ["torchbricks-lightning"])
-        yield
-
-
-def _exit_code(args: Sequence[str], cwd: Path) -> int:
-    with _cwd(cwd):
-        try:
-            return main(list(args))
-        except SystemExit as exit_:
-            return int(exit_.code or 0)
 
 
 def _recipe_with(bricks: dict[str, Any]) -> dict[str, Any]:
@@ -81,7 +63,7 @@ def test_a_dict_of_metrics_in_yaml_trains_and_logs_each_under_the_brick_path(tmp
         },
     }
     path = _write(_recipe_with(bricks), tmp_path / "recipe.yaml")
-    with _cwd(tmp_path):
+    with in_folder(tmp_path):
         cli = TorchBricksCLI(args=["fit", "--config", str(path), *QUIET, "--trainer.logger", "false"])
 
     collection = cli.model.brick_collection
@@ -100,7 +82,7 @@ def test_a_dict_of_metrics_in_yaml_trains_and_logs_each_under_the_brick_path(tmp
 def test_a_metric_collection_class_path_works_too(tmp_path: Path) -> None:
     collection = {"class_path": "torchmetrics.MetricCollection", "init_args": {"metrics": METRICS}}
     path = _write(_recipe_with({"metrics": _metrics_brick(collection)}), tmp_path / "recipe.yaml")
-    with _cwd(tmp_path):
+    with in_folder(tmp_path):
         cli = TorchBricksCLI(args=["--config", str(path), *QUIET], run=False)
     assert cli.model.brick_collection.metric_keys() == ["head0/accuracy", "metrics/mae", "metrics/mse"]
 
@@ -170,7 +152,7 @@ def test_a_misspelt_metric_argument_is_one_line_from_the_command(
     metrics = {"mse": {"class_path": "torchmetrics.MeanSquaredError", "init_args": {"squard": False}}}
     path = _write(_recipe_with({"metrics": _metrics_brick(metrics)}), tmp_path / "recipe.yaml")
 
-    assert _exit_code(["fit", "--config", str(path), *QUIET], tmp_path) == 2
+    assert exit_code(["fit", "--config", str(path), *QUIET], tmp_path) == 2
 
     err = capsys.readouterr().err
     error_lines = err[err.index("error:") :].strip().splitlines()

@@ -11,8 +11,7 @@ import pathlib
 import re
 import sys
 import zipfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +19,14 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import yaml
+from cli_runs import exit_code, in_folder
 from conftest import N_FEATURES, boring_bricks
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from torchbricks_lightning import BrickCollection, BrickNotTrainable, BrickTrainable
 from torchbricks_lightning.bag_of_bricks import ClassificationHead, Preprocessor
-from torchbricks_lightning.cli import TorchBricksCLI, main
+from torchbricks_lightning.cli import TorchBricksCLI
 from torchbricks_lightning.datamodules.synthetic import make_images
 from torchbricks_lightning.errors import BrickDefinitionError
 from torchbricks_lightning.lightning import (
@@ -90,22 +90,6 @@ def _recipe_bricks() -> BrickCollection:
     )
 
 
-@contextmanager
-def _cwd(path: Path) -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(path)
-        patch.setattr(sys, "argv", ["torchbricks-lightning"])
-        yield
-
-
-def _cli_exit_code(args: list[str], cwd: Path) -> int:
-    with _cwd(cwd):
-        try:
-            return main(args)
-        except SystemExit as exit_:
-            return int(exit_.code or 0)
-
-
 @pytest.fixture(scope="module")
 def cli_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``last.ckpt`` of a one-epoch CLI run of the tiny recipe (in-process, without the ONNX callback)."""
@@ -114,7 +98,7 @@ def cli_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config["trainer"]["callbacks"] = config["trainer"]["callbacks"][:1]
     recipe = folder / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(config))
-    with _cwd(folder):
+    with in_folder(folder):
         TorchBricksCLI(args=["fit", "--config", str(recipe), "--trainer.enable_progress_bar", "false"])
     path = folder / "checkpoints" / "last.ckpt"
     assert path.is_file()
@@ -192,7 +176,7 @@ def test_cli_export_refuses_pickled_code(tmp_path: Path, capsys: pytest.CaptureF
     torch.save({"state_dict": {}, "payload": PAYLOADS[payload](marker)}, path)
     output = tmp_path / "model.onnx"
 
-    assert _cli_exit_code(["export", "--ckpt_path", str(path), "--output", str(output)], tmp_path) == 2
+    assert exit_code(["export", "--ckpt_path", str(path), "--output", str(output)], tmp_path) == 2
     err = capsys.readouterr().err
     assert "arbitrary code" in err
     assert "Traceback" not in err
@@ -253,7 +237,7 @@ def test_cli_export_refuses_an_untrusted_class(
 ) -> None:
     path = _edited(cli_checkpoint, tmp_path / "untrusted.ckpt", _set_backbone_class("os.system"))
     output = tmp_path / "model.onnx"
-    assert _cli_exit_code(["export", "--ckpt_path", str(path), "--output", str(output)], tmp_path) == 2
+    assert exit_code(["export", "--ckpt_path", str(path), "--output", str(output)], tmp_path) == 2
     err = capsys.readouterr().err
     assert f"'os.system' at {BACKBONE_CLASS_PATH_KEY!r}" in err
     assert "--trusted_class_prefixes '[os.]'" in err  # the command line's spelling
@@ -274,7 +258,7 @@ def test_trusted_class_prefixes_opt_in_to_an_untrusted_class(cli_checkpoint: Pat
     # The CLI's export takes the same opt-in.
     output = tmp_path / "model.onnx"
     args = ["export", "--ckpt_path", str(path), "--output", str(output), f"--trusted_class_prefixes=[{prefix}]"]
-    assert _cli_exit_code(args, tmp_path) == 0
+    assert exit_code(args, tmp_path) == 0
     assert output.is_file()
 
 
@@ -348,7 +332,7 @@ def test_a_dotted_monitor_is_plain_data_not_a_class_path(cli_checkpoint: Path, t
     assert module.lr_scheduler_monitor == monitor
     torch.testing.assert_close(_logits(module, _images()), _logits(_loaded(cli_checkpoint), _images()))
     output = tmp_path / "model.onnx"
-    assert _cli_exit_code(["export", "--ckpt_path", str(path), "--output", str(output)], tmp_path) == 0
+    assert exit_code(["export", "--ckpt_path", str(path), "--output", str(output)], tmp_path) == 0
     assert output.is_file()
 
 
@@ -499,7 +483,7 @@ def test_a_file_that_is_not_a_checkpoint_gives_a_checkpoint_error(tmp_path: Path
 
 def test_cli_export_of_a_recipe_instead_of_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     output = tmp_path / "model.onnx"
-    assert _cli_exit_code(["export", "--ckpt_path", str(RECIPE), "--output", str(output)], tmp_path) == 2
+    assert exit_code(["export", "--ckpt_path", str(RECIPE), "--output", str(output)], tmp_path) == 2
     err = capsys.readouterr().err
     assert "not a PyTorch checkpoint" in err
     assert "arbitrary code" not in err

@@ -35,6 +35,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import yaml
+from cli_runs import in_folder
 from jsonargparse import ArgumentError
 
 import torchbricks_lightning
@@ -158,7 +159,7 @@ def good(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A checkpoint of a one-epoch CLI run of the tiny recipe (in-process), loaded: every attack edits a copy."""
     folder = tmp_path_factory.mktemp("good")
     recipe = _recipe_without_export(folder)
-    with _cwd(folder):
+    with in_folder(folder):
         TorchBricksCLI(args=["fit", "--config", str(recipe), "--trainer.enable_progress_bar", "false"])
     checkpoint = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)
     # What loading reads; the training state (loops, optimiser, callbacks) only slows each of the many copies down.
@@ -182,19 +183,11 @@ def _planted(good: dict[str, Any], folder: Path, edit: Callable[[dict[str, Any]]
     return path
 
 
-@contextlib.contextmanager
-def _cwd(path: Path) -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(path)
-        patch.setattr(sys, "argv", ["torchbricks-lightning"])
-        yield
-
-
 # ------------------------------------------------------------------------------------------------ loading paths
 def _cli(arguments: list[str], folder: Path) -> str:
     """Run the command line in-process; REFUSED for an untrusted-checkpoint error, LOADED for success."""
     stderr = io.StringIO()
-    with _cwd(folder), contextlib.redirect_stderr(stderr):
+    with in_folder(folder), contextlib.redirect_stderr(stderr):
         try:
             code = main(arguments)
         except SystemExit as exit_:
@@ -486,7 +479,7 @@ def test_ckpt_path_last_holding_a_pickle_payload_is_refused_without_a_traceback(
     torch.save({"state_dict": {}, "payload": TouchPayload(marker)}, tmp_path / "checkpoints" / "last.ckpt")
     arguments = ["fit", "--config", str(_recipe_without_export(tmp_path)), "--ckpt_path", "last"]
     stderr = io.StringIO()
-    with _cwd(tmp_path), contextlib.redirect_stderr(stderr):
+    with in_folder(tmp_path), contextlib.redirect_stderr(stderr):
         code = main([*arguments, "--trainer.enable_progress_bar", "false"])
     assert code == 2
     assert "error: UntrustedCheckpointError: Checkpoint" in stderr.getvalue()
