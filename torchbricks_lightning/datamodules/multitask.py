@@ -36,14 +36,13 @@ import math
 from collections.abc import Iterator, Mapping, Sequence, Sized
 from typing import Any, Literal
 
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.core.stages import Stage
 from torchbricks_lightning.datamodules.base import Split, SplitDataModule
-from torchbricks_lightning.datamodules.loading import EvaluationSampler, ResumableDataLoader, ResumableSampler
+from torchbricks_lightning.datamodules.loading import ResumableDataLoader, ResumableSampler
 from torchbricks_lightning.datamodules.samplers import mix_seed
 from torchbricks_lightning.errors import BrickDefinitionError, ConfigError
 from torchbricks_lightning.multitask.labels import IGNORE_INDEX
@@ -169,7 +168,7 @@ class _Filled(Dataset[dict[str, Any]]):
         return {**sample, **{name: value for name, value in self.missing.items() if name not in sample}}
 
 
-class MultiTaskDataModule(pl.LightningDataModule):
+class MultiTaskDataModule(SplitDataModule):
     """Train on several datasets that label different tasks as one stream; evaluate on each.
 
     Args:
@@ -211,7 +210,7 @@ class MultiTaskDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         ignore_index: int = IGNORE_INDEX,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size=batch_size, seed=seed, num_workers=num_workers)  # checks batch_size, num_workers
         if not isinstance(datasets, Mapping) or not datasets:
             raise ConfigError(f"Expected datasets to be a non-empty dict of datamodules by name, but got {datasets!r}.")
         wrong = {
@@ -224,15 +223,10 @@ class MultiTaskDataModule(pl.LightningDataModule):
             )
         if sampling not in SAMPLING_MODES:
             raise ConfigError(f"Expected sampling to be one of {list(SAMPLING_MODES)}, but got {sampling!r}.")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"Expected batch_size to be an integer >= 1, but got {batch_size!r}.")
         self.datasets = dict(datasets)
-        self.batch_size = batch_size
         self.sampling: Sampling = sampling
         self.temperature = temperature
         self.samples_per_epoch = samples_per_epoch
-        self.seed = seed
-        self.num_workers = num_workers
         self.ignore_index = ignore_index
         self._missing: dict[str, torch.Tensor] | None = None
         self._names: dict[str, list[str]] = {}
@@ -320,22 +314,6 @@ class MultiTaskDataModule(pl.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
-    def val_dataloader(self) -> DataLoader[Any]:
-        return self.evaluation_loader("val")
-
-    def test_dataloader(self) -> DataLoader[Any]:
-        return self.evaluation_loader("test")
-
-    def predict_dataloader(self) -> DataLoader[Any]:
-        return self.evaluation_loader("test")
-
-    def evaluation_loader(self, split: Split) -> DataLoader[Any]:
-        """Every dataset's ``split`` in turn, each sample on exactly one process."""
-        dataset: ConcatDataset[dict[str, Any]] = ConcatDataset(self._split(split))
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=EvaluationSampler(dataset),
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+    def split_dataset(self, split: Split) -> Dataset[dict[str, Any]]:
+        """Every dataset's ``split`` in turn (the base class's loaders evaluate each sample on exactly one process)."""
+        return ConcatDataset(self._split(split))
