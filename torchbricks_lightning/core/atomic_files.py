@@ -31,7 +31,7 @@ from typing import Any
 
 from torchbricks_lightning.errors import ExportError, TorchBricksError
 
-__all__ = ["atomic_path", "check_output_path", "remove_stale_temporaries", "write_json_atomically"]
+__all__ = ["atomic_path", "check_output_path", "process_is_alive", "remove_stale_temporaries", "write_json_atomically"]
 
 
 def _temporary_name(path: Path) -> str:
@@ -39,7 +39,9 @@ def _temporary_name(path: Path) -> str:
     return f".{stem}.{os.getpid()}-{secrets.token_hex(4)}.tmp{dot}{suffix}"
 
 
-def _owner_is_alive(pid: int) -> bool:
+def process_is_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host exists (one of another user counts as alive): the owner of a temporary
+    file named after it may still be writing it."""
     if pid == os.getpid():
         return True
     try:
@@ -73,7 +75,7 @@ def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
     for candidate in candidates:
         token = candidate.name[len(stem) + 2 :].split(".", 1)[0]
         pid_text = token.split("-", 1)[0]
-        if "-" in token and pid_text.isdigit() and _owner_is_alive(int(pid_text)):
+        if "-" in token and pid_text.isdigit() and process_is_alive(int(pid_text)):
             continue
         with contextlib.suppress(OSError):
             candidate.unlink()

@@ -35,6 +35,7 @@ from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from typing_extensions import override
 
+from torchbricks_lightning.core.atomic_files import process_is_alive
 from torchbricks_lightning.errors import CheckpointError, CheckpointWriteError
 from torchbricks_lightning.lightning.checkpoints import is_remote, read_checkpoint
 
@@ -209,21 +210,9 @@ def _remove_stale_temporaries(folder: Path, name: str) -> None:
         return
     for entry in entries:
         match = _TEMPORARY.match(entry.name)
-        if match and match["name"] == name and match["host"] == _HOST and not _alive(int(match["pid"])):
+        if match and match["name"] == name and match["host"] == _HOST and not process_is_alive(int(match["pid"])):
             with contextlib.suppress(OSError):
                 os.unlink(entry.path)
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _fsync_folder(folder: Path) -> None:
