@@ -6,16 +6,14 @@ The recipe is the README's (section "Optimisation per brick"), layered over the 
 from __future__ import annotations
 
 import csv
-import os
 import re
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import onnxruntime
 import pytest
 import torch
-from cli_runs import exit_code, in_folder, script_command
+from cli_runs import exit_code, in_folder, run_script
 
 from torchbricks_lightning.cli import TorchBricksCLI
 from torchbricks_lightning.lightning import LightningBrickCollection
@@ -58,16 +56,7 @@ def _configs(folder: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("optimisation")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    process = subprocess.run(
-        [*script_command(), "fit", *_configs(folder), *QUIET],
-        cwd=folder,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
+    process = run_script(["fit", *_configs(folder), *QUIET], cwd=folder)
     assert process.returncode == 0, process.stderr[-4000:]
     return folder
 

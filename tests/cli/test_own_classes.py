@@ -10,13 +10,13 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from cli_runs import run_script
 
 from torchbricks_lightning import LightningBrickCollection
 from torchbricks_lightning.cli import main
@@ -43,11 +43,6 @@ def _recipe(folder: Path, backbone: str = "my_heads.TinyConv") -> Path:
     return path
 
 
-def _script() -> list[str]:
-    script = Path(sys.executable).with_name("torchbricks-lightning")
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "torchbricks_lightning.cli"]
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A user's folder: ``my_heads.py``, ``recipe.yaml`` naming it, and the checkpoints of ``fit`` run there by the
@@ -55,17 +50,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("user")
     (folder / "my_heads.py").write_text(MY_HEADS)
     recipe = _recipe(folder)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    assert str(folder) not in env.get("PYTHONPATH", "")
-    process = subprocess.run(
-        [*_script(), "fit", "--config", str(recipe), "--trainer.enable_progress_bar", "false"],
-        cwd=folder,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
+    assert str(folder) not in os.environ.get("PYTHONPATH", "")
+    process = run_script(["fit", "--config", str(recipe), "--trainer.enable_progress_bar", "false"], cwd=folder)
     assert process.returncode == 0, process.stderr[-3000:]
     assert (folder / "checkpoints" / "last.ckpt").is_file()
     return folder

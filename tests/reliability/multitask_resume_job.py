@@ -15,16 +15,13 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
-import signal
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
+from resume_job import KillAtStep
 from torch import nn
 
 from torchbricks_lightning import BrickTrainable
@@ -35,16 +32,6 @@ from torchbricks_lightning.multitask import DynamicWeightAverage
 
 torch.set_num_threads(1)
 STEPS_PER_EPOCH = 8
-
-
-class KillAtStep(pl.Callback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
-        if trainer.global_step == self.step:
-            sys.stdout.flush()
-            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def build_module() -> LightningBrickCollection:
