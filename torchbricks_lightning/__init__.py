@@ -46,8 +46,8 @@ if TYPE_CHECKING:
     from torchbricks_lightning.callbacks.graph_logging import BrickGraphLogger
     from torchbricks_lightning.callbacks.onnx_export import OnnxExportCallback
     from torchbricks_lightning.callbacks.prediction_writer import BrickPredictionWriter
-    from torchbricks_lightning.lightning.checkpoint_io import SafeCheckpointIO
-    from torchbricks_lightning.lightning.checkpoints import load_brick_collection_weights
+    from torchbricks_lightning.checkpoints.io import SafeCheckpointIO
+    from torchbricks_lightning.checkpoints.reading import load_brick_collection_weights
     from torchbricks_lightning.lightning.module import LightningBrickCollection
     from torchbricks_lightning.lightning.preflight import check_one_batch
 
@@ -59,9 +59,9 @@ _LAZY: dict[str, str] = {
     "KeyedModelCheckpoint": "torchbricks_lightning.callbacks.checkpoint",
     "LightningBrickCollection": "torchbricks_lightning.lightning.module",
     "OnnxExportCallback": "torchbricks_lightning.callbacks.onnx_export",
-    "SafeCheckpointIO": "torchbricks_lightning.lightning.checkpoint_io",
+    "SafeCheckpointIO": "torchbricks_lightning.checkpoints.io",
     "check_one_batch": "torchbricks_lightning.lightning.preflight",
-    "load_brick_collection_weights": "torchbricks_lightning.lightning.checkpoints",
+    "load_brick_collection_weights": "torchbricks_lightning.checkpoints.reading",
 }
 """Public names of the Lightning layer and the callbacks, by the module that defines them: imported on first use."""
 

@@ -22,7 +22,7 @@ from torchbricks_lightning.bag_of_bricks import (
 from torchbricks_lightning.cli import main
 from torchbricks_lightning.core.export import export_bricks
 from torchbricks_lightning.errors import ConfigError
-from torchbricks_lightning.lightning.metric_logging import metric_class_names
+from torchbricks_lightning.lightning.logging.metrics import metric_class_names
 
 PARITY = ["even", "odd"]
 RECIPE = Path(__file__).parents[2] / "examples" / "configs" / "digits_multitask.yaml"

@@ -28,9 +28,9 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
 from torchbricks_lightning import LightningBrickCollection, SafeCheckpointIO
+from torchbricks_lightning.checkpoints.io import atomic_torch_save, with_safe_checkpoint_io
+from torchbricks_lightning.checkpoints.reading import read_checkpoint
 from torchbricks_lightning.errors import CheckpointError, CheckpointWriteError, UntrustedCheckpointError
-from torchbricks_lightning.lightning.checkpoint_io import atomic_torch_save, with_safe_checkpoint_io
-from torchbricks_lightning.lightning.checkpoints import read_checkpoint
 
 
 class FailsHalfway:
@@ -216,7 +216,7 @@ KILL_HARNESS = textwrap.dedent(
     import json, os, random, signal, sys, time
     import torch
     from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
-    from torchbricks_lightning.lightning.checkpoint_io import SafeCheckpointIO
+    from torchbricks_lightning.checkpoints.io import SafeCheckpointIO
 
     folder, kills, plugin = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     io, rng = SafeCheckpointIO() if plugin == "safe" else TorchCheckpointIO(), random.Random(11)

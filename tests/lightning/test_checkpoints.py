@@ -26,6 +26,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from torchbricks_lightning import BrickCollection, BrickNotTrainable, BrickTrainable
 from torchbricks_lightning.bag_of_bricks import ClassificationHead, Preprocessor
+from torchbricks_lightning.checkpoints.reading import TRUSTED_CLASS_PREFIXES, check_class_paths, read_checkpoint
+from torchbricks_lightning.checkpoints.trust import importable_paths
 from torchbricks_lightning.cli import TorchBricksCLI
 from torchbricks_lightning.datamodules.synthetic import make_images
 from torchbricks_lightning.errors import BrickDefinitionError
@@ -35,9 +37,7 @@ from torchbricks_lightning.lightning import (
     UntrustedCheckpointError,
     load_brick_collection_weights,
 )
-from torchbricks_lightning.lightning.checkpoints import TRUSTED_CLASS_PREFIXES, check_class_paths, read_checkpoint
 from torchbricks_lightning.lightning.export import export_checkpoint_as_onnx
-from torchbricks_lightning.lightning.trust import importable_paths
 
 RECIPE = Path(__file__).parents[1] / "cli" / "configs" / "tiny_recipe.yaml"
 BACKBONE_CLASS_PATH_KEY = "brick_collection.backbone.init_args.model.class_path"

@@ -17,7 +17,7 @@ from conftest import N_FEATURES, NUM_CLASSES, boring_bricks
 from torch.utils.data import DataLoader
 
 from torchbricks_lightning import LightningBrickCollection
-from torchbricks_lightning.lightning.empty_batches import EmptyBatchWarning
+from torchbricks_lightning.lightning.batches import EmptyBatchWarning
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 

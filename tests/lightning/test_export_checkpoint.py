@@ -16,8 +16,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchbricks_lightning import ExportSpec
 from torchbricks_lightning.errors import CheckpointError, ConfigError, ExportError
 from torchbricks_lightning.lightning import LightningBrickCollection
-from torchbricks_lightning.lightning.example_inputs import EXAMPLE_INPUTS_KEY
 from torchbricks_lightning.lightning.export import export_checkpoint
+from torchbricks_lightning.lightning.state.example_inputs import EXAMPLE_INPUTS_KEY
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from torchbricks_lightning import BrickLoss, BrickMetrics, BrickMetricSingle, BrickNotTrainable, BrickTrainable, Stage
 from torchbricks_lightning.errors import ConfigError
 from torchbricks_lightning.lightning import LightningBrickCollection, check_one_batch
-from torchbricks_lightning.lightning.logged_keys import logged_keys
+from torchbricks_lightning.lightning.logging.keys import logged_keys
 
 NUM_CLASSES = 3
 
@@ -209,7 +209,7 @@ def test_a_metric_named_like_a_loss_is_refused() -> None:
 
 
 def test_keys_of_the_balancer_and_the_multitask_score_count_as_logged() -> None:
-    from torchbricks_lightning.lightning.logged_keys import check_monitored_keys
+    from torchbricks_lightning.lightning.logging.keys import check_monitored_keys
     from torchbricks_lightning.multitask import DeltaM, UncertaintyWeighting
 
     bricks = {

@@ -26,7 +26,7 @@ from torchbricks_lightning import BrickLoss, BrickMetrics, BrickMetricSingle, Br
 from torchbricks_lightning.datamodules.synthetic import SyntheticImageDataModule
 from torchbricks_lightning.errors import ConfigError
 from torchbricks_lightning.lightning import LightningBrickCollection
-from torchbricks_lightning.lightning.metric_logging import (
+from torchbricks_lightning.lightning.logging.metrics import (
     MetricsToLog,
     render_confusion_matrix,
     render_matrix,

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchbricks_lightning import BrickCollection, BrickLoss, BrickModule, BrickNotTrainable, BrickTrainable
 from torchbricks_lightning.errors import BrickDefinitionError, ConfigError
 from torchbricks_lightning.lightning import LightningBrickCollection
-from torchbricks_lightning.lightning.param_groups import brick_matches
+from torchbricks_lightning.lightning.optim.param_groups import brick_matches
 
 N_FEATURES = 5
 NUM_CLASSES = 3

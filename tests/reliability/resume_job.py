@@ -36,7 +36,7 @@ from torchbricks_lightning import BrickMetricSingle, BrickTrainable
 from torchbricks_lightning.bag_of_bricks import SmallConvNet, create_image_classification_head
 from torchbricks_lightning.datamodules import DigitsDataModule
 from torchbricks_lightning.lightning import LightningBrickCollection
-from torchbricks_lightning.lightning.resume import RESUME_STATE_KEY
+from torchbricks_lightning.lightning.state.resume import RESUME_STATE_KEY
 
 torch.set_num_threads(1)
 

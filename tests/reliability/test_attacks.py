@@ -42,10 +42,10 @@ import torchbricks_lightning
 import torchbricks_lightning.bag_of_bricks as bag_of_bricks
 import torchbricks_lightning.datamodules as datamodules
 from torchbricks_lightning import LightningBrickCollection, SafeCheckpointIO
+from torchbricks_lightning.checkpoints.trust import allowed_kinds
 from torchbricks_lightning.cli import TorchBricksCLI, main
 from torchbricks_lightning.errors import CheckpointError, ConfigError, UntrustedCheckpointError
 from torchbricks_lightning.lightning.export import export_checkpoint_as_onnx
-from torchbricks_lightning.lightning.trust import allowed_kinds
 
 RECIPE = Path(__file__).parent / "catalogue_configs" / "tiny_recipe.yaml"
 INSTANTIATOR = "pytorch_lightning.cli.instantiate_module"

@@ -33,8 +33,8 @@ from torchbricks_lightning.datamodules import (
     ResumableSampler,
     SyntheticImageDataModule,
 )
-from torchbricks_lightning.lightning.loss_logging import LossMeans
-from torchbricks_lightning.lightning.resume import (
+from torchbricks_lightning.lightning.logging.losses import LossMeans
+from torchbricks_lightning.lightning.state.resume import (
     RESUME_STATE_KEY,
     ResumeStateError,
     collect_loss_states,

@@ -10,13 +10,13 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 from typing_extensions import override
 
+from torchbricks_lightning.checkpoints.reading import load_brick_collection_weights
 from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.core.export import ExportResult, ExportSpec, expand_specs, export_bricks
 from torchbricks_lightning.core.export.formats import format_of
 from torchbricks_lightning.core.export.selection import select_export_graph
 from torchbricks_lightning.core.stages import Stage, StageLike, parse_stage
 from torchbricks_lightning.errors import BrickDefinitionError
-from torchbricks_lightning.lightning.checkpoints import load_brick_collection_weights
 from torchbricks_lightning.lightning.module import LightningBrickCollection
 
 __all__ = ["OnnxExportCallback"]

@@ -7,13 +7,13 @@ What happens to a recipe, in order:
    the checks of :mod:`~torchbricks_lightning.cli.recipe`, and, when one names the mistake, reports that one line
    instead of jsonargparse's page of union alternatives.
 2. A ``--ckpt_path`` file is read once, before Lightning opens it, and checked against the trust model
-   (:func:`check_ckpt_path`, :mod:`~torchbricks_lightning.lightning.trust`): the recipe that LightningCLI merges
+   (:func:`check_ckpt_path`, :mod:`~torchbricks_lightning.checkpoints.trust`): the recipe that LightningCLI merges
    from the checkpoint into the model's configuration is the one checked, and the Trainer restores from the same
    copy. A URL is refused. ``--trusted_class_prefixes '[my_heads.]'`` trusts your own classes in it.
 3. After the classes are built, the model's recipe is recorded in its hyperparameters, so that a checkpoint rebuilds
    the module alone (``LightningBrickCollection.load_from_checkpoint(path)``, ``export --ckpt_path``).
 4. The Trainer writes and reads checkpoints with
-   :class:`~torchbricks_lightning.lightning.checkpoint_io.SafeCheckpointIO` (never a half-written file), unless
+   :class:`~torchbricks_lightning.checkpoints.io.SafeCheckpointIO` (never a half-written file), unless
    the recipe's ``trainer.plugins`` hold another ``CheckpointIO``.
 5. Before ``fit``, :func:`~torchbricks_lightning.lightning.preflight.check_one_batch` runs one batch through the
    validation and training graphs, so a recipe whose bricks do not fit together fails before any log or
@@ -38,15 +38,15 @@ from pytorch_lightning import Trainer
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from typing_extensions import override
 
+from torchbricks_lightning.checkpoints.io import SafeCheckpointIO, with_safe_checkpoint_io
+from torchbricks_lightning.checkpoints.reading import is_remote, read_checkpoint
+from torchbricks_lightning.checkpoints.trust import check_checkpoint
 from torchbricks_lightning.cli.export import run_export
 from torchbricks_lightning.cli.predict import BrickTrainer, report_predictions
 from torchbricks_lightning.cli.recipe import first_brick_that_fails, first_recipe_problem
 from torchbricks_lightning.errors import RecipeError, TorchBricksError, command_line_message
-from torchbricks_lightning.lightning.checkpoint_io import SafeCheckpointIO, with_safe_checkpoint_io
-from torchbricks_lightning.lightning.checkpoints import is_remote, read_checkpoint
 from torchbricks_lightning.lightning.module import LightningBrickCollection
 from torchbricks_lightning.lightning.preflight import check_one_batch
-from torchbricks_lightning.lightning.trust import check_checkpoint
 
 __all__ = ["RecipeArgumentParser", "TorchBricksCLI", "check_ckpt_path", "main"]
 

@@ -26,13 +26,13 @@ from jsonargparse import ArgumentParser
 from pytorch_lightning import Trainer
 from torch import nn
 
+from torchbricks_lightning.checkpoints.trust import importable_paths, resolve_dotted
 from torchbricks_lightning.cli.recipe_metrics import first_metric_problem
 from torchbricks_lightning.core.bricks import BrickInterface
 from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.core.stages import Stage, StageName
 from torchbricks_lightning.errors import did_you_mean
 from torchbricks_lightning.lightning.module import LightningBrickCollection
-from torchbricks_lightning.lightning.trust import importable_paths, resolve_dotted
 
 __all__ = [
     "SUBCOMMANDS",

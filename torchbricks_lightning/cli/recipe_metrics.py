@@ -34,9 +34,9 @@ from typing import Any
 from jsonargparse import ArgumentParser
 from torchmetrics import Metric, MetricCollection
 
+from torchbricks_lightning.checkpoints.trust import resolve_dotted
 from torchbricks_lightning.core.metric_bricks import BrickMetrics, BrickMetricSingle
 from torchbricks_lightning.errors import did_you_mean
-from torchbricks_lightning.lightning.trust import resolve_dotted
 
 __all__ = ["first_metric_problem"]
 

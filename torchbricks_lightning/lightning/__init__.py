@@ -1,16 +1,16 @@
 """The Lightning layer: a generic LightningModule for brick collections, safe checkpoint loading and saving, and the
 pre-fit check."""
 
-from torchbricks_lightning.lightning import warning_filters
-from torchbricks_lightning.lightning.checkpoint_io import SafeCheckpointIO
-from torchbricks_lightning.lightning.checkpoints import (
+from torchbricks_lightning.checkpoints.io import SafeCheckpointIO
+from torchbricks_lightning.checkpoints.reading import (
     CheckpointError,
     UntrustedCheckpointError,
     load_brick_collection_weights,
 )
+from torchbricks_lightning.lightning.logging import warning_filters
 from torchbricks_lightning.lightning.module import LightningBrickCollection, LossNotFiniteError
 from torchbricks_lightning.lightning.preflight import check_one_batch
-from torchbricks_lightning.lightning.resume import ResumeStateError
+from torchbricks_lightning.lightning.state.resume import ResumeStateError
 
 warning_filters.install()  # warnings from inside Lightning that no user can act on
 

@@ -11,26 +11,31 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 
+from torchbricks_lightning.checkpoints.reading import brick_state_dict, check_state_fits, load_module_checkpoint
 from torchbricks_lightning.core.collection import BrickCollection, BrickTree
 from torchbricks_lightning.core.stages import Stage
 from torchbricks_lightning.errors import BrickDefinitionError, ConfigError, LossNotFiniteError
+from torchbricks_lightning.lightning.batches import (
+    add_batch_names_note,
+    is_empty_batch,
+    name_batch,
+    samples_in,
+    warn_empty_batch,
+)
 from torchbricks_lightning.lightning.brick_arguments import BricksArgument
-from torchbricks_lightning.lightning.checkpoints import brick_state_dict, check_state_fits, load_module_checkpoint
-from torchbricks_lightning.lightning.empty_batches import is_empty_batch, warn_empty_batch
-from torchbricks_lightning.lightning.epoch_logging import log_epoch, log_step_losses, name_batch
-from torchbricks_lightning.lightning.error_context import add_batch_names_note
-from torchbricks_lightning.lightning.example_inputs import (
+from torchbricks_lightning.lightning.logging.epoch import log_epoch, log_step_losses
+from torchbricks_lightning.lightning.logging.keys import check_fit_keys, check_logged_names
+from torchbricks_lightning.lightning.logging.losses import LossMeans
+from torchbricks_lightning.lightning.optim.optimizers import configure_optimizers as configure_brick_optimizers
+from torchbricks_lightning.lightning.optim.optimizers import optimisation_callbacks, plan_optimisation
+from torchbricks_lightning.lightning.predictions import PredictionOutputs
+from torchbricks_lightning.lightning.state.example_inputs import (
     EXAMPLE_INPUTS_KEY,
     example_tensors,
     record_example_inputs,
     stored_example_inputs,
 )
-from torchbricks_lightning.lightning.logged_keys import check_fit_keys, check_logged_names
-from torchbricks_lightning.lightning.loss_logging import LossMeans, samples_in
-from torchbricks_lightning.lightning.optimizers import configure_optimizers as configure_brick_optimizers
-from torchbricks_lightning.lightning.optimizers import optimisation_callbacks, plan_optimisation
-from torchbricks_lightning.lightning.predictions import PredictionOutputs
-from torchbricks_lightning.lightning.resume import attached_trainer, load_resume_state, save_resume_state
+from torchbricks_lightning.lightning.state.resume import attached_trainer, load_resume_state, save_resume_state
 from torchbricks_lightning.lightning.task_balancing import (
     LabelledCounts,
     check_multitask_arguments,
@@ -72,7 +77,7 @@ class LightningBrickCollection(pl.LightningModule):
     total as ``{stage}/loss``: in training each step's value as ``train/{name}_step`` and the epoch mean as
     ``train/{name}_epoch`` (also ``train/{name}`` for callbacks such as ``ModelCheckpoint(monitor=...)``), in
     validation and test the epoch mean. Epoch means weigh each batch by its number of samples, over all processes
-    (see :mod:`~torchbricks_lightning.lightning.loss_logging`); a loss that reports its labelled count (a
+    (see :mod:`~torchbricks_lightning.lightning.logging.losses`); a loss that reports its labelled count (a
     :class:`~torchbricks_lightning.multitask.BrickLabelledLoss`, as the heads' losses do) is weighted by that count
     instead, and under DDP its training loss is normalised by the labelled count of all processes (see
     :func:`~torchbricks_lightning.multitask.scale_to_global_counts`). At each epoch end the metrics of the stage are
@@ -95,12 +100,12 @@ class LightningBrickCollection(pl.LightningModule):
             training and validation does not recompile.
         compile_kwargs: extra arguments for ``torch.compile``.
         param_groups: groups by brick path pattern (first match wins) with optimiser options or ``lr_scale``, e.g.
-            ``[{"bricks": "backbone", "lr": 1e-4}]``; see :mod:`~torchbricks_lightning.lightning.param_groups`.
+            ``[{"bricks": "backbone", "lr": 1e-4}]``; see :mod:`~torchbricks_lightning.lightning.optim.param_groups`.
         lr: the default group's learning rate and the base of ``lr_scale``, tuned by Lightning's LR finder
             (``Tuner.lr_find(module)``); None keeps the optimiser's own. See :mod:`.optimizers`.
         decay_norms_and_biases: False puts biases and norm weights in ``"{group}/no_decay"`` groups (no decay).
         unfreeze: ``{brick pattern: epoch}``: those bricks stay frozen, in eval mode, until that epoch (counted from
-            0). See :mod:`~torchbricks_lightning.lightning.finetuning`.
+            0). See :mod:`~torchbricks_lightning.lightning.optim.finetuning`.
         loss_balancer: how the training losses become the optimised total (see
             :mod:`torchbricks_lightning.multitask`): None for the static weights, or e.g. ``UncertaintyWeighting()``,
             ``DynamicWeightAverage()``, ``PCGrad(shared_name="features")``. Its weights are logged as
@@ -212,7 +217,7 @@ class LightningBrickCollection(pl.LightningModule):
         self, batch: Any, stage: Stage, batch_idx: int
     ) -> tuple[dict[str, Any], torch.Tensor | None] | None:
         named_inputs = self.named_inputs_of(batch, stage)
-        if is_empty_batch(named_inputs):  # its mean losses are NaN: skip it (lightning/empty_batches.py)
+        if is_empty_batch(named_inputs):  # its mean losses are NaN: skip it (lightning/batches.py)
             warn_empty_batch(stage, batch_idx)
             return None
         if not self.example_inputs:
@@ -330,7 +335,7 @@ class LightningBrickCollection(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.example_inputs:
             checkpoint[EXAMPLE_INPUTS_KEY] = self.example_inputs
-        # The interrupted epoch's train metric and loss-mean states, and the random generators (lightning/resume.py).
+        # The interrupted epoch's train metric and loss-mean states, and the random generators (state/resume.py).
         save_resume_state(self, self.brick_collection, checkpoint, self.loss_means)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -366,9 +371,9 @@ class LightningBrickCollection(pl.LightningModule):
         The file is read once with ``weights_only=True`` (no pickled code runs), and what its recipe asks to build
         must be classes of the kinds recipes use, defined in torchbricks_lightning, torch, torchvision or
         torchmetrics, or in packages you add to ``trusted_class_prefixes`` (the trust model:
-        :mod:`~torchbricks_lightning.lightning.trust`). A module created by the CLI is rebuilt from the checkpoint
+        :mod:`~torchbricks_lightning.checkpoints.trust`). A module created by the CLI is rebuilt from the checkpoint
         alone; one built in Python needs ``brick_collection=`` (built as it was for training). See
-        :func:`~torchbricks_lightning.lightning.checkpoints.load_module_checkpoint`.
+        :func:`~torchbricks_lightning.checkpoints.reading.load_module_checkpoint`.
 
         Raises:
             CheckpointError: the file is unreadable or truncated, or does not fit the bricks.
@@ -388,7 +393,7 @@ class LightningBrickCollection(pl.LightningModule):
         """Random inputs shaped like the export inputs seen in training (recorded in checkpoints).
 
         They come from a private generator seeded with ``seed``, never from the global one (see
-        :func:`~torchbricks_lightning.lightning.example_inputs.example_tensors`).
+        :func:`~torchbricks_lightning.lightning.state.example_inputs.example_tensors`).
 
         Raises:
             ConfigError: no batch was seen and the checkpoint held no example inputs.

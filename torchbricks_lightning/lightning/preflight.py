@@ -18,8 +18,8 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from torchbricks_lightning.core.stages import Stage
 from torchbricks_lightning.errors import BrickDefinitionError, ConfigError, RecipeError, TorchBricksError
-from torchbricks_lightning.lightning.error_context import add_batch_names_note, failing_brick
-from torchbricks_lightning.lightning.logged_keys import check_fit_keys
+from torchbricks_lightning.lightning.batches import add_batch_names_note, failing_brick
+from torchbricks_lightning.lightning.logging.keys import check_fit_keys
 from torchbricks_lightning.lightning.module import LightningBrickCollection
 from torchbricks_lightning.random_state import preserved_random_state
 

@@ -17,7 +17,7 @@ from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.core.losses import merge_loss_weights
 from torchbricks_lightning.core.stages import Stage
 from torchbricks_lightning.errors import BrickDefinitionError
-from torchbricks_lightning.lightning.loss_logging import TOTAL_LOSS, LossMeans
+from torchbricks_lightning.lightning.logging.losses import TOTAL_LOSS, LossMeans
 from torchbricks_lightning.multitask.balancers import LossBalancer
 from torchbricks_lightning.multitask.labels import labelled_count_names
 from torchbricks_lightning.multitask.score import DeltaM

@@ -3,7 +3,7 @@
 ``LightningBrickCollection(param_groups=...)`` is a list of dicts, each with ``"bricks"`` (a pattern, or a list of
 patterns, over brick paths), an optional ``"name"``, and options for the optimiser (``lr``, ``weight_decay``,
 ``momentum``, ... whatever it takes) or ``lr_scale`` (a factor of the base learning rate, see
-:mod:`~torchbricks_lightning.lightning.optimizers`):
+:mod:`~torchbricks_lightning.lightning.optim.optimizers`):
 
 - A pattern is matched with :func:`fnmatch.fnmatchcase` against each brick's path and the paths of the collections
   above it, so ``"backbone"`` takes the brick ``backbone``, or every brick of a nested collection ``backbone``, and
@@ -18,7 +18,7 @@ patterns, over brick paths), an optional ``"name"``, and options for the optimis
   value per group (``OneCycleLR(max_lr=[...])``) indexes. Empty groups are left out.
 - Parameters that never train are in no group: those with ``requires_grad=False`` (``BrickNotTrainable``) and those
   of bricks run with ``calculate_gradients=False``. The parameters of bricks frozen by an ``unfreeze`` schedule are
-  in their group from the start (see :mod:`~torchbricks_lightning.lightning.finetuning`).
+  in their group from the start (see :mod:`~torchbricks_lightning.lightning.optim.finetuning`).
 - With ``decay_norms_and_biases=False``, the parameters of a group with one dimension or none (biases and the
   weights of normalisation layers: the rule timm uses) go to a group of their own right after it, named
   ``"{name}/no_decay"``, with the same options and ``weight_decay=0``.

@@ -16,18 +16,18 @@ from typing import Any, TypeVar
 
 import torch
 
+from torchbricks_lightning.checkpoints.trust import (
+    TRUSTED_CLASS_PREFIXES,
+    check_checkpoint,
+    check_class_paths,
+    importable_paths,
+)
 from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.errors import (
     BrickDefinitionError,
     CheckpointError,
     ConfigError,
     UntrustedCheckpointError,
-)
-from torchbricks_lightning.lightning.trust import (
-    TRUSTED_CLASS_PREFIXES,
-    check_checkpoint,
-    check_class_paths,
-    importable_paths,
 )
 
 __all__ = [
@@ -269,7 +269,7 @@ def load_module_checkpoint(
     rebuild the module from the bytes that were checked.
 
     The file is read once, with ``weights_only=True``; every hyperparameter location Lightning reads is checked
-    against the trust model (:func:`~torchbricks_lightning.lightning.trust.check_checkpoint`), and the weights
+    against the trust model (:func:`~torchbricks_lightning.checkpoints.trust.check_checkpoint`), and the weights
     against ``brick_collection`` (when given). Lightning then loads the same bytes from memory, never the path, so
     a file swapped in the meantime is not read.
 

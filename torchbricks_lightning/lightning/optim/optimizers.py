@@ -2,7 +2,7 @@
 
 ``configure_optimizers`` calls the optimiser factory (Lightning's ``OptimizerCallable``: ``partial(torch.optim.SGD,
 lr=0.1)`` in Python, ``class_path``/``init_args`` in a recipe) once, with the parameter groups of
-:mod:`~torchbricks_lightning.lightning.param_groups` (or, when nothing asks for groups, the flat list of the
+:mod:`~torchbricks_lightning.lightning.optim.param_groups` (or, when nothing asks for groups, the flat list of the
 parameters that require gradients), then the scheduler factory with that optimiser: the scheduler acts on every group.
 
 **The learning rate the LR finder tunes.** The module's ``lr`` attribute (its ``lr`` argument) is the learning rate
@@ -31,8 +31,8 @@ from typing_extensions import override
 
 from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.errors import BrickDefinitionError, ConfigError, did_you_mean
-from torchbricks_lightning.lightning.finetuning import unfreeze_schedule
-from torchbricks_lightning.lightning.param_groups import (
+from torchbricks_lightning.lightning.optim.finetuning import unfreeze_schedule
+from torchbricks_lightning.lightning.optim.param_groups import (
     LR_SCALE,
     GroupSpec,
     ScheduledBrick,

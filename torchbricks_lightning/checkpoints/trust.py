@@ -3,7 +3,7 @@
 A checkpoint written by the CLI holds the recipe of its module: ``class_path`` entries, and dotted names of
 callables (an optimizer given as ``torch.optim.Adam``). Lightning hands them to jsonargparse, which imports and
 builds them. Before that, every value that jsonargparse would import or build (see
-:mod:`~torchbricks_lightning.lightning.config_walk`) is checked here:
+:mod:`~torchbricks_lightning.checkpoints.config_walk`) is checked here:
 
 1. a dotted path is imported only when it starts with a trusted package (:data:`TRUSTED_CLASS_PREFIXES`, or one of
    ``trusted_class_prefixes``); it is then resolved the way jsonargparse resolves it (``torch.os.system`` is
@@ -37,10 +37,10 @@ import pytorch_lightning as pl
 import torch
 from torchmetrics import Metric
 
+from torchbricks_lightning.checkpoints.config_walk import Finding, resolve_dotted, walk
 from torchbricks_lightning.core.bricks import BrickInterface
 from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.errors import CheckpointError, UntrustedCheckpointError, UntrustedClassError
-from torchbricks_lightning.lightning.config_walk import Finding, resolve_dotted, walk
 
 __all__ = [
     "HYPER_PARAMETER_KEYS",
@@ -243,7 +243,7 @@ def importable_paths(
     may_import: Callable[[str], bool] | None = None,
 ) -> Iterator[tuple[str, str]]:
     """Every dotted path in ``config`` that jsonargparse would import, with its key (see
-    :func:`~torchbricks_lightning.lightning.config_walk.walk`).
+    :func:`~torchbricks_lightning.checkpoints.config_walk.walk`).
 
     Example:
         >>> def train(monitor: str = "", optimizer: object = None) -> None: ...

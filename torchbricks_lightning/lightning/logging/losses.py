@@ -6,7 +6,7 @@ its number of samples (the batch size), so an epoch value is the exact mean over
 batches differ in size. ``LightningBrickCollection`` logs the metric objects at each epoch end: Lightning then
 computes them (torchmetrics sums the states of every process, so a DDP mean is exact over uneven shards too) and
 resets them. Because the epoch sums live in metrics the module owns, a mid-epoch checkpoint carries them like the
-bricks' metric states (see :mod:`torchbricks_lightning.lightning.resume`), with no access to Lightning's loop
+bricks' metric states (see :mod:`torchbricks_lightning.lightning.state.resume`), with no access to Lightning's loop
 internals.
 
 Why :class:`LossMean` rather than ``MeanMetric`` as it is: ``MeanMetric``'s update checks for NaN on every call
@@ -25,7 +25,7 @@ from torchmetrics.aggregation import MeanMetric
 
 from torchbricks_lightning.core.stages import Stage
 
-__all__ = ["LOSS_STAGES", "TOTAL_LOSS", "LossMean", "LossMeans", "samples_in"]
+__all__ = ["LOSS_STAGES", "TOTAL_LOSS", "LossMean", "LossMeans"]
 
 TOTAL_LOSS = "loss"
 """The name under which the weighted total of a stage's losses is logged (``'{stage}/loss'``)."""
@@ -124,16 +124,3 @@ class LossMeans(nn.Module):
         """Start ``stage``'s epoch sums afresh."""
         for metric in self.by_stage[stage].values():
             metric.reset()
-
-
-def samples_in(named_inputs: dict[str, object]) -> float:
-    """The number of samples of a batch: the first dimension of its first tensor with one (else 1).
-
-    Example:
-        >>> samples_in({"targets": torch.zeros(5), "raw": torch.zeros(5, 3)})
-        5.0
-    """
-    for value in named_inputs.values():
-        if isinstance(value, torch.Tensor) and value.ndim:
-            return float(value.shape[0])
-    return 1.0

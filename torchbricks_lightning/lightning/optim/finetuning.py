@@ -1,9 +1,9 @@
 """Freeze bricks for the first epochs of training, then train them: ``unfreeze={"backbone": 3}``.
 
 ``LightningBrickCollection(unfreeze={pattern: epoch})`` keeps the bricks a pattern matches (the same patterns as
-``param_groups``, see :mod:`~torchbricks_lightning.lightning.optimizers`; when two patterns match a brick, the first
-wins) frozen in epochs ``0 .. epoch - 1`` and trains them from epoch ``epoch`` on (Lightning counts epochs from 0).
-While frozen, a brick's parameters do not require gradients and the brick runs in eval mode, so its batch norm
+``param_groups``, see :mod:`~torchbricks_lightning.lightning.optim.optimizers`; when two patterns match a brick,
+the first wins) frozen in epochs ``0 .. epoch - 1`` and trains them from epoch ``epoch`` on (Lightning counts epochs
+from 0). While frozen, a brick's parameters do not require gradients and the brick runs in eval mode, so its batch norm
 statistics stay fixed and its dropout is off; when it unfreezes it goes back to train mode. Gradients still flow
 through a frozen brick to trainable bricks before it. Its learning rate and other options are those of its
 parameter group (``param_groups=[{"bricks": "backbone", "lr": 1e-4}]``).
@@ -20,7 +20,7 @@ unfreeze) and resumes work, and the frozen state is a function of the epoch alon
 starts (also after a mid-epoch resume) and at each epoch start.
 
 The schedule is a callback, :class:`UnfreezeSchedule`, that the module adds to its Trainer itself
-(``configure_callbacks``, see :func:`~torchbricks_lightning.lightning.optimizers.optimisation_callbacks`). When
+(``configure_callbacks``, see :func:`~torchbricks_lightning.lightning.optim.optimizers.optimisation_callbacks`). When
 training stops, normally or by an exception, the bricks are made trainable and put back in the module's mode, as
 they were built.
 
@@ -39,8 +39,8 @@ from typing_extensions import override
 
 from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.errors import BrickDefinitionError
-from torchbricks_lightning.lightning.param_groups import ScheduledBrick
-from torchbricks_lightning.lightning.resume import attached_trainer
+from torchbricks_lightning.lightning.optim.param_groups import ScheduledBrick
+from torchbricks_lightning.lightning.state.resume import attached_trainer
 
 __all__ = ["UnfreezeSchedule", "unfreeze_schedule"]
 
@@ -49,7 +49,7 @@ class UnfreezeSchedule(pl.Callback):
     """Keep bricks frozen, in eval mode, until their epoch; added by the module for its ``unfreeze`` argument.
 
     Args:
-        schedule: what :func:`~torchbricks_lightning.lightning.param_groups.plan_unfreeze` returns.
+        schedule: what :func:`~torchbricks_lightning.lightning.optim.param_groups.plan_unfreeze` returns.
     """
 
     def __init__(self, schedule: Mapping[str, ScheduledBrick]) -> None:

@@ -12,7 +12,7 @@ depends on the type of its slot (checked against jsonargparse 4.53):
   first, so a class spec written as text is built as well.
 
 :func:`walk` yields a :class:`Finding` for each such value, with its key and how jsonargparse would treat it;
-:mod:`~torchbricks_lightning.lightning.trust` decides which of them a checkpoint may hold. Signatures are read only
+:mod:`~torchbricks_lightning.checkpoints.trust` decides which of them a checkpoint may hold. Signatures are read only
 from classes that may be imported (``may_import``), so walking an untrusted configuration never imports it.
 
 Example:

@@ -1,47 +1,21 @@
-"""What LightningBrickCollection logs: each step's losses, and at each epoch end the loss means, the metrics and Δm;
-and how a batch becomes named inputs."""
+"""What LightningBrickCollection logs: each step's losses, and at each epoch end the loss means, the metrics and Δm."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
 
 from torchbricks_lightning.core.stages import Stage
-from torchbricks_lightning.errors import BrickDefinitionError, ConfigError
-from torchbricks_lightning.lightning.loss_logging import TOTAL_LOSS
-from torchbricks_lightning.lightning.metric_logging import log_matrices, split_metrics
+from torchbricks_lightning.lightning.logging.losses import TOTAL_LOSS
+from torchbricks_lightning.lightning.logging.metrics import log_matrices, split_metrics
 from torchbricks_lightning.lightning.task_balancing import evaluation_total
 
 if TYPE_CHECKING:
     from torchbricks_lightning.lightning.module import LightningBrickCollection
 
-__all__ = ["log_epoch", "log_step_losses", "name_batch"]
-
-
-def name_batch(batch: Any, batch_names: Sequence[str], stage: Stage) -> dict[str, Any]:
-    """Map a batch to named inputs: dicts pass through, tuples and lists are named by ``batch_names``.
-
-    Example:
-        >>> name_batch((1, 2), ("raw", "targets"), Stage.TRAIN)
-        {'raw': 1, 'targets': 2}
-    """
-    if isinstance(batch, Mapping):
-        return dict(batch)
-    if isinstance(batch, torch.Tensor):
-        batch = (batch,)
-    if isinstance(batch, (tuple, list)):
-        if len(batch) > len(batch_names):
-            raise ConfigError(
-                f"A {stage.value} batch has {len(batch)} items, but batch_names names {len(batch_names)}: "
-                f"{list(batch_names)}. Pass batch_names with one name per item, or return a dict batch."
-            )
-        return dict(zip(batch_names, batch, strict=False))
-    raise BrickDefinitionError(
-        f"Expected a {stage.value} batch to be a dict, a tuple/list or a tensor, but got {type(batch).__name__}. "
-        "Return a dict of named tensors from the dataloader, or a tuple named by batch_names."
-    )
+__all__ = ["log_epoch", "log_step_losses"]
 
 
 def log_step_losses(

@@ -37,8 +37,8 @@ from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.core.metric_bricks import BrickMetrics
 from torchbricks_lightning.core.stages import Stage, StageLike, parse_stage
 from torchbricks_lightning.errors import ConfigError, did_you_mean
-from torchbricks_lightning.lightning.loss_logging import TOTAL_LOSS
-from torchbricks_lightning.lightning.metric_logging import split_metrics
+from torchbricks_lightning.lightning.logging.losses import TOTAL_LOSS
+from torchbricks_lightning.lightning.logging.metrics import split_metrics
 
 __all__ = [
     "FIT_STAGES",

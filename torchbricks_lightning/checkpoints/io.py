@@ -8,7 +8,7 @@ leaves a truncated checkpoint, possibly ``last.ckpt``, the last good one. A full
 the target (atomic on POSIX filesystems) and fsyncs the folder. A save that fails or is killed leaves the previous
 file as it was; a failed one removes its temporary file, and temporary files of killed saves are removed by the next
 save to the same path. Loads go through
-:func:`~torchbricks_lightning.lightning.checkpoints.read_checkpoint`: weights only, remote paths refused, clear
+:func:`~torchbricks_lightning.checkpoints.reading.read_checkpoint`: weights only, remote paths refused, clear
 errors for broken files.
 
 Example:
@@ -35,9 +35,9 @@ from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from typing_extensions import override
 
+from torchbricks_lightning.checkpoints.reading import is_remote, read_checkpoint
 from torchbricks_lightning.core.atomic_files import process_is_alive
 from torchbricks_lightning.errors import CheckpointError, CheckpointWriteError
-from torchbricks_lightning.lightning.checkpoints import is_remote, read_checkpoint
 
 __all__ = ["SafeCheckpointIO", "atomic_torch_save", "with_safe_checkpoint_io"]
 
@@ -84,7 +84,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
         weights_only: bool | None = None,
     ) -> dict[str, Any]:
         """Load a checkpoint with ``weights_only=True`` (see
-        :func:`~torchbricks_lightning.lightning.checkpoints.read_checkpoint`).
+        :func:`~torchbricks_lightning.checkpoints.reading.read_checkpoint`).
 
         Raises:
             CheckpointError: ``path`` is a URL, or the file is missing, truncated or not a checkpoint;

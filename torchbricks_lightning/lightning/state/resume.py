@@ -9,7 +9,7 @@ Lightning checkpoints the weights, the optimisers, the loop progress and the sta
 - **the train metric states of the interrupted epoch**: torchmetrics keeps them out of ``state_dict()``, so the
   train metrics of that epoch would otherwise cover only the batches after the restart. These are the metric
   bricks' states and the loss means' (the weighted sums behind ``train/{loss}_epoch``, kept as torchmetrics
-  metrics by the module, see :mod:`~torchbricks_lightning.lightning.loss_logging`);
+  metrics by the module, see :mod:`~torchbricks_lightning.lightning.logging.losses`);
 - **the random number generators** (torch, CUDA, Python's ``random``, NumPy), so dropout and other random
   layers draw the same numbers.
 
@@ -48,7 +48,7 @@ from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.core.metric_bricks import BrickMetrics
 from torchbricks_lightning.core.stages import Stage
 from torchbricks_lightning.errors import ResumeStateError
-from torchbricks_lightning.lightning.loss_logging import LossMeans
+from torchbricks_lightning.lightning.logging.losses import LossMeans
 from torchbricks_lightning.random_state import capture_random_state, restore_random_state
 
 __all__ = [
