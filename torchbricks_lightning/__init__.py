@@ -31,7 +31,7 @@ from torchbricks_lightning.core.export import ExportResult, ExportSpec, export_b
 from torchbricks_lightning.core.graph import BrickNode, StagePlan
 from torchbricks_lightning.core.mermaid import create_mermaid_dag_graph
 from torchbricks_lightning.core.metric_bricks import BrickMetrics, BrickMetricSingle
-from torchbricks_lightning.core.onnx_export import OnnxExportResult, export_bricks_as_onnx
+from torchbricks_lightning.core.onnx_export import export_bricks_as_onnx
 from torchbricks_lightning.core.stages import Stage
 from torchbricks_lightning.errors import (
     CheckpointError,
@@ -85,7 +85,6 @@ __all__ = [
     "LightningBrickCollection",
     "LossNotFiniteError",
     "OnnxExportCallback",
-    "OnnxExportResult",
     "ResumeStateError",
     "SafeCheckpointIO",
     "Stage",

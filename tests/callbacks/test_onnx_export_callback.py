@@ -16,7 +16,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from torchbricks_lightning import BrickTrainable, OnnxExportResult
+from torchbricks_lightning import BrickTrainable, ExportResult
 from torchbricks_lightning.callbacks import OnnxExportCallback
 from torchbricks_lightning.errors import BrickDefinitionError, ConfigError, UnknownStageError
 from torchbricks_lightning.lightning import LightningBrickCollection
@@ -63,7 +63,7 @@ class CountingExport(OnnxExportCallback):
 
     def export(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint_path: str | None = None
-    ) -> list[OnnxExportResult]:
+    ) -> list[ExportResult]:
         modes_before = {name: module.training for name, module in pl_module.named_modules()}
         weights_before = {name: value.clone() for name, value in pl_module.state_dict().items()}
         results = super().export(trainer, pl_module, checkpoint_path)

@@ -20,7 +20,7 @@ from torchbricks_lightning import (
     BrickMetricSingle,
     BrickNotTrainable,
     BrickTrainable,
-    OnnxExportResult,
+    ExportResult,
     Stage,
     export_bricks_as_onnx,
 )
@@ -86,7 +86,7 @@ def test_export_with_dynamic_batch_size(tmp_path: Path) -> None:
 
     result = export_bricks_as_onnx(path, collection, inputs, dynamic_batch_size=True)
 
-    assert isinstance(result, OnnxExportResult)
+    assert isinstance(result, ExportResult)
     assert result.path == path
     assert path.is_file()
     assert _modes(collection) == modes_before

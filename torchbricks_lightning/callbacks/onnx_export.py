@@ -12,10 +12,15 @@ from typing_extensions import override
 
 from torchbricks_lightning.checkpoints.reading import load_brick_collection_weights
 from torchbricks_lightning.core.collection import BrickCollection
-from torchbricks_lightning.core.export import ExportResult, ExportSpec, expand_specs, export_bricks
-from torchbricks_lightning.core.export.formats import format_of
-from torchbricks_lightning.core.export.selection import select_export_graph
-from torchbricks_lightning.core.stages import Stage, StageLike, parse_stage
+from torchbricks_lightning.core.export import (
+    ExportOptions,
+    ExportResult,
+    ExportSpec,
+    artefact_specs,
+    export_artefacts,
+    plan_artefacts,
+)
+from torchbricks_lightning.core.stages import StageLike, parse_stage
 from torchbricks_lightning.errors import BrickDefinitionError
 from torchbricks_lightning.lightning.module import LightningBrickCollection
 
@@ -52,8 +57,11 @@ class OnnxExportCallback(pl.Callback):
         dtype: ``"float32"`` or ``"float16"``.
         dynamic_spatial: make the spatial dimensions (image sizes) dynamic.
         opset: the opset of the ONNX artefacts; default: the exporter's.
-        artefacts: several artefacts at once, each with its own path (relative to the folder), outputs, format and
-            dtype; replaces ``filename``, ``output_names``, ``format`` and ``dtype``.
+        artefacts: several artefacts at once, each with its own path (relative to the folder) and, where it sets
+            them, its own outputs, format and dtype (the others come from ``output_names``, ``format`` and
+            ``dtype``); replaces ``filename``.
+
+    The export options' defaults are those of :class:`~torchbricks_lightning.core.export.ExportOptions`.
 
     Attributes:
         last_results: the :class:`ExportResult` of each artefact of the latest export.
@@ -65,32 +73,28 @@ class OnnxExportCallback(pl.Callback):
         filename: str = "model.onnx",
         dirpath: str | None = None,
         on_best: bool = False,
-        dynamic_batch_size: bool = True,
-        stage: StageLike = Stage.EXPORT,
+        dynamic_batch_size: bool = ExportOptions.dynamic_batch_size,
+        stage: StageLike = ExportOptions.stage,
         output_names: list[str] | None = None,
-        format: Literal["onnx", "pt2"] | None = None,
-        dtype: Literal["float32", "float16"] = "float32",
-        dynamic_spatial: bool = False,
-        opset: int | None = None,
+        format: Literal["onnx", "pt2"] | None = ExportOptions.format,
+        dtype: Literal["float32", "float16"] = ExportOptions.dtype,
+        dynamic_spatial: bool = ExportOptions.dynamic_spatial,
+        opset: int | None = ExportOptions.opset,
         artefacts: list[ExportSpec] | None = None,
     ) -> None:
-        if artefacts is not None:
-            specs = list(artefacts)
-            if not specs or not all(isinstance(spec, ExportSpec) for spec in specs):
-                raise BrickDefinitionError(
-                    f"Expected artefacts to be a non-empty list of ExportSpec, got {artefacts!r}."
-                )
-        else:
-            specs = [ExportSpec(filename, output_names=output_names, format=format, dtype=dtype)]
-        for spec in specs:
-            format_of(Path(spec.path.replace("{head}", "head")), spec.format)  # a bad suffix fails now, not after fit
-        self.specs = specs
+        self.options = ExportOptions(
+            stage=parse_stage(stage, where="OnnxExportCallback"),
+            output_names=output_names,
+            format=format,
+            dtype=dtype,
+            dynamic_batch_size=dynamic_batch_size,
+            dynamic_spatial=dynamic_spatial,
+            opset=opset,
+        )
+        # a bad suffix fails now, not after fit
+        self.specs = artefact_specs(filename if artefacts is None else artefacts, self.options)
         self.dirpath = dirpath
         self.on_best = on_best
-        self.dynamic_batch_size = dynamic_batch_size
-        self.dynamic_spatial = dynamic_spatial
-        self.opset = opset
-        self.stage = parse_stage(stage, where="OnnxExportCallback")
         self.last_results: list[ExportResult] = []
         self._best_path: str | None = None
         self._pending: str | None = None
@@ -125,32 +129,19 @@ class OnnxExportCallback(pl.Callback):
             load_brick_collection_weights(collection, checkpoint_path)
         device = next((p.device for p in collection.parameters()), pl_module.device)
         inputs = {name: tensor.to(device) for name, tensor in module.example_named_inputs().items()}
-        results = []
-        for spec in expand_specs(self.specs, collection, self.stage, folder=self._folder(trainer)):
-            result = export_bricks(
-                Path(spec.path),
-                collection,
-                inputs,
-                output_names=spec.output_names,
-                stage=self.stage,
-                format=spec.format,
-                dtype=spec.dtype,
-                dynamic_batch_size=self.dynamic_batch_size,
-                dynamic_spatial=self.dynamic_spatial,
-                opset=self.opset if format_of(Path(spec.path), spec.format) == "onnx" else None,
-                checkpoint_path=checkpoint_path,
-            )
+        self.last_results = export_artefacts(
+            self.specs, collection, inputs, self.options, folder=self._folder(trainer), checkpoint_path=checkpoint_path
+        )
+        source = f"the weights of {checkpoint_path}" if checkpoint_path else "the current weights"
+        for result in self.last_results:
             worst = max(result.max_abs_diff.values(), default=0.0)
-            source = f"the weights of {checkpoint_path}" if checkpoint_path else "the current weights"
             message = (
-                f"Exported stage {self.stage.value!r} to {'ONNX' if result.format == 'onnx' else '.pt2'}: "
+                f"Exported stage {self.options.stage.value!r} to {'ONNX' if result.format == 'onnx' else '.pt2'}: "
                 f"{result.path} ({source}; max abs diff vs PyTorch {worst:.2e}; manifest {result.manifest_path})"
             )
             log.info(message)
             print(message)
-            results.append(result)
-        self.last_results = results
-        return results
+        return self.last_results
 
     def _export_pending(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         pending, self._pending = self._pending, None
@@ -160,9 +151,7 @@ class OnnxExportCallback(pl.Callback):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # Unknown outputs, or a loss alive in the exported stage, fail now rather than after the training.
-        collection = _brick_module(pl_module).brick_collection
-        for spec in expand_specs(self.specs, collection, self.stage):
-            select_export_graph(collection, self.stage, spec.output_names)
+        plan_artefacts(self.specs, _brick_module(pl_module).brick_collection, self.options)
 
     @override
     def on_save_checkpoint(

@@ -12,7 +12,8 @@
 Each artefact is checked against PyTorch (onnxruntime for ONNX, ``torch.export.load`` for ``.pt2``) before it is
 moved into place, and gets a JSON manifest beside it. The checkpoint alone rebuilds the module (the CLI recorded its
 recipe), read safely, once for all artefacts (see :func:`~torchbricks_lightning.lightning.export.export_checkpoint`).
-The options may also come from a YAML file: ``--config export.yaml``.
+The options may also come from a YAML file: ``--config export.yaml``. Their defaults are those of
+:class:`~torchbricks_lightning.core.export.ExportOptions`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from typing import Literal
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from torchbricks_lightning.core.export import ExportResult, ExportSpec
+from torchbricks_lightning.core.export import ExportOptions, ExportResult, ExportSpec
+from torchbricks_lightning.core.stages import parse_stage
 from torchbricks_lightning.errors import TorchBricksError, command_line_message
 from torchbricks_lightning.lightning.export import export_checkpoint
 
@@ -39,6 +41,7 @@ def export_parser() -> ArgumentParser:
         >>> arguments.stage, arguments.verify, arguments.output_names, arguments.dtype
         ('export', True, ['digit/probabilities', 'digit/class_prediction'], 'float32')
     """
+    defaults = ExportOptions()
     parser = ArgumentParser(
         prog="torchbricks-lightning export",
         description="Export a checkpoint to checked ONNX or .pt2 artefacts, each with a JSON manifest.",
@@ -54,20 +57,28 @@ def export_parser() -> ArgumentParser:
     parser.add_argument(
         "--output_names", type=str, nargs="+", default=None, help="The outputs of --output (default: terminal ones)."
     )
-    parser.add_argument("--format", type=Literal["onnx", "pt2"] | None, default=None, help="Default: the suffix's.")
-    parser.add_argument("--dtype", type=Literal["float32", "float16"], default="float32", help="Precision.")
+    parser.add_argument(
+        "--format", type=Literal["onnx", "pt2"] | None, default=defaults.format, help="Default: the suffix's."
+    )
+    parser.add_argument("--dtype", type=Literal["float32", "float16"], default=defaults.dtype, help="Precision.")
     parser.add_argument(
         "--artefacts",
         type=list[ExportSpec] | None,
         default=None,
-        help="Several artefacts: a list of {path, output_names, format, dtype}.",
+        help="Several artefacts: a list of {path, output_names, format, dtype} (left out: the options above).",
     )
-    parser.add_argument("--stage", type=str, default="export", help="The stage to export.")
-    parser.add_argument("--dynamic_batch_size", type=bool, default=True, help="Make the batch dimension dynamic.")
-    parser.add_argument("--dynamic_spatial", type=bool, default=False, help="Make image sizes dynamic.")
-    parser.add_argument("--opset", type=int | None, default=None, help="The ONNX opset (default: the exporter's).")
+    parser.add_argument("--stage", type=str, default=defaults.stage.value, help="The stage to export.")
+    parser.add_argument(
+        "--dynamic_batch_size", type=bool, default=defaults.dynamic_batch_size, help="Make the batch dimension dynamic."
+    )
+    parser.add_argument(
+        "--dynamic_spatial", type=bool, default=defaults.dynamic_spatial, help="Make image sizes dynamic."
+    )
+    parser.add_argument(
+        "--opset", type=int | None, default=defaults.opset, help="The ONNX opset (default: the exporter's)."
+    )
     parser.add_argument("--trusted_class_prefixes", type=list[str], default=[], help="More trusted packages.")
-    parser.add_argument("--verify", type=bool, default=True, help="Check each artefact against PyTorch.")
+    parser.add_argument("--verify", type=bool, default=defaults.verify, help="Check each artefact against PyTorch.")
     return parser
 
 
@@ -110,18 +121,21 @@ def run_export(argv: Sequence[str]) -> int:
             item if isinstance(item, ExportSpec) else ExportSpec(**item.as_dict()) for item in arguments.artefacts
         ]
     try:
-        results = export_checkpoint(
-            arguments.ckpt_path,
-            arguments.output if artefacts is None else artefacts,
+        options = ExportOptions(
+            stage=parse_stage(arguments.stage, where="the export command"),
             output_names=arguments.output_names,
             format=arguments.format,
             dtype=arguments.dtype,
-            stage=arguments.stage,
             dynamic_batch_size=arguments.dynamic_batch_size,
             dynamic_spatial=arguments.dynamic_spatial,
             opset=arguments.opset,
-            trusted_class_prefixes=arguments.trusted_class_prefixes,
             verify=arguments.verify,
+        )
+        results = export_checkpoint(
+            arguments.ckpt_path,
+            arguments.output if artefacts is None else artefacts,
+            options,
+            trusted_class_prefixes=arguments.trusted_class_prefixes,
         )
     except TorchBricksError as err:
         print(f"error: {command_line_message(err)}", file=sys.stderr)

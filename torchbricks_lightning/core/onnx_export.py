@@ -1,6 +1,5 @@
-"""``export_bricks_as_onnx``: the ONNX export of the reference spec, on top of :func:`export_bricks`.
-
-``OnnxExportResult`` is :class:`~torchbricks_lightning.core.export.ExportResult` under its earlier name.
+"""``export_bricks_as_onnx``: the ONNX export of the reference spec, a builder of
+:class:`~torchbricks_lightning.core.export.ExportOptions` for :func:`~torchbricks_lightning.core.export.export_bricks`.
 """
 
 from __future__ import annotations
@@ -11,25 +10,23 @@ from pathlib import Path
 from typing import Any
 
 from torchbricks_lightning.core.collection import BrickCollection
-from torchbricks_lightning.core.export import ExportResult, export_bricks
-from torchbricks_lightning.core.stages import Stage, StageLike, parse_stage
+from torchbricks_lightning.core.export import ExportOptions, ExportResult, export_bricks
+from torchbricks_lightning.core.stages import StageLike, parse_stage
 from torchbricks_lightning.errors import ConfigError
 
-__all__ = ["OnnxExportResult", "export_bricks_as_onnx"]
-
-OnnxExportResult = ExportResult
+__all__ = ["export_bricks_as_onnx"]
 
 
 def export_bricks_as_onnx(
     path_onnx: str | os.PathLike[str],
     brick_collection: BrickCollection,
     named_inputs: Mapping[str, Any],
-    dynamic_batch_size: bool = False,
-    stage: StageLike = Stage.EXPORT,
-    output_names: Sequence[str] | None = None,
-    verify: bool = True,
-    atol: float | None = None,
-    rtol: float | None = None,
+    dynamic_batch_size: bool = ExportOptions.dynamic_batch_size,
+    stage: StageLike = ExportOptions.stage,
+    output_names: Sequence[str] | None = ExportOptions.output_names,
+    verify: bool = ExportOptions.verify,
+    atol: float | None = ExportOptions.atol,
+    rtol: float | None = ExportOptions.rtol,
     **export_kwargs: Any,
 ) -> ExportResult:
     """Export the bricks alive in ``stage`` as an ONNX file whose inputs and outputs carry the data names.
@@ -46,15 +43,18 @@ def export_bricks_as_onnx(
         brick_collection: the collection to export; it runs in eval mode for the export and is put back.
         named_inputs: example inputs, e.g. ``{'raw': batch}``.
         dynamic_batch_size: make the first dimension of every input and output dynamic.
-        stage: the stage to export (default ``Stage.EXPORT``).
+        stage: the stage to export.
         output_names: the outputs to export; default: the stage's terminal outputs.
         verify: run the file in onnxruntime and compare with eager PyTorch.
         atol: absolute tolerance of the check.
         rtol: relative tolerance of the check.
         **export_kwargs: passed on to ``torch.onnx.export``; ``opset_version`` sets the opset.
 
+    The defaults are those of :class:`~torchbricks_lightning.core.export.ExportOptions`.
+
     Returns:
-        An :class:`OnnxExportResult` with the path, names and the max abs difference per output.
+        An :class:`~torchbricks_lightning.core.export.ExportResult` with the path, names and the max abs
+        difference per output.
 
     Raises:
         ConfigError: ``path_onnx`` does not end with ``.onnx``, or ``output_names`` names something the stage does
@@ -79,18 +79,14 @@ def export_bricks_as_onnx(
     path = Path(path_onnx)
     if path.suffix != ".onnx":
         raise ConfigError(f"Expected path_onnx to end with '.onnx', but got {str(path)!r}.")
-    opset = export_kwargs.pop("opset_version", None)
-    return export_bricks(
-        path,
-        brick_collection,
-        named_inputs,
-        output_names=output_names,
+    options = ExportOptions(
         stage=parse_stage(stage, where="export_bricks_as_onnx"),
+        output_names=output_names,
         format="onnx",
         dynamic_batch_size=dynamic_batch_size,
+        opset=export_kwargs.pop("opset_version", ExportOptions.opset),
         verify=verify,
         atol=atol,
         rtol=rtol,
-        opset=opset,
-        export_kwargs=export_kwargs,
     )
+    return export_bricks(path, brick_collection, named_inputs, options, export_kwargs=export_kwargs)

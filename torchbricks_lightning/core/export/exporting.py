@@ -8,7 +8,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import torch
 from torch import nn
@@ -24,6 +24,7 @@ from torchbricks_lightning.core.export.manifest import (
     preprocessing_of,
     versions,
 )
+from torchbricks_lightning.core.export.options import ExportOptionFields, ExportOptions, with_overrides
 from torchbricks_lightning.core.export.program import export_program
 from torchbricks_lightning.core.export.selection import ExportGraph, select_export_graph
 from torchbricks_lightning.core.export.shapes import dynamic_dims, second_shape_inputs
@@ -34,14 +35,12 @@ from torchbricks_lightning.core.export.verify import (
     raise_on_failures,
     root_cause,
 )
-from torchbricks_lightning.core.stages import Stage, StageLike, parse_stage
+from torchbricks_lightning.core.graph import check_input_names
+from torchbricks_lightning.core.stages import Stage
 from torchbricks_lightning.errors import BrickDefinitionError, ConfigError, ExportError
 from torchbricks_lightning.random_state import preserved_random_state
 
-__all__ = ["DTYPES", "ExportResult", "export_bricks"]
-
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16}
-"""The precisions an artefact can compute in."""
+__all__ = ["ExportResult", "export_bricks"]
 
 
 @dataclass(frozen=True)
@@ -81,24 +80,40 @@ def _eval_mode(module: nn.Module) -> Iterator[None]:
             m.training = training
 
 
-def _parse_dtype(dtype: str | torch.dtype) -> str:
-    name = str(dtype).removeprefix("torch.")
-    if name not in DTYPES:
-        raise ConfigError(f"Expected dtype to be one of {list(DTYPES)}, but got {dtype!r}.")
-    return name
-
-
-def _example_tensors(graph: ExportGraph, named_inputs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+def _example_tensors(
+    graph: ExportGraph, named_inputs: Mapping[str, Any], inputs_from: str | None
+) -> dict[str, torch.Tensor]:
     if not isinstance(named_inputs, Mapping):
         raise BrickDefinitionError(
             f"Expected named_inputs to be a dict of named example inputs, e.g. {{'raw': tensor}}, but got "
             f"{type(named_inputs).__name__}. Stage {graph.stage.value!r} needs {graph.input_names}."
         )
-    graph.collection.check_input_names(graph.stage, named_inputs.keys())
+    if inputs_from is None:
+        graph.collection.check_input_names(graph.stage, named_inputs.keys())
+    else:
+        _check_inputs_from(graph, named_inputs, inputs_from)
     not_tensors = [name for name in graph.input_names if not isinstance(named_inputs[name], torch.Tensor)]
     if not_tensors:
         raise BrickDefinitionError(f"Exported inputs must be tensors, but {not_tensors} in named_inputs are not.")
     return {name: named_inputs[name] for name in graph.input_names}
+
+
+def _check_inputs_from(graph: ExportGraph, named_inputs: Mapping[str, Any], inputs_from: str) -> None:
+    """Raise if the pruned graph needs more than inputs the caller did not give, saying where they came from."""
+    collection = graph.collection
+    missing = [name for name in collection.input_names(graph.stage) if name not in named_inputs]
+    if not missing:
+        return
+    enough = [other.value for other in Stage if set(collection.input_names(other)) <= set(named_inputs)]
+    check_input_names(
+        collection.plan(graph.stage),
+        named_inputs,
+        given=f"No named_inputs were passed, so {inputs_from} were used",
+        hint=(
+            f"Pass named_inputs holding {missing} as well, or export a stage that needs only those inputs: "
+            f"{enough} (e.g. stage='export', or --stage export on the command line)."
+        ),
+    )
 
 
 def _prepare_inputs(
@@ -147,21 +162,14 @@ def export_bricks(
     path: str | os.PathLike[str],
     brick_collection: BrickCollection,
     named_inputs: Mapping[str, Any],
+    options: ExportOptions | None = None,
     *,
-    output_names: Sequence[str] | None = None,
-    stage: StageLike = Stage.EXPORT,
-    format: ExportFormat | None = None,
-    dtype: str | torch.dtype = "float32",
-    dynamic_batch_size: bool = True,
-    dynamic_spatial: bool = False,
-    opset: int | None = None,
-    verify: bool = True,
-    atol: float | None = None,
-    rtol: float | None = None,
     checkpoint_path: str | os.PathLike[str] | None = None,
     export_kwargs: Mapping[str, Any] | None = None,
+    inputs_from: str | None = None,
+    **overrides: Unpack[ExportOptionFields],
 ) -> ExportResult:
-    """Export the bricks that ``output_names`` need in ``stage`` as a checked artefact, with a JSON manifest.
+    """Export the bricks that the outputs need in the options' stage as a checked artefact, with a JSON manifest.
 
     The graph is pruned to the outputs (default: the stage's terminal outputs, the values no alive brick reads), so
     bricks they do not need are not run and inputs they do not need are not inputs. ``torch.export`` traces it once;
@@ -176,26 +184,20 @@ def export_bricks(
         path: the artefact to write: ``.onnx`` or ``.pt2``.
         brick_collection: the bricks.
         named_inputs: example inputs, e.g. ``{'raw': batch}`` (more names, such as targets, may be given).
-        output_names: the outputs to export, in order; default: the stage's terminal outputs.
-        stage: the stage to export.
-        format: ``"onnx"`` or ``"pt2"``; default: from the suffix of ``path``.
-        dtype: ``"float32"`` or ``"float16"`` (weights and floating inputs in half precision, checked against the
-            eager model in half precision with a tolerance that fits it).
-        dynamic_batch_size: the first dimension of every input may vary.
-        dynamic_spatial: the dimensions after batch and channels of floating inputs may vary (image sizes).
-        opset: the ONNX opset (ONNX only); default: the exporter's.
-        verify: load the artefact back and compare it with eager PyTorch.
-        atol: absolute tolerance of the check (default by dtype, see ``default_tolerance``).
-        rtol: relative tolerance of the check.
+        options: the outputs, format, dtype, dynamic dimensions, opset and check; default: ``ExportOptions()``
+            (see :class:`~torchbricks_lightning.core.export.ExportOptions` for each field and its default).
         checkpoint_path: the checkpoint the weights came from, recorded with its SHA-256 in the manifest.
         export_kwargs: more arguments for ``torch.onnx.export``.
+        inputs_from: where ``named_inputs`` came from when the caller did not give them (e.g. "the checkpoint's
+            example inputs"); a missing input's message then says so.
+        **overrides: fields of the options to replace, e.g. ``output_names=[...]`` or ``dynamic_spatial=True``.
 
     Returns:
         An :class:`ExportResult`.
 
     Raises:
         BrickDefinitionError: ``brick_collection`` is not a collection, or ``named_inputs`` not a dict of tensors.
-        ConfigError: an unknown output name, format, dtype, or a suffix that does not fit the format.
+        ConfigError: an unknown option or output name, a bad option value, or a suffix that does not fit the format.
         MissingInputError: ``named_inputs`` lacks a name the pruned graph needs.
         ExportError: a loss or metric brick would be exported unasked, the output path cannot be written, tracing
             or writing failed, or the artefact disagrees with eager PyTorch.
@@ -219,33 +221,39 @@ def export_bricks(
         raise BrickDefinitionError(
             f"Expected brick_collection to be a BrickCollection, but got {type(brick_collection).__name__}."
         )
-    parsed_stage = parse_stage(stage, where="export_bricks")
+    chosen_options = with_overrides(options, overrides, where="export_bricks")
+    parsed_stage = chosen_options.stage
     target = Path(path)
-    artefact_format = format_of(target, format)
-    precision = _parse_dtype(dtype)
-    if opset is not None and artefact_format != "onnx":
+    artefact_format = format_of(target, chosen_options.format)
+    precision = chosen_options.dtype
+    dtype = chosen_options.torch_dtype
+    dynamic_batch_size = chosen_options.dynamic_batch_size
+    if chosen_options.opset is not None and artefact_format != "onnx":
         raise ConfigError(f"opset applies to ONNX exports only, but {str(target)!r} is a {artefact_format} export.")
+    output_names = chosen_options.output_names
     graph = select_export_graph(brick_collection, parsed_stage, output_names)
-    examples = _example_tensors(graph, named_inputs)
+    examples = _example_tensors(graph, named_inputs, inputs_from)
     check_output_path(target)
     check_output_path(manifest_path(target), what="manifest")
-    tolerance = default_tolerance(DTYPES[precision])
+    tolerance = default_tolerance(dtype)
+    atol, rtol = chosen_options.atol, chosen_options.rtol
     tolerance = Tolerance(tolerance.atol if atol is None else atol, tolerance.rtol if rtol is None else rtol)
+    verify = chosen_options.verify
 
     with _eval_mode(brick_collection), torch.no_grad(), preserved_random_state():
         model = graph.collection
         if precision != "float32":
-            model = copy.deepcopy(model).to(DTYPES[precision])
-        inputs = _prepare_inputs(examples, DTYPES[precision], dynamic_batch_size)
+            model = copy.deepcopy(model).to(dtype)
+        inputs = _prepare_inputs(examples, dtype, dynamic_batch_size)
         eager = model(inputs, parsed_stage)
         chosen = _tensor_outputs(graph, eager, requested=output_names is not None)
         if chosen != graph.output_names:
             graph = select_export_graph(brick_collection, parsed_stage, chosen)
             model = graph.collection
             if precision != "float32":
-                model = copy.deepcopy(model).to(DTYPES[precision])
+                model = copy.deepcopy(model).to(dtype)
             inputs = {name: inputs[name] for name in graph.input_names}
-        dims = dynamic_dims(inputs, batch=dynamic_batch_size, spatial=dynamic_spatial)
+        dims = dynamic_dims(inputs, batch=dynamic_batch_size, spatial=chosen_options.dynamic_spatial)
         wrapper = _StageAsTensors(model, parsed_stage, graph.input_names, graph.output_names).eval()
         traced = export_program(wrapper, inputs, dims, graph.output_names, parsed_stage.value)
         shapes = [inputs]
@@ -263,7 +271,7 @@ def export_bricks(
                 graph.input_names,
                 graph.output_names,
                 traced.symbols,
-                opset,
+                chosen_options.opset,
                 export_kwargs or {},
             )
             differences: dict[str, float] = {}

@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import Literal
 
 from torchbricks_lightning.core.collection import BrickCollection
+from torchbricks_lightning.core.export.formats import format_of
+from torchbricks_lightning.core.export.options import ExportOptions
 from torchbricks_lightning.core.export.selection import select_export_graph
 from torchbricks_lightning.core.outputs import head_output_names
 from torchbricks_lightning.core.stages import StageLike, parse_stage
 from torchbricks_lightning.errors import BrickDefinitionError, ConfigError
 
-__all__ = ["HEAD_PLACEHOLDER", "ExportSpec", "expand_specs"]
+__all__ = ["HEAD_PLACEHOLDER", "Artefacts", "ExportSpec", "artefact_specs", "expand_specs", "spec_options"]
 
 HEAD_PLACEHOLDER = "{head}"
 """In an artefact path, stands for each head's name: ``exports/{head}.onnx`` writes one artefact per head."""
@@ -27,9 +29,10 @@ class ExportSpec:
     Attributes:
         path: the file, ``.onnx`` or ``.pt2``; relative paths are relative to the export folder where there is one
             (the callback's). ``{head}`` in it gives one artefact per head, holding that head's terminal outputs.
-        output_names: the outputs; default: the stage's terminal outputs (with ``{head}``: the head's).
-        format: ``"onnx"`` or ``"pt2"``; default: from the suffix.
-        dtype: ``"float32"`` or ``"float16"``.
+        output_names: the outputs; default: the options' (see
+            :class:`~torchbricks_lightning.core.export.ExportOptions`; with ``{head}``: the head's).
+        format: ``"onnx"`` or ``"pt2"``; default: the options' (by default, from the suffix).
+        dtype: ``"float32"`` or ``"float16"``; default: the options' (by default, ``"float32"``).
 
     Example:
         >>> ExportSpec("digit.onnx", output_names=["digit/probabilities"], dtype="float16")
@@ -39,7 +42,64 @@ class ExportSpec:
     path: str
     output_names: list[str] | None = None
     format: Literal["onnx", "pt2"] | None = None
-    dtype: Literal["float32", "float16"] = "float32"
+    dtype: Literal["float32", "float16"] | None = None
+
+
+Artefacts = str | os.PathLike[str] | ExportSpec | Sequence[ExportSpec]
+"""What to write: one path, one :class:`ExportSpec`, or several."""
+
+
+def artefact_specs(artefacts: Artefacts, options: ExportOptions) -> list[ExportSpec]:
+    """``artefacts`` as a list of :class:`ExportSpec`, each path checked against its format (no model needed).
+
+    Raises:
+        BrickDefinitionError: ``artefacts`` is neither a path nor ``ExportSpec`` items.
+        ConfigError: a path that does not end with its format's suffix, or ``{head}`` in a path together with
+            ``options.output_names``.
+
+    Example:
+        >>> artefact_specs("exports/{head}.onnx", ExportOptions())
+        [ExportSpec(path='exports/{head}.onnx', output_names=None, format=None, dtype=None)]
+        >>> artefact_specs("model.pt", ExportOptions())
+        Traceback (most recent call last):
+        ...
+        torchbricks_lightning.errors.ConfigError: Cannot tell the export format of 'model.pt': the path must end ...
+    """
+    if isinstance(artefacts, (str, os.PathLike)):
+        specs = [ExportSpec(os.fspath(artefacts))]
+    else:
+        specs = [artefacts] if isinstance(artefacts, ExportSpec) else list(artefacts)
+        if not specs or not all(isinstance(spec, ExportSpec) for spec in specs):
+            raise BrickDefinitionError(
+                f"Expected artefacts to be a path, an ExportSpec or a non-empty list of ExportSpec, but got "
+                f"{artefacts!r}."
+            )
+    for spec in specs:
+        format_of(Path(spec.path.replace(HEAD_PLACEHOLDER, "head")), spec.format or options.format)
+        if HEAD_PLACEHOLDER in spec.path and spec.output_names is None and options.output_names is not None:
+            raise ConfigError(
+                f"Artefact path {spec.path!r} writes one artefact per head, each with its head's outputs, so it "
+                f"cannot take output_names {list(options.output_names)} too. Drop {HEAD_PLACEHOLDER!r} or "
+                "output_names."
+            )
+    return specs
+
+
+def spec_options(spec: ExportSpec, options: ExportOptions, *, several: bool) -> ExportOptions:
+    """The options of one artefact: ``options`` with what ``spec`` sets, and no opset for a ``.pt2`` among several.
+
+    Example:
+        >>> spec_options(ExportSpec("a.pt2", dtype="float16"), ExportOptions(opset=18), several=True)
+        ExportOptions(stage=<Stage.EXPORT: 'export'>, output_names=None, format='pt2', dtype='float16', ...)
+    """
+    artefact_format = format_of(Path(spec.path), spec.format or options.format)
+    return replace(
+        options,
+        output_names=options.output_names if spec.output_names is None else spec.output_names,
+        format=artefact_format,
+        dtype=options.dtype if spec.dtype is None else spec.dtype,
+        opset=None if several and artefact_format != "onnx" else options.opset,
+    )
 
 
 def expand_specs(
