@@ -1,6 +1,7 @@
-"""``torchbricks-lightning export`` writing several checked artefacts from one checkpoint, and ``predict
---output_dir`` streaming predictions to files. One in-process fit of the tiny recipe serves every test; the commands
-users type run in a subprocess where it matters (the console script, what it prints)."""
+"""``torchbricks-lightning export`` writing several checked artefacts from one checkpoint, every export entry point
+giving the same artefact when no option is given, and ``predict --output_dir`` streaming predictions to files. One
+in-process fit of the tiny recipe serves every test; the commands users type run in a subprocess where it matters
+(the console script, what it prints)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ import pytest
 import torch
 from cli_runs import exit_code, run_script
 
+from torchbricks_lightning import export_bricks, export_bricks_as_onnx
 from torchbricks_lightning.datamodules.synthetic import make_images
 from torchbricks_lightning.lightning import LightningBrickCollection
+from torchbricks_lightning.lightning.export import export_checkpoint, export_checkpoint_as_onnx
 
 RECIPE = Path(__file__).parent / "configs" / "tiny_recipe.yaml"
 QUIET = ["--trainer.enable_progress_bar", "false"]
@@ -32,6 +35,52 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ export
+def _what_the_options_decide(manifest_file: Path) -> dict[str, object]:
+    """The manifest fields that the export options decide (not the weights, the checkpoint or the differences)."""
+    manifest = json.loads(manifest_file.read_text())
+    verification = dict(manifest["verification"])
+    verification.pop("max_abs_diff")
+    return {
+        "format": manifest["artefact"]["format"],
+        "opset": manifest["artefact"].get("opset"),
+        "stage": manifest["stage"],
+        "dtype": manifest["dtype"],
+        "inputs": manifest["inputs"],
+        "outputs": manifest["outputs"],
+        "bricks": manifest["bricks"],
+        "verification": verification,
+    }
+
+
+def test_every_entry_point_exports_the_same_artefact_when_no_option_is_given(checkpoint: Path, tmp_path: Path) -> None:
+    """The recipe's ``OnnxExportCallback()`` wrote ``checkpoints/model.onnx`` at the end of the fit; the core
+    functions, the Lightning helpers and the ``export`` command export the same checkpoint with no option given."""
+    module = LightningBrickCollection.load_from_checkpoint(checkpoint, map_location="cpu")
+    example = module.example_named_inputs()
+    export_bricks(tmp_path / "core.onnx", module.brick_collection, example)
+    export_bricks_as_onnx(tmp_path / "spec.onnx", module.brick_collection, example)
+    export_checkpoint(checkpoint, tmp_path / "helper.onnx")
+    export_checkpoint_as_onnx(checkpoint, tmp_path / "helper_as_onnx.onnx")
+    assert exit_code(["export", "--ckpt_path", str(checkpoint), "--output", "cli.onnx"], tmp_path) == 0
+
+    by_entry_point = {
+        "OnnxExportCallback": checkpoint.parent / "model.onnx.json",
+        "export_bricks": tmp_path / "core.onnx.json",
+        "export_bricks_as_onnx": tmp_path / "spec.onnx.json",
+        "export_checkpoint": tmp_path / "helper.onnx.json",
+        "export_checkpoint_as_onnx": tmp_path / "helper_as_onnx.onnx.json",
+        "torchbricks-lightning export": tmp_path / "cli.onnx.json",
+    }
+    decided = {name: _what_the_options_decide(path) for name, path in by_entry_point.items()}
+    reference = decided["export_bricks"]
+    assert reference["inputs"] == [{"name": "raw", "dtype": "float32", "shape": ["batch", 3, 8, 8]}]
+    assert {name: options for name, options in decided.items() if options != reference} == {}
+    for name in by_entry_point:
+        path = by_entry_point[name].with_suffix("")
+        dims = [dim.dim_param or dim.dim_value for dim in onnx.load(path).graph.input[0].type.tensor_type.shape.dim]
+        assert dims == ["batch", 3, 8, 8], name
+
+
 def test_export_one_artefact_per_head_in_float16(checkpoint: Path, tmp_path: Path) -> None:
     process = run_script(
         ["export", "--ckpt_path", str(checkpoint), "--output", "exports/{head}.onnx", "--dtype", "float16"], tmp_path
