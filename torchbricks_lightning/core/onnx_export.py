@@ -7,14 +7,15 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.core.export import ExportOptions, ExportResult, export_bricks
-from torchbricks_lightning.core.stages import StageLike, parse_stage
+from torchbricks_lightning.core.export.options import ExportOptionFields, with_overrides
+from torchbricks_lightning.core.stages import StageLike
 from torchbricks_lightning.errors import ConfigError
 
-__all__ = ["export_bricks_as_onnx"]
+__all__ = ["export_bricks_as_onnx", "onnx_options"]
 
 
 def export_bricks_as_onnx(
@@ -76,17 +77,37 @@ def export_bricks_as_onnx(
         >>> result.input_names, result.output_names, result.max_abs_diff["logits"] < 1e-5
         (['raw'], ['logits'], True)
     """
-    path = Path(path_onnx)
-    if path.suffix != ".onnx":
-        raise ConfigError(f"Expected path_onnx to end with '.onnx', but got {str(path)!r}.")
-    options = ExportOptions(
-        stage=parse_stage(stage, where="export_bricks_as_onnx"),
+    options = onnx_options(
+        path_onnx,
+        where="export_bricks_as_onnx",
+        stage=stage,
         output_names=output_names,
-        format="onnx",
         dynamic_batch_size=dynamic_batch_size,
         opset=export_kwargs.pop("opset_version", ExportOptions.opset),
         verify=verify,
         atol=atol,
         rtol=rtol,
     )
-    return export_bricks(path, brick_collection, named_inputs, options, export_kwargs=export_kwargs)
+    return export_bricks(path_onnx, brick_collection, named_inputs, options, export_kwargs=export_kwargs)
+
+
+def onnx_options(
+    path_onnx: str | os.PathLike[str], *, where: str, **fields: Unpack[ExportOptionFields]
+) -> ExportOptions:
+    """The options of an ``*_as_onnx`` function: ``fields`` with the ONNX format, once ``path_onnx`` is checked.
+
+    Raises:
+        ConfigError: ``path_onnx`` does not end with ``.onnx``, or a field is invalid.
+        UnknownStageError: an unknown stage (the message names ``where``).
+
+    Example:
+        >>> onnx_options("model.onnx", where="f", stage="inference").format
+        'onnx'
+        >>> onnx_options("model.pt2", where="f")
+        Traceback (most recent call last):
+        ...
+        torchbricks_lightning.errors.ConfigError: Expected path_onnx to end with '.onnx', but got 'model.pt2'.
+    """
+    if Path(path_onnx).suffix != ".onnx":
+        raise ConfigError(f"Expected path_onnx to end with '.onnx', but got {str(path_onnx)!r}.")
+    return with_overrides(ExportOptions(format="onnx"), fields, where=where)

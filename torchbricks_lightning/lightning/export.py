@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, Unpack
 
 import torch
@@ -19,8 +18,8 @@ from torchbricks_lightning.core.export import (
     export_artefacts,
 )
 from torchbricks_lightning.core.export.options import ExportOptionFields, with_overrides
-from torchbricks_lightning.core.stages import StageLike, parse_stage
-from torchbricks_lightning.errors import ConfigError
+from torchbricks_lightning.core.onnx_export import onnx_options
+from torchbricks_lightning.core.stages import StageLike
 from torchbricks_lightning.lightning.module import LightningBrickCollection
 
 __all__ = ["Artefacts", "ExportSpec", "export_checkpoint", "export_checkpoint_as_onnx"]
@@ -100,12 +99,11 @@ def export_checkpoint_as_onnx(
     Raises:
         ConfigError: ``path_onnx`` does not end with ``.onnx``.
     """
-    if Path(path_onnx).suffix != ".onnx":
-        raise ConfigError(f"Expected path_onnx to end with '.onnx', but got {str(path_onnx)!r}.")
-    options = ExportOptions(
-        stage=parse_stage(stage, where="export_checkpoint_as_onnx"),
+    options = onnx_options(
+        path_onnx,
+        where="export_checkpoint_as_onnx",
+        stage=stage,
         output_names=output_names,
-        format="onnx",
         dynamic_batch_size=dynamic_batch_size,
         verify=verify,
     )

@@ -45,13 +45,12 @@ def plan_artefacts(
         >>> from torch import nn
         >>> from torchbricks_lightning import BrickTrainable
         >>> collection = BrickCollection({
-        ...     "backbone": BrickTrainable(nn.Identity(), input_names=["raw"], output_names=["features"]),
-        ...     "digit": {"classify": BrickTrainable(nn.Linear(4, 10), ["features"], ["./probabilities"])},
-        ...     "parity": {"classify": BrickTrainable(nn.Linear(4, 2), ["features"], ["./probabilities"])},
+        ...     "age": BrickTrainable(nn.Linear(4, 1), input_names=["raw"], output_names=["years"]),
+        ...     "sex": BrickTrainable(nn.Linear(4, 2), input_names=["raw"], output_names=["logits"]),
         ... })
-        >>> [(each.path.name, each.options.output_names, each.options.format)
-        ...  for each in plan_artefacts("{head}.onnx", collection)]
-        [('digit.onnx', ('digit/probabilities',), 'onnx'), ('parity.onnx', ('parity/probabilities',), 'onnx')]
+        >>> [(each.path.name, each.options.output_names, each.options.dtype)
+        ...  for each in plan_artefacts("{head}.pt2", collection, ExportOptions(dtype="float16"))]
+        [('age.pt2', ('years',), 'float16'), ('sex.pt2', ('logits',), 'float16')]
     """
     chosen = options if options is not None else ExportOptions()
     specs = expand_specs(artefact_specs(artefacts, chosen), brick_collection, chosen.stage, folder=folder)
