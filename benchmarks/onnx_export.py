@@ -108,7 +108,9 @@ outputs, the default of an export), so that both graphs compute and return the s
 
 def export_bricks(path: Path, bricks: BrickCollection, image: torch.Tensor) -> list[str]:
     with _quiet():
-        result = export_bricks_as_onnx(path, bricks, {"raw": image}, verify=False, output_names=EXPORTED_NAMES)
+        result = export_bricks_as_onnx(
+            path, bricks, {"raw": image}, verify=False, output_names=EXPORTED_NAMES, dynamic_batch_size=False
+        )
     return result.output_names
 
 
