@@ -12,7 +12,7 @@ import heapq
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from torchbricks_lightning.core.names import ALL_INPUTS, STAGE_INPUT
+from torchbricks_lightning.core.names import ALL_INPUTS, RESERVED_INPUT_NAMES
 from torchbricks_lightning.core.stages import Stage
 from torchbricks_lightning.errors import (
     ConfigError,
@@ -69,7 +69,7 @@ class BrickNode:
     @functools.cached_property
     def data_inputs(self) -> tuple[str, ...]:
         """The input names that must come from data (not ``'stage'`` or ``'__all__'``)."""
-        return tuple(name for name in self.input_names if name not in (STAGE_INPUT, ALL_INPUTS))
+        return tuple(name for name in self.input_names if name not in RESERVED_INPUT_NAMES)
 
     @functools.cached_property
     def reads_all(self) -> bool:
