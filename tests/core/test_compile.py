@@ -172,3 +172,42 @@ def test_compile_with_an_alive_metric_brick_runs_the_metric_eagerly() -> None:
     actual = compiled_collection.summarize(Stage.TRAIN)
     assert list(actual) == ["accuracy"]
     torch.testing.assert_close(actual, expected)
+
+
+def test_a_live_metric_brick_compiles_to_one_graph_when_the_caller_updates_the_metrics() -> None:
+    """forward(..., update_metrics=False) leaves the metric updates out of the traced function; update_metrics runs
+    them eagerly after. The metric values and the losses equal eager's."""
+    eager_collection = BrickCollection(boring_bricks())  # type: ignore[arg-type]
+    compiled_collection = BrickCollection(boring_bricks())  # type: ignore[arg-type]
+    compiled_collection.load_state_dict(eager_collection.state_dict())
+    assert compiled_collection.metric_keys() == ["accuracy"]
+    assert Stage.TRAIN in compiled_collection["accuracy"].alive_stages  # type: ignore[attr-defined]
+
+    explanation = torch._dynamo.explain(compiled_collection)(_inputs(), Stage.TRAIN, update_metrics=False)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+    assert not compiled_collection.summarize(Stage.TRAIN)  # the traced call updated nothing
+    compiled_collection.reset_metrics()
+
+    torch._dynamo.reset()
+    backend = CountingBackend()
+    compiled = torch.compile(compiled_collection, fullgraph=True, backend=backend)
+    batches = [{"raw": torch.randn(6, 5), "targets": torch.randint(0, 3, (6,))} for _ in range(3)]
+    for batch in batches:
+        eager_outputs = eager_collection(batch, Stage.TRAIN)
+        compiled_outputs = compiled(batch, Stage.TRAIN, update_metrics=False)
+        compiled_collection.update_metrics(compiled_outputs, Stage.TRAIN)
+        torch.testing.assert_close(compiled_outputs["loss_ce"], eager_outputs["loss_ce"])
+    assert len(backend.graphs) == 1
+    expected = eager_collection.summarize(Stage.TRAIN)
+    assert list(expected) == ["accuracy"]
+    torch.testing.assert_close(compiled_collection.summarize(Stage.TRAIN), expected)
+
+
+def test_update_metrics_names_the_metric_brick_whose_input_is_missing() -> None:
+    from torchbricks_lightning.errors import MissingInputError
+
+    collection = BrickCollection(boring_bricks())  # type: ignore[arg-type]
+    outputs = collection(_inputs(), Stage.TRAIN, return_inputs=False, update_metrics=False)
+    with pytest.raises(MissingInputError, match=r"Brick 'accuracy' updates its metrics in stage 'train'.*targets"):
+        collection.update_metrics(outputs, Stage.TRAIN)

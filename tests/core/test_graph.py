@@ -706,3 +706,39 @@ def test_mutation_that_breaks_the_graph_is_reported_at_the_next_use(boring_colle
         boring_collection({"raw": torch.randn(4, N_FEATURES)})
     del boring_collection["copycat"]
     assert "logits" in boring_collection({"raw": torch.randn(4, N_FEATURES)})
+
+
+def test_a_stage_plan_answers_producers_readers_and_terminal_outputs() -> None:
+    from torchbricks_lightning.core.mermaid import create_mermaid_dag_graph
+    from torchbricks_lightning.core.outputs import terminal_output_names
+
+    collection = BrickCollection(boring_bricks())  # type: ignore[arg-type]
+    plan = collection.plan(Stage.TRAIN)
+    assert {name: [node.path for node in nodes] for name, nodes in plan.producers.items()} == {
+        "processed": ["preprocessor"],
+        "features": ["backbone"],
+        "logits": ["head"],
+        "probabilities": ["head"],
+        "class_prediction": ["prediction"],
+        "loss_ce": ["loss"],
+    }
+    assert [node.path for node in plan.readers["targets"]] == ["loss", "accuracy"]
+    assert plan.input_names == plan.required_inputs == ("raw", "targets")
+    assert plan.terminal_output_names == ("probabilities", "loss_ce")
+    assert terminal_output_names(plan) == list(plan.terminal_output_names)
+    assert collection.data_flow(Stage.TRAIN) is plan
+    graph = create_mermaid_dag_graph(collection, stage=Stage.TRAIN, add_legends=False)
+    drawn_outputs = [line.split('(["')[1].split('"])')[0] for line in graph.splitlines() if ":::output" in line]
+    assert drawn_outputs == list(plan.terminal_output_names)
+
+
+def test_a_brick_reading_every_value_reads_no_data_name() -> None:
+    def node(path: str, inputs: tuple[str, ...], outputs: tuple[str, ...], index: int) -> BrickNode:
+        return BrickNode(path, inputs, (), outputs, (), 1.0, frozenset(Stage), False, index)
+
+    nodes = [node("head", ("raw",), ("logits",), 0), node("logger", ("__all__", "stage"), (), 1)]
+    plan = plan_stage(nodes, Stage.INFERENCE)
+    assert [each.path for each in plan.nodes] == ["head", "logger"]
+    assert plan.terminal_output_names == ("logits",)  # read through '__all__' only: still a result
+    assert "__all__" not in plan.readers
+    assert plan.required_inputs == ("raw",)

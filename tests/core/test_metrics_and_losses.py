@@ -510,3 +510,14 @@ def test_spec_example_bricks_for_model_training() -> None:
     assert named_outputs["loss_ce"].ndim == 0
     assert named_outputs["features"].shape == (batch_size, n_features, 1, 1)
     assert brick_collection.summarize(stage=Stage.TRAIN) == {}  # reset=True emptied it
+
+
+def test_a_metric_brick_called_for_a_stage_it_is_not_alive_in_says_so_and_how_to_fix_it() -> None:
+    brick = BrickMetricSingle(MulticlassAccuracy(num_classes=3, average="micro"), input_names=["pred", "targets"])
+    preds, targets = torch.tensor([0, 1]), torch.tensor([0, 2])
+
+    with pytest.raises(ConfigError, match=r"MulticlassAccuracy.*no metrics for stage 'inference'.*alive_stages"):
+        brick(preds, targets, stage=Stage.INFERENCE)
+
+    brick(preds, targets, stage="train")  # a stage given by its value is found, not refused
+    torch.testing.assert_close(brick.compute(Stage.TRAIN), {"MulticlassAccuracy": torch.tensor(0.5)})

@@ -279,3 +279,39 @@ def test_cifar10_recipe_trains_through_the_cli_and_exports_onnx(
     assert logits.shape == (2, 10)
     assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
     assert predictions.tolist() == logits.argmax(axis=1).tolist()
+
+
+class _Payload:
+    """What a malicious pickle could build: any importable callable."""
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        import os
+
+        return (os.getenv, ("HOME",))
+
+
+def test_a_batch_that_builds_anything_but_plain_types_and_arrays_is_refused(cifar: tuple[Path, dict]) -> None:
+    root, _ = cifar
+    with open(root / "cifar-10-batches-py" / "test_batch", "wb") as file:
+        pickle.dump({"labels": [0], "data": _Payload()}, file, protocol=2)
+    with pytest.raises(DatasetNotAvailableError, match=r"'test_batch' asks to build .*getenv.*not a CIFAR-10 batch"):
+        _datamodule(root).setup("test")
+
+
+def test_a_batch_without_its_fields_names_them(cifar: tuple[Path, dict]) -> None:
+    root, _ = cifar
+    with open(root / "cifar-10-batches-py" / "test_batch", "wb") as file:
+        pickle.dump({"data": np.zeros((1, 3072), dtype=np.uint8)}, file, protocol=2)
+    with pytest.raises(DatasetNotAvailableError, match=r"'test_batch' lacks \['labels'\]"):
+        _datamodule(root).setup("test")
+
+
+def test_the_package_overrides_no_torchvision_dataset_internals() -> None:
+    import inspect
+
+    from torchbricks_lightning.datamodules import cifar10, cifar10_format
+
+    for module in (cifar10, cifar10_format):
+        source = inspect.getsource(module)
+        assert "_check_integrity" not in source
+        assert "_load_meta" not in source

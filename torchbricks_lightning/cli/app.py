@@ -44,6 +44,7 @@ from torchbricks_lightning.checkpoints.trust import check_checkpoint
 from torchbricks_lightning.cli.export import run_export
 from torchbricks_lightning.cli.predict import BrickTrainer, report_predictions
 from torchbricks_lightning.cli.recipe import first_brick_that_fails, first_recipe_problem
+from torchbricks_lightning.core.distributed import is_distributed
 from torchbricks_lightning.errors import RecipeError, TorchBricksError, command_line_message
 from torchbricks_lightning.lightning.module import LightningBrickCollection
 from torchbricks_lightning.lightning.preflight import check_one_batch
@@ -291,7 +292,7 @@ def _close_process_group() -> None:
     exits, where they could otherwise abort a successful run with "terminate called without an active exception"."""
     import torch.distributed
 
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if is_distributed():
         torch.distributed.destroy_process_group()
 
 

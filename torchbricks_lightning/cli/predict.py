@@ -23,7 +23,8 @@ __all__ = ["BrickTrainer", "report_predictions"]
 class BrickTrainer(pl.Trainer):
     """Lightning's ``Trainer`` whose ``predict`` can write the predictions to a folder as they come.
 
-    The CLI uses it as its trainer class; everything else is ``Trainer``'s.
+    The CLI uses it as its trainer class; everything else is ``Trainer``'s. The writer of a call with
+    ``output_dir`` is in ``trainer.callbacks`` during that call only; :attr:`prediction_writer` keeps the last one.
     """
 
     prediction_writer: BrickPredictionWriter | None = None
@@ -51,20 +52,30 @@ class BrickTrainer(pl.Trainer):
             output_dir: the folder for one ``.npz`` file per batch and process, and ``index.json``.
             float_dtype: the dtype of floating outputs in those files (``"keep"`` keeps theirs).
         """
-        if output_dir is not None:
-            self.prediction_writer = BrickPredictionWriter(output_dir, float_dtype=float_dtype)
-            callbacks: list[pl.Callback] = getattr(self, "callbacks")  # noqa: B009 - set in __init__, unseen by mypy
-            callbacks.append(self.prediction_writer)
-            if return_predictions is None:
-                return_predictions = False
-        return super().predict(
-            model,
-            dataloaders=dataloaders,
-            datamodule=datamodule,
-            return_predictions=return_predictions,
-            ckpt_path=ckpt_path,
-            weights_only=weights_only,
-        )
+        if output_dir is None:
+            return super().predict(
+                model,
+                dataloaders=dataloaders,
+                datamodule=datamodule,
+                return_predictions=return_predictions,
+                ckpt_path=ckpt_path,
+                weights_only=weights_only,
+            )
+        writer = self.prediction_writer = BrickPredictionWriter(output_dir, float_dtype=float_dtype)
+        callbacks: list[pl.Callback] = getattr(self, "callbacks")  # noqa: B009 - set in __init__, unseen by mypy
+        callbacks.append(writer)  # for this call only: the next call with output_dir brings its own writer
+        try:
+            return super().predict(
+                model,
+                dataloaders=dataloaders,
+                datamodule=datamodule,
+                return_predictions=False if return_predictions is None else return_predictions,
+                ckpt_path=ckpt_path,
+                weights_only=weights_only,
+            )
+        finally:
+            if writer in callbacks:
+                callbacks.remove(writer)
 
 
 def report_predictions(trainer: pl.Trainer) -> None:
@@ -73,6 +84,9 @@ def report_predictions(trainer: pl.Trainer) -> None:
         return
     callbacks: list[pl.Callback] = getattr(trainer, "callbacks", [])
     writers = [callback for callback in callbacks if isinstance(callback, BasePredictionWriter)]
+    last = getattr(trainer, "prediction_writer", None)  # BrickTrainer's writer of its last predict(output_dir=...)
+    if last is not None and last not in writers:
+        writers.append(last)
     if not writers:
         print(
             "predict wrote nothing: pass --output_dir DIR to write the predictions (one .npz file per batch and an "

@@ -10,15 +10,20 @@ from torch import nn
 
 from torchbricks_lightning.core.bricks import BrickInterface
 from torchbricks_lightning.core.dispatch import CompiledStage, compile_stage
-from torchbricks_lightning.core.graph import BrickNode, StagePlan, check_input_names, needed_nodes, plan_stage
-from torchbricks_lightning.core.losses import merge_loss_weights, weighted_total
-from torchbricks_lightning.core.metric_bricks import BrickMetrics
+from torchbricks_lightning.core.graph import (
+    BrickNode,
+    DataFlow,
+    StagePlan,
+    check_input_names,
+    needed_nodes,
+    plan_stage,
+)
 from torchbricks_lightning.core.names import check_brick_name
+from torchbricks_lightning.core.results import LossesAndMetrics
 from torchbricks_lightning.core.stages import ALL_STAGES, Stage, StageLike, parse_stage
 from torchbricks_lightning.core.structure import StructureNode
 from torchbricks_lightning.errors import (
     BrickDefinitionError,
-    DuplicateOutputError,
     InvalidNameError,
     TorchBricksError,
 )
@@ -42,7 +47,7 @@ def _attribute_names(cls: type) -> frozenset[str]:
     return names
 
 
-class BrickCollection(StructureNode, nn.ModuleDict):
+class BrickCollection(LossesAndMetrics, StructureNode, nn.ModuleDict):
     """Bricks wired by their names into a DAG, and run one stage at a time.
 
     Nested dicts become nested collections; a relative name such as ``./logits`` inside ``head0`` means
@@ -211,17 +216,6 @@ class BrickCollection(StructureNode, nn.ModuleDict):
             self.__dict__["_plans"] = plans
         return plans
 
-    def _check_metric_keys(self) -> None:
-        owner: dict[str, str] = {}
-        for path, brick in self._metric_bricks():
-            for key in brick.metric_keys(path):
-                if key in owner:
-                    raise DuplicateOutputError(
-                        f"Metric bricks {owner[key]!r} and {path!r} both report the metric key {key!r}, so one would "
-                        "overwrite the other in summarize(). Give one a different metric_name or brick name."
-                    )
-                owner[key] = path
-
     def _stage(self, stage: StageLike) -> CompiledStage:
         """The generated function of ``stage`` (see :meth:`generate_code`)."""
         compiled = self._compiled
@@ -291,6 +285,13 @@ class BrickCollection(StructureNode, nn.ModuleDict):
         """The Python source generated to run ``stage`` (what a traceback through it shows)."""
         return self._stage(stage).source
 
+    def data_flow(self, stage: StageLike | None = None) -> DataFlow:
+        """Who produces and who reads each name: the plan of ``stage``, or, for ``None``, of every brick alive in any
+        stage (in declaration order; a name may then have a producer per stage)."""
+        if stage is not None:
+            return self.plan(stage)
+        return DataFlow(tuple(node for node in self.brick_nodes() if node.alive_stages))
+
     def input_names(self, stage: StageLike) -> list[str]:
         """The names a caller must provide to run ``stage``."""
         return list(self.plan(stage).required_inputs)
@@ -313,7 +314,11 @@ class BrickCollection(StructureNode, nn.ModuleDict):
 
     # ----------------------------------------------------------------------------------------- running
     def forward(
-        self, named_inputs: Mapping[str, Any], stage: StageLike = Stage.INFERENCE, return_inputs: bool = True
+        self,
+        named_inputs: Mapping[str, Any],
+        stage: StageLike = Stage.INFERENCE,
+        return_inputs: bool = True,
+        update_metrics: bool = True,
     ) -> dict[str, Any]:
         """Run the bricks alive in ``stage`` and return a new dict with the inputs and every output.
 
@@ -321,6 +326,25 @@ class BrickCollection(StructureNode, nn.ModuleDict):
             named_inputs: the named values the stage needs (more are passed through). The dict is never modified.
             stage: the stage to run.
             return_inputs: if False, return only what the bricks produced (as torchbricks 0.0.10 does).
+            update_metrics: if False, leave out the metric bricks' updates, and pass the returned dict to
+                :meth:`update_metrics` afterwards. Under ``torch.compile`` the stage is then one graph even with
+                live metric bricks, whose updates (not traceable) otherwise run eagerly and break it.
+
+        Example:
+            >>> import torch
+            >>> from torch import nn
+            >>> from torchmetrics.classification import MulticlassAccuracy
+            >>> from torchbricks_lightning import BrickMetricSingle, BrickTrainable
+            >>> collection = BrickCollection({
+            ...     "head": BrickTrainable(nn.Linear(4, 3), input_names=["raw"], output_names=["logits"]),
+            ...     "accuracy": BrickMetricSingle(MulticlassAccuracy(num_classes=3), ["logits", "targets"]),
+            ... })
+            >>> compiled = torch.compile(collection, backend="eager")
+            >>> outputs = compiled({"raw": torch.ones(2, 4), "targets": torch.tensor([0, 1])}, "train",
+            ...                    update_metrics=False)
+            >>> collection.update_metrics(outputs, "train")
+            >>> list(collection.summarize("train"))
+            ['accuracy']
         """
         try:
             compiled = self._compiled[stage]
@@ -333,7 +357,7 @@ class BrickCollection(StructureNode, nn.ModuleDict):
                 f"{list(compiled.plan.required_inputs)}."
             )
         try:
-            named_outputs = compiled.run(named_inputs)
+            named_outputs = compiled.run(named_inputs, update_metrics)
         except TorchBricksError:
             raise
         except Exception as err:
@@ -342,78 +366,3 @@ class BrickCollection(StructureNode, nn.ModuleDict):
         if return_inputs:
             return named_outputs
         return {name: named_outputs[name] for name in compiled.plan.output_names}
-
-    # ----------------------------------------------------------------------------------------- losses
-    def loss_names(self, stage: StageLike | None = None) -> list[str]:
-        """The names of the losses produced in ``stage`` (or in any stage)."""
-        stages = ALL_STAGES if stage is None else (parse_stage(stage, where="loss_names"),)
-        names: dict[str, None] = {}
-        for each in stages:
-            names.update((name, None) for name, _ in self.plan(each).loss_weights)
-        return list(names)
-
-    def loss_weights(self) -> dict[str, float]:
-        """The weight of every loss name, as set on its loss brick."""
-        return dict(self._weights())
-
-    def _weights(self) -> dict[str, float]:
-        weights = self._loss_weights
-        if weights is None:
-            weights = {name: node.loss_weight for node in self.brick_nodes() for name in node.loss_names}
-            self.__dict__["_loss_weights"] = weights
-        return weights
-
-    def extract_losses(self, named_outputs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        """The (unweighted) losses found in ``named_outputs``, by name."""
-        return {name: named_outputs[name] for name in self._weights() if name in named_outputs}
-
-    def total_loss(
-        self, named_outputs: Mapping[str, Any], loss_weights: Mapping[str, float] | None = None
-    ) -> torch.Tensor:
-        """The weighted sum of the losses in ``named_outputs``.
-
-        Args:
-            named_outputs: the outputs of a forward pass.
-            loss_weights: weights that override the bricks' own, by loss name.
-
-        Raises:
-            ConfigError: ``loss_weights`` names a loss the collection does not have.
-            BrickGraphError: ``named_outputs`` holds no loss.
-        """
-        return weighted_total(named_outputs, merge_loss_weights(self._weights(), loss_weights))
-
-    # ----------------------------------------------------------------------------------------- metrics
-    def _metric_bricks(self) -> Iterator[tuple[str, BrickMetrics]]:
-        for path, brick in self.named_bricks():
-            if isinstance(brick, BrickMetrics):
-                yield path, brick
-
-    def summarize(self, stage: StageLike, reset: bool = False) -> dict[str, torch.Tensor]:
-        """Compute the metrics accumulated in ``stage``, keyed ``'{brick path}/{metric name}'``.
-
-        Args:
-            stage: the stage whose metrics to compute.
-            reset: reset those metrics afterwards.
-
-        Returns:
-            The metric values; ``{}`` when no metric is alive (or updated) in ``stage``.
-        """
-        stage = parse_stage(stage, where="summarize")
-        values: dict[str, torch.Tensor] = {}
-        for path, brick in self._metric_bricks():
-            keys = dict(zip(brick.report_names, brick.metric_keys(path), strict=True))
-            for name, value in brick.compute(stage).items():
-                values[keys[name]] = value
-            if reset:
-                brick.reset(stage)
-        return values
-
-    def reset_metrics(self, stage: StageLike | None = None) -> None:
-        """Reset the metrics of ``stage``, or of every stage."""
-        parsed = None if stage is None else parse_stage(stage, where="reset_metrics")
-        for _, brick in self._metric_bricks():
-            brick.reset(parsed)
-
-    def metric_keys(self) -> list[str]:
-        """Every key that ``summarize`` can report."""
-        return [key for path, brick in self._metric_bricks() for key in brick.metric_keys(path)]

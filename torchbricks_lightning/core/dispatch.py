@@ -4,7 +4,7 @@ The generated function reads its inputs from a dict, calls each alive brick in o
 outputs by name, with no loop, no lookup of brick names and no per-call planning. For a stage with a
 preprocessor, a head and a metric brick it reads::
 
-    def _run_train(named_inputs):
+    def run(named_inputs, update_metrics=True):
         if not ('raw' in named_inputs and 'targets' in named_inputs):
             _on_missing(named_inputs)
         d = dict(named_inputs)
@@ -14,24 +14,27 @@ preprocessor, a head and a metric brick it reads::
         t = b1(d['processed'])
         if not isinstance(t, (tuple, list)) or len(t) != 2: _bad_count(1, t)
         d['logits'], d['probabilities'] = t
-        if _compiling(): t = _eager(b2, d['logits'], d['targets'], stage=_STAGE)
-        else: t = b2(d['logits'], d['targets'], stage=_STAGE)
-        if t is not None: _no_output(2, t)
+        if update_metrics:
+            if _compiling(): t = _eager(b2, d['logits'], d['targets'], stage=_STAGE)
+            else: t = b2(d['logits'], d['targets'], stage=_STAGE)
+            if t is not None: _no_output(2, t)
         return d
+
+    def update(d):
+        if not ('logits' in d and 'targets' in d):
+            _on_missing_update(d)
+        t = b2(d['logits'], d['targets'], stage=_STAGE)
+        if t is not None: _no_output(2, t)
 
 Why generated code, and why every brick is called as a module:
 
 - **Bricks are ordinary modules.** ``b0(...)`` goes through ``nn.Module.__call__``, so forward and backward hooks on
   a brick and on the module it wraps fire, ``brick.compile()`` takes effect, and train/eval modes and
   ``requires_grad_()`` behave as usual. No private torch state is read to skip the call.
-- **Measured cost.** On a 2-core CPU, one thread, a brick's own call costs about 0.6 µs over calling its module
-  directly (``nn.Module.__call__`` plus the brick's ``forward``). A hand-written ``forward`` pays about as much
-  again to look its submodules up with ``self.<name>`` (``nn.Module.__getattr__``), which the generated code
-  avoids: its modules are bound as globals of the function. ``nox -s bench`` reports the figure (target at most
-  1 µs per brick over the hand-written module). A loop over a list of closures costs one more Python call and a
-  loop iteration per brick (about 0.15 µs), and ``torch.fx`` cannot trace bricks whose outputs are checked by
-  count or that read ``'__all__'``; straight-line code is the fastest and ``torch.compile`` traces it into one
-  graph per stage.
+- **No per-call lookups.** The bricks are bound as globals of the function (``b0``, ``b1``, ...), so a call looks
+  up no submodule (``nn.Module.__getattr__``), loops over nothing and plans nothing; ``nox -s bench`` measures what
+  a brick costs over a hand-written ``forward``. ``torch.fx`` cannot trace bricks whose outputs are checked by
+  count or that read ``'__all__'``; ``torch.compile`` traces the straight-line code into one graph per stage.
 - **Names are data, never code.** Data names and keyword-argument names appear in the source only as
   ``repr(...)`` string literals (keyword arguments are passed as ``**{'name': value}``), so no name can end a
   string, open a block or clash with a Python keyword. Brick objects are bound to generated identifiers
@@ -41,8 +44,13 @@ Why generated code, and why every brick is called as a module:
   :meth:`CompiledStage.add_context` adds a note naming the brick that failed.
 
 The checks on output counts and losses call Python helpers only when something is wrong, so ``torch.compile``
-sees one graph with no breaks. Metric bricks run eagerly under ``torch.compile`` (torchmetrics updates are not
-traceable).
+sees one graph with no breaks.
+
+**Metric updates** (bricks that get the stage and return nothing: :attr:`BrickNode.updates_only`) cannot be traced
+(torchmetrics' updates are not). ``run(named_inputs, update_metrics=False)`` leaves them out, so a compiled call is
+one graph; it returns every value, and the eager caller then hands them to ``update``, which updates the metrics
+(``BrickCollection.update_metrics``). With ``update_metrics=True`` (the default) they run in place, eagerly under
+``torch.compile`` (a graph break each).
 """
 
 from __future__ import annotations
@@ -61,7 +69,7 @@ from torch import nn
 
 from torchbricks_lightning.core.graph import BrickNode, StagePlan, check_input_names
 from torchbricks_lightning.core.names import ALL_INPUTS, STAGE_INPUT
-from torchbricks_lightning.errors import BrickOutputError, LossNotScalarError, TorchBricksError
+from torchbricks_lightning.errors import BrickOutputError, LossNotScalarError, MissingInputError, TorchBricksError
 
 __all__ = ["CompiledStage", "clear_code_cache", "compile_stage"]
 
@@ -69,29 +77,45 @@ _SOURCE_IDS = itertools.count()
 
 
 class CompiledStage:
-    """A stage's plan with its generated function ``run(named_inputs) -> dict``."""
+    """A stage's plan with its generated functions.
+
+    ``run(named_inputs, update_metrics=True) -> dict`` runs the stage; ``update(named_values)`` runs only the bricks
+    that ``run(..., update_metrics=False)`` left out (the metric updates) on the values that it returned.
+    """
 
     def __init__(
         self,
         plan: StagePlan,
-        run: Callable[[Mapping[str, Any]], dict[str, Any]],
+        run: Callable[..., dict[str, Any]],
+        update: Callable[[Mapping[str, Any]], None],
         lines: dict[int, int],
         source: str,
         filename: str,
     ) -> None:
         self.plan = plan
         self.run = run
+        self._update = update
         self.source = source
         self.filename = filename
-        self._code = run.__code__
+        self._codes = (run.__code__, update.__code__)
         self._brick_at_line = lines
+
+    def update(self, named_values: Mapping[str, Any]) -> None:
+        """Run the bricks that ``run(..., update_metrics=False)`` left out on ``named_values`` (what it returned)."""
+        try:
+            self._update(named_values)
+        except TorchBricksError:
+            raise
+        except Exception as err:
+            self.add_context(err)
+            raise
 
     def brick_of(self, err: BaseException) -> BrickNode | None:
         """The brick whose call raised ``err``, found from the traceback line in the generated function."""
         tb = err.__traceback__
         node = None
         while tb is not None:
-            if tb.tb_frame.f_code is self._code and tb.tb_lineno in self._brick_at_line:
+            if tb.tb_frame.f_code in self._codes and tb.tb_lineno in self._brick_at_line:
                 node = self.plan.nodes[self._brick_at_line[tb.tb_lineno]]
             tb = tb.tb_next
         return node
@@ -116,6 +140,17 @@ class _Checks:
 
     def on_missing(self, named_inputs: Mapping[str, Any]) -> None:
         check_input_names(self.plan, named_inputs.keys())
+
+    def on_missing_update(self, named_values: Mapping[str, Any]) -> None:
+        present = set(named_values)
+        for node in self.plan.nodes:
+            missing = [name for name in node.data_inputs if node.updates_only and name not in present]
+            if missing:
+                raise MissingInputError(
+                    f"Brick {node.path!r} updates its metrics in stage {self.plan.stage.value!r} from {missing}, but "
+                    f"the values given lack {'it' if len(missing) == 1 else 'them'}; given: {sorted(present)}. Pass "
+                    "what forward(..., update_metrics=False) returned, with its inputs (return_inputs=True)."
+                )
 
     def single(self, index: int, value: tuple[Any, ...]) -> Any:
         if len(value) == 1:
@@ -191,6 +226,7 @@ def compile_stage(plan: StagePlan, modules: Sequence[nn.Module]) -> CompiledStag
         "__builtins__": builtins,
         "_STAGE": plan.stage,
         "_on_missing": checks.on_missing,
+        "_on_missing_update": checks.on_missing_update,
         "_single": checks.single,
         "_bad_count": checks.bad_count,
         "_no_output": checks.no_output,
@@ -199,7 +235,7 @@ def compile_stage(plan: StagePlan, modules: Sequence[nn.Module]) -> CompiledStag
         "_eager": _call_eagerly,
         "_compiling": torch.compiler.is_compiling,
     }
-    lines = ["def run(named_inputs):"]
+    lines = ["def run(named_inputs, update_metrics=True):"]
     if plan.required_inputs:
         present = " and ".join(f"{name!r} in named_inputs" for name in plan.required_inputs)
         lines += [f"    if not ({present}):", "        _on_missing(named_inputs)"]
@@ -209,8 +245,18 @@ def compile_stage(plan: StagePlan, modules: Sequence[nn.Module]) -> CompiledStag
         namespace[f"b{i}"] = module
         arguments = _arguments(node)
         first = len(lines) + 1
+        if node.updates_only:
+            lines += [
+                "    if update_metrics:",
+                f"        if _compiling(): t = _eager(b{i}, {arguments})",
+                f"        else: t = b{i}({arguments})",
+                f"        if t is not None: _no_output({i}, t)",
+            ]
+            brick_at_line.update(dict.fromkeys(range(first, len(lines) + 1), i))
+            continue
         if node.receives_stage:
-            # Metric bricks: torchmetrics updates are not traceable, so they run eagerly under torch.compile.
+            # A brick that gets the stage and has outputs (a metric brick returning its values): torchmetrics
+            # updates are not traceable, so it runs eagerly under torch.compile.
             lines += [
                 f"    if _compiling(): t = _eager(b{i}, {arguments})",
                 f"    else: t = b{i}({arguments})",
@@ -219,7 +265,7 @@ def compile_stage(plan: StagePlan, modules: Sequence[nn.Module]) -> CompiledStag
             lines.append(f"    t = b{i}({arguments})")
         outputs = node.output_names
         if not outputs:
-            # A brick without outputs returns None (metric bricks do); anything else would be silently dropped.
+            # A brick without outputs returns None; anything else would be silently dropped.
             lines.append(f"    if t is not None: _no_output({i}, t)")
         elif len(outputs) == 1:
             lines += [f"    if type(t) is tuple: t = _single({i}, t)", f"    d[{outputs[0]!r}] = t"]
@@ -236,17 +282,39 @@ def compile_stage(plan: StagePlan, modules: Sequence[nn.Module]) -> CompiledStag
             ]
         brick_at_line.update(dict.fromkeys(range(first, len(lines) + 1), i))
     lines.append("    return d")
+    lines += _update_lines(plan, brick_at_line, len(lines))
     source = "\n".join(lines) + "\n"
     filename = f"<torchbricks {next(_SOURCE_IDS)} {plan.stage.value}>"
-    code = _function_code(source).replace(co_filename=filename)
-    run = types.FunctionType(code, namespace, f"run_{plan.stage.value}")
-    run.__qualname__ = run.__name__
+    codes = {name: code.replace(co_filename=filename) for name, code in _function_codes(source).items()}
+    run = types.FunctionType(codes["run"], namespace, f"run_{plan.stage.value}")
+    update = types.FunctionType(codes["update"], namespace, f"update_{plan.stage.value}")
+    for function in (run, update):
+        function.__qualname__ = function.__name__
     linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
     weakref.finalize(run, linecache.cache.pop, filename, None)
-    return CompiledStage(plan, run, brick_at_line, source, filename)
+    return CompiledStage(plan, run, update, brick_at_line, source, filename)
 
 
-_CODE_CACHE: OrderedDict[str, types.CodeType] = OrderedDict()
+def _update_lines(plan: StagePlan, brick_at_line: dict[int, int], before: int) -> list[str]:
+    """The source of ``update(d)``: the bricks that ``run(..., update_metrics=False)`` leaves out, called on ``d``.
+
+    ``before`` is the number of source lines above it; ``brick_at_line`` gets the lines of each brick's call.
+    """
+    lines = ["", "def update(d):"]
+    needed = list(dict.fromkeys(name for node in plan.nodes if node.updates_only for name in node.data_inputs))
+    if needed:
+        present = " and ".join(f"{name!r} in d" for name in needed)
+        lines += [f"    if not ({present}):", "        _on_missing_update(d)"]
+    for i, node in enumerate(plan.nodes):
+        if node.updates_only:
+            first = before + len(lines) + 1
+            lines += [f"    t = b{i}({_arguments(node)})", f"    if t is not None: _no_output({i}, t)"]
+            brick_at_line.update(dict.fromkeys(range(first, before + len(lines) + 1), i))
+    lines.append("    return None")
+    return lines
+
+
+_CODE_CACHE: OrderedDict[str, dict[str, types.CodeType]] = OrderedDict()
 _CODE_CACHE_SIZE = 32
 
 
@@ -255,21 +323,21 @@ def clear_code_cache() -> None:
     _CODE_CACHE.clear()
 
 
-def _function_code(source: str) -> types.CodeType:
-    """The code object of the function defined by ``source``, compiled once per distinct source.
+def _function_codes(source: str) -> dict[str, types.CodeType]:
+    """The code objects of the functions ``source`` defines, by name, compiled once per distinct source.
 
-    Compiling is most of the cost of generating a stage (about 25 µs per brick). The source holds no object,
+    Compiling is most of the cost of generating a stage. The source holds no object,
     only names, so the train, validation and test stages of a collection usually share one compilation, and so do
     copies of a collection and collections rebuilt from the same recipe. Each stage then gets its own function
     object, with its own globals (its bricks) and its own file name (``code.replace``), without compiling again.
     """
-    code = _CODE_CACHE.get(source)
-    if code is not None:
+    codes = _CODE_CACHE.get(source)
+    if codes is not None:
         _CODE_CACHE.move_to_end(source)
-        return code
+        return codes
     module = compile(source, "<torchbricks>", "exec")
-    code = next(const for const in module.co_consts if isinstance(const, types.CodeType) and const.co_name == "run")
-    _CODE_CACHE[source] = code
+    codes = {const.co_name: const for const in module.co_consts if isinstance(const, types.CodeType)}
+    _CODE_CACHE[source] = codes
     if len(_CODE_CACHE) > _CODE_CACHE_SIZE:
         _CODE_CACHE.popitem(last=False)
-    return code
+    return codes

@@ -1,7 +1,8 @@
 """Pure graph logic: resolve relative names, validate, and order the bricks of each stage.
 
 Everything here works on plain :class:`BrickNode` records, with no module state, so it is cheap to test
-and runs once per stage when a collection builds its plans (never per call).
+and runs once per stage when a collection builds its plans (never per call). :class:`DataFlow` is the one place
+that says who produces and who reads each data name; a :class:`StagePlan` is the data flow of one stage.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import heapq
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from torchbricks_lightning.core.names import ALL_INPUTS, STAGE_INPUT
+from torchbricks_lightning.core.names import ALL_INPUTS, RESERVED_INPUT_NAMES
 from torchbricks_lightning.core.stages import Stage
 from torchbricks_lightning.errors import (
     ConfigError,
@@ -24,6 +25,7 @@ from torchbricks_lightning.errors import (
 
 __all__ = [
     "BrickNode",
+    "DataFlow",
     "StagePlan",
     "check_input_names",
     "join_path",
@@ -67,28 +69,92 @@ class BrickNode:
     @functools.cached_property
     def data_inputs(self) -> tuple[str, ...]:
         """The input names that must come from data (not ``'stage'`` or ``'__all__'``)."""
-        return tuple(name for name in self.input_names if name not in (STAGE_INPUT, ALL_INPUTS))
+        return tuple(name for name in self.input_names if name not in RESERVED_INPUT_NAMES)
 
     @functools.cached_property
     def reads_all(self) -> bool:
         """Whether the brick reads every named value through ``'__all__'``."""
         return ALL_INPUTS in self.input_names
 
+    @functools.cached_property
+    def updates_only(self) -> bool:
+        """Whether the brick gets the stage and returns nothing: a metric brick updating its metrics.
+
+        No other brick can depend on it, so a compiled call may leave it out and let its eager caller run it
+        afterwards (``BrickCollection.update_metrics``).
+        """
+        return self.receives_stage and not self.output_names
+
 
 @dataclass(frozen=True)
-class StagePlan:
-    """The bricks alive in one stage, in execution order, with the stage's interface.
+class DataFlow:
+    """Who produces and who reads each data name among ``nodes``: the one place these facts are worked out.
+
+    Reading ``'stage'`` or ``'__all__'`` is not reading a data name (see :attr:`BrickNode.data_inputs`), so a brick
+    that reads every value does not make the values it sees intermediate.
 
     Attributes:
-        stage: the stage.
+        nodes: the bricks, in the order the answers follow.
+
+    Example:
+        >>> def node(path, inputs, outputs, index):
+        ...     return BrickNode(path, inputs, (), outputs, (), 1.0, frozenset(Stage), False, index)
+        >>> flow = DataFlow((node("backbone", ("raw",), ("features",), 0), node("head", ("features",), ("logits",), 1)))
+        >>> flow.input_names, flow.terminal_output_names
+        (('raw',), ('logits',))
+        >>> [node.path for node in flow.readers["features"]], [node.path for node in flow.producers["features"]]
+        (['head'], ['backbone'])
+    """
+
+    nodes: tuple[BrickNode, ...]
+
+    @functools.cached_property
+    def producers(self) -> dict[str, tuple[BrickNode, ...]]:
+        """The bricks producing each name, in node order (one per name within a stage)."""
+        producers: dict[str, list[BrickNode]] = {}
+        for node in self.nodes:
+            for name in node.output_names:
+                producers.setdefault(name, []).append(node)
+        return {name: tuple(nodes) for name, nodes in producers.items()}
+
+    @functools.cached_property
+    def readers(self) -> dict[str, tuple[BrickNode, ...]]:
+        """The bricks reading each data name, in node order."""
+        readers: dict[str, list[BrickNode]] = {}
+        for node in self.nodes:
+            for name in dict.fromkeys(node.data_inputs):
+                readers.setdefault(name, []).append(node)
+        return {name: tuple(nodes) for name, nodes in readers.items()}
+
+    @functools.cached_property
+    def input_names(self) -> tuple[str, ...]:
+        """The names read that no brick produces (what a caller must provide), in first-use order."""
+        producers = self.producers
+        return tuple(name for name in self.readers if name not in producers)
+
+    @functools.cached_property
+    def terminal_output_names(self) -> tuple[str, ...]:
+        """The names produced that no brick reads (the results), in node order."""
+        readers = self.readers
+        return tuple(name for node in self.nodes for name in node.output_names if name not in readers)
+
+
+@dataclass(frozen=True)
+class StagePlan(DataFlow):
+    """The bricks alive in one stage, in execution order, with the stage's interface.
+
+    As a :class:`DataFlow` it also answers ``producers`` (one brick per name), ``readers``, ``input_names`` (the
+    same as ``required_inputs``) and ``terminal_output_names``, all in execution order.
+
+    Attributes:
         nodes: the alive bricks in a topological order (producers before consumers).
+        stage: the stage.
         required_inputs: names the caller must provide, in first-use order.
         output_names: every name the stage produces, in execution order.
-        loss_names: the produced names that are losses, with their weights.
+        loss_weights: ``(name, weight)`` of each produced name that is a loss, in execution order.
     """
 
     stage: Stage
-    nodes: tuple[BrickNode, ...]
     required_inputs: tuple[str, ...]
     output_names: tuple[str, ...]
     loss_weights: tuple[tuple[str, float], ...]
@@ -138,26 +204,25 @@ def resolve_name(name: str, directory: str, *, brick_path: str, role: str) -> st
     return "/".join(parts + segments)
 
 
-def _check_duplicates(nodes: Sequence[BrickNode], stage: Stage) -> None:
-    producer: dict[str, str] = {}
-    for node in nodes:
-        for name in node.output_names:
-            if name in producer:
-                raise DuplicateOutputError(
-                    f"Bricks {producer[name]!r} and {node.path!r} both produce {name!r} in stage {stage.value!r}. "
-                    "Rename one output, or make the bricks alive in different stages."
-                )
-            producer[name] = node.path
+def _check_duplicates(flow: DataFlow, stage: Stage) -> None:
+    for name, nodes in flow.producers.items():
+        if len(nodes) > 1:
+            raise DuplicateOutputError(
+                f"Bricks {nodes[0].path!r} and {nodes[1].path!r} both produce {name!r} in stage {stage.value!r}. "
+                "Rename one output, or make the bricks alive in different stages."
+            )
 
 
-def _topological_order(nodes: Sequence[BrickNode], stage: Stage) -> tuple[BrickNode, ...]:
-    """Order ``nodes`` so producers run before consumers; ties keep declaration order.
+def _topological_order(flow: DataFlow, stage: Stage) -> tuple[BrickNode, ...]:
+    """Order ``flow.nodes`` so producers run before consumers; ties keep declaration order.
 
     A brick reading ``'__all__'`` runs after every brick it does not itself feed (directly or not). The order is
     Kahn's algorithm with a heap of ready bricks: O((bricks + edges) log bricks), plus O(bricks) per ``'__all__'``
     brick.
     """
-    producer = {name: i for i, node in enumerate(nodes) for name in node.output_names}
+    nodes = flow.nodes
+    position = {node.path: i for i, node in enumerate(nodes)}
+    producer = {name: position[each[0].path] for name, each in flow.producers.items()}
     depends_on: list[set[int]] = [set() for _ in nodes]
     for i, node in enumerate(nodes):
         for name in node.data_inputs:
@@ -240,26 +305,16 @@ def plan_stage(nodes: Sequence[BrickNode], stage: Stage) -> StagePlan:
         DuplicateOutputError: two alive bricks produce the same name.
         CycleError: the alive bricks depend on each other in a cycle.
     """
-    alive = [node for node in nodes if stage in node.alive_stages]
+    alive = DataFlow(tuple(node for node in nodes if stage in node.alive_stages))
     _check_duplicates(alive, stage)
-    ordered = _topological_order(alive, stage)
-    produced: list[str] = []
-    required: dict[str, None] = {}  # first-use order
-    seen: set[str] = set()
-    for node in ordered:
-        for name in node.data_inputs:
-            if name not in seen:
-                required[name] = None
-                seen.add(name)
-        produced.extend(node.output_names)
-        seen.update(node.output_names)
-    losses = tuple((name, node.loss_weight) for node in ordered for name in node.loss_names)
+    ordered = DataFlow(_topological_order(alive, stage))
+    # No brick reads its own output (a CycleError above), so what is read and not produced is what the caller gives.
     return StagePlan(
+        nodes=ordered.nodes,
         stage=stage,
-        nodes=ordered,
-        required_inputs=tuple(required),
-        output_names=tuple(produced),
-        loss_weights=losses,
+        required_inputs=ordered.input_names,
+        output_names=tuple(name for node in ordered.nodes for name in node.output_names),
+        loss_weights=tuple((name, node.loss_weight) for node in ordered.nodes for name in node.loss_names),
     )
 
 
@@ -284,7 +339,7 @@ def check_input_names(
     if not missing:
         return
     name = missing[0]
-    consumer = next(node for node in plan.nodes if name in node.data_inputs)
+    consumer = plan.readers[name][0]
     candidates = available + [n for n in plan.output_names if n not in present]
     more = f" (also missing: {missing[1:]})" if len(missing) > 1 else ""
     raise MissingInputError(
@@ -319,7 +374,7 @@ def needed_nodes(plan: StagePlan, output_names: Sequence[str]) -> tuple[BrickNod
             f"{list(plan.output_names)}."
         )
     position = {node.path: i for i, node in enumerate(plan.nodes)}
-    producer = {name: node for node in plan.nodes for name in node.output_names}
+    producer = {name: nodes[0] for name, nodes in plan.producers.items()}
     unknown = [name for name in output_names if name not in producer]
     if unknown:
         raise ConfigError(

@@ -70,16 +70,9 @@ def create_mermaid_dag_graph(
     """
     parsed = None if stage is None else parse_stage(stage, where="create_mermaid_dag_graph")
     bricks = dict(brick_collection.named_bricks())
-    nodes = [
-        node
-        for node in brick_collection.brick_nodes()
-        if (node.alive_stages if parsed is None else parsed in node.alive_stages)
-    ]
-    producers: dict[str, list[BrickNode]] = {}
-    for node in nodes:
-        for name in node.output_names:
-            producers.setdefault(name, []).append(node)
-    consumed = {name for node in nodes for name in node.data_inputs}
+    flow = brick_collection.data_flow(parsed)
+    nodes = sorted(flow.nodes, key=lambda node: node.index)  # declaration order
+    producers, consumed = flow.producers, flow.readers
 
     lines = ["flowchart LR", "    %% Bricks"]
     lines += _brick_lines(nodes, bricks)

@@ -179,16 +179,25 @@ class BrickMetrics(BrickInterface):
         parsed = parse_stage(stage, where=type(self).__name__)
         key = _stage_key(parsed)
         if key not in self.metrics_per_stage:
-            raise ConfigError(
-                f"{type(self).__name__} keeps no metrics for stage {parsed.value!r}: it is alive in "
-                f"{[s.value for s in self.alive_stages]}."
-            )
+            raise self._not_alive_error(parsed)
         return cast(MetricCollection, self.metrics_per_stage[key])
 
+    def _not_alive_error(self, stage: Stage) -> ConfigError:
+        alive = [s.value for s in self.alive_stages]
+        return ConfigError(
+            f"{type(self).__name__} {self.describe_model()} keeps no metrics for stage {stage.value!r}: it is alive "
+            f"in {alive}. Add {stage.value!r} to its alive_stages, or call it for one of {alive} (a BrickCollection "
+            "runs it only in the stages where it is alive)."
+        )
+
     def forward(self, *args: Any, stage: Stage, **kwargs: Any) -> Any:
-        # The stage's metrics one by one: MetricCollection.update's own bookkeeping was measured at about as much
-        # again as the metrics' updates.
-        metrics = self._stage_metrics[stage]
+        # Each metric's own update, not MetricCollection.update (whose bookkeeping this brick does not need).
+        metrics = self._stage_metrics.get(stage)
+        if metrics is None:  # a stage given as a string, or one the brick is not alive in
+            parsed = parse_stage(stage, where=type(self).__name__)
+            metrics = self._stage_metrics.get(parsed) if parsed in self.alive_stages else None
+            if metrics is None:
+                raise self._not_alive_error(parsed)
         if not self._spec.return_metrics:
             for metric in metrics:
                 metric.update(*args, **kwargs)

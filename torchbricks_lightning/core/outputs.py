@@ -17,8 +17,9 @@ __all__ = ["check_output_names", "head_output_names", "terminal_output_names"]
 def terminal_output_names(plan: StagePlan) -> list[str]:
     """The values of ``plan`` that no alive brick reads: the stage's results, in execution order.
 
-    Intermediate values (normalised images, features, logits that a softmax brick reads) are left out. A brick that
-    reads every value through ``'__all__'`` (a logging or plotting brick) does not make them intermediate.
+    Intermediate values (normalised images, features, logits that a softmax brick reads) are left out. This is
+    :attr:`StagePlan.terminal_output_names <torchbricks_lightning.core.graph.DataFlow.terminal_output_names>`, as a
+    list.
 
     Example:
         >>> from torchbricks_lightning.core.graph import BrickNode, plan_stage
@@ -29,8 +30,7 @@ def terminal_output_names(plan: StagePlan) -> list[str]:
         >>> terminal_output_names(plan_stage(nodes, Stage.INFERENCE))
         ['logits']
     """
-    consumed = {name for node in plan.nodes for name in node.data_inputs}
-    return [name for name in plan.output_names if name not in consumed]
+    return list(plan.terminal_output_names)
 
 
 def head_output_names(plan: StagePlan) -> dict[str, list[str]]:
@@ -49,7 +49,7 @@ def head_output_names(plan: StagePlan) -> dict[str, list[str]]:
         >>> head_output_names(plan_stage(nodes, Stage.EXPORT))
         {'a': ['a/p'], 'b': ['b/p', 'b/c']}
     """
-    terminal = set(terminal_output_names(plan))
+    terminal = set(plan.terminal_output_names)
     heads: dict[str, list[str]] = {}
     for node in plan.nodes:
         names = [name for name in node.output_names if name in terminal]

@@ -1,18 +1,26 @@
-"""CIFAR-10 with torchvision: download into ``data/``, a train/val split, augmentation, ``(raw, targets)`` batches."""
+"""CIFAR-10: download into ``data/``, a train/val split, augmentation, ``(raw, targets)`` batches.
+
+The files are read in CIFAR-10's own format by
+:class:`~torchbricks_lightning.datamodules.cifar10_format.CIFAR10Batches`, a local ``Dataset``.
+"""
 
 from __future__ import annotations
 
-import os
-import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset, Subset
 from torchvision import transforms
-from torchvision.datasets import CIFAR10
 
 from torchbricks_lightning.datamodules.base import Split, SplitDataModule
+from torchbricks_lightning.datamodules.cifar10_format import (
+    ARCHIVE,
+    BASE_FOLDER,
+    CIFAR10Batches,
+    download_cifar10,
+    missing_and_corrupted,
+)
 from torchbricks_lightning.errors import ConfigError, DatasetNotAvailableError
 
 __all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "CIFAR10DataModule", "DatasetNotAvailableError"]
@@ -21,30 +29,8 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
-class _CIFAR10(CIFAR10):
-    """torchvision's CIFAR10, with the md5 checks optional (files written by hand have other checksums)."""
-
-    def __init__(self, *args: Any, verify_checksums: bool = True, **kwargs: Any) -> None:
-        self._verify_checksums = verify_checksums
-        super().__init__(*args, **kwargs)
-
-    def _check_integrity(self) -> bool:
-        if self._verify_checksums:
-            return super()._check_integrity()
-        folder = Path(self.root) / self.base_folder
-        return all((folder / name).is_file() for name, _ in self.train_list + self.test_list)
-
-    def _load_meta(self) -> None:
-        if self._verify_checksums:
-            super()._load_meta()
-            return
-        with open(os.path.join(self.root, self.base_folder, self.meta["filename"]), "rb") as infile:
-            self.classes = pickle.load(infile, encoding="latin1")[self.meta["key"]]  # noqa: S301 - CIFAR's own format
-        self.class_to_idx = {name: index for index, name in enumerate(self.classes)}
-
-
 class CIFAR10DataModule(SplitDataModule):
-    """CIFAR-10 (torchvision) as ``(raw, targets)`` batches, with a deterministic train/val split.
+    """CIFAR-10 as ``(raw, targets)`` batches, with a deterministic train/val split.
 
     Images are ``float32`` in ``[0, 1]``. Training images get the standard augmentation (random crop with
     4-pixel padding and horizontal flips). Normalisation belongs in the model, in a ``Preprocessor`` brick with
@@ -98,34 +84,34 @@ class CIFAR10DataModule(SplitDataModule):
         self.eval_transform = transforms.Compose(finish)
         self.datasets: dict[str, Dataset[Any]] = {}
 
-    def _dataset(self, train: bool, transform: Any, download: bool = False) -> _CIFAR10:
-        try:
-            return _CIFAR10(
-                self.data_dir,
-                train=train,
-                transform=transform,
-                download=download,
-                verify_checksums=self.verify_checksums,
-            )
-        except (RuntimeError, OSError) as err:
-            folder = Path(self.data_dir) / "cifar-10-batches-py"
-            if self.verify_checksums and folder.is_dir() and any(folder.iterdir()):
-                raise DatasetNotAvailableError(
-                    f"CIFAR-10 files are in {str(folder)!r} but fail torchvision's md5 check: corrupted or an "
-                    f"incomplete download (download={self.download}). Delete the folder and download "
-                    "cifar-10-python.tar.gz again, or pass verify_checksums=False for a sample you made yourself."
-                ) from err
+    def _dataset(self, train: bool, transform: Any) -> CIFAR10Batches:
+        folder = Path(self.data_dir) / BASE_FOLDER
+        missing, corrupted = missing_and_corrupted(folder, self.verify_checksums)
+        if missing:
             raise DatasetNotAvailableError(
-                f"CIFAR-10 is not in {str(Path(self.data_dir) / 'cifar-10-batches-py')!r}"
-                + (" and could not be downloaded" if download else " (download=False)")
-                + f": {err}. Download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and "
-                f"extract it into {self.data_dir!r}, or run where the internet is reachable."
-            ) from err
+                f"CIFAR-10 is not in {str(folder)!r}: {missing} missing (download={self.download}). Download "
+                f"{ARCHIVE} from https://www.cs.toronto.edu/~kriz/cifar.html and extract it into {self.data_dir!r}, "
+                "or run with download=True where the internet is reachable."
+            )
+        if corrupted:
+            raise DatasetNotAvailableError(
+                f"CIFAR-10 files are in {str(folder)!r} but {corrupted} fail the md5 check: corrupted or an "
+                f"incomplete download (download={self.download}). Delete the folder and download {ARCHIVE} again, "
+                "or pass verify_checksums=False for a sample you made yourself."
+            )
+        return CIFAR10Batches(self.data_dir, train=train, transform=transform)
 
     def prepare_data(self) -> None:
-        if self.download:
-            self._dataset(train=True, transform=None, download=True)
-            self._dataset(train=False, transform=None, download=True)
+        if not self.download:
+            return
+        try:
+            download_cifar10(Path(self.data_dir))
+        except (RuntimeError, OSError) as err:
+            raise DatasetNotAvailableError(
+                f"CIFAR-10 could not be downloaded into {str(Path(self.data_dir) / BASE_FOLDER)!r}: {err}. Download "
+                f"{ARCHIVE} from https://www.cs.toronto.edu/~kriz/cifar.html and extract it into {self.data_dir!r}, "
+                "or run where the internet is reachable."
+            ) from err
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit", "validate") and "train" not in self.datasets:

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple, cast
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 
+from torchbricks_lightning.core.distributed import global_rank, world_size
 from torchbricks_lightning.errors import BrickDefinitionError, ConfigError
 
 __all__ = ["EvaluationSampler", "ResumableSampler", "SeededIndex", "dataset_length", "mix_seed", "process_group"]
@@ -43,9 +44,8 @@ def mix_seed(*values: int) -> int:
 
 def process_group(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
     """``(world size, rank)``: the explicit values, else the initialised process group's, else ``(1, 0)``."""
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    world = num_replicas if num_replicas is not None else (torch.distributed.get_world_size() if distributed else 1)
-    this = rank if rank is not None else (torch.distributed.get_rank() if distributed else 0)
+    world = num_replicas if num_replicas is not None else world_size()
+    this = rank if rank is not None else global_rank()
     if world < 1 or not 0 <= this < world:
         raise ConfigError(f"Expected num_replicas >= 1 and 0 <= rank < num_replicas, but got {world} and {this}.")
     return world, this

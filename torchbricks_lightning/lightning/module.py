@@ -203,7 +203,10 @@ class LightningBrickCollection(pl.LightningModule):
         if compiled is None:
             compiled = torch.compile(self.brick_collection, **self.compile_kwargs)
             self.__dict__["_compiled"] = compiled
-        return compiled(named_inputs, stage)
+        # The metric updates (not traceable) run eagerly after the compiled call, so the stage stays one graph.
+        named_outputs: dict[str, Any] = compiled(named_inputs, stage, update_metrics=False)
+        self.brick_collection.update_metrics(named_outputs, stage)
+        return named_outputs
 
     def named_inputs_of(self, batch: Any, stage: Stage) -> dict[str, Any]:
         """Map a batch to named inputs: dicts pass through, tuples and lists are named by ``batch_names``."""

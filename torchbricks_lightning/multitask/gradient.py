@@ -39,6 +39,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from torchbricks_lightning.core.collection import BrickCollection
+from torchbricks_lightning.core.distributed import world_size
 from torchbricks_lightning.core.graph import BrickNode, StagePlan
 from torchbricks_lightning.core.names import ALL_INPUTS
 from torchbricks_lightning.core.stages import Stage
@@ -287,8 +288,7 @@ class PCGrad(LossBalancer):
         like = present[0]
         flat = torch.stack([(torch.zeros_like(like) if grad is None else grad).reshape(-1) for grad in grads])
         gram = flat.float() @ flat.float().T
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        if distributed and torch.distributed.get_world_size() > 1:
+        if world_size() > 1:
             torch.distributed.all_reduce(gram)
         step = int(self.steps)
         coefficients, conflicts = pcgrad_coefficients(gram.double().tolist(), self._orders(len(grads), step))

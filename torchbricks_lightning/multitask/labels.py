@@ -37,6 +37,7 @@ from torch import nn
 
 from torchbricks_lightning.core.bricks import LOSS_STAGES, BrickLoss
 from torchbricks_lightning.core.collection import BrickCollection
+from torchbricks_lightning.core.distributed import world_size
 from torchbricks_lightning.core.names import InputNames
 from torchbricks_lightning.core.stages import AliveStages
 from torchbricks_lightning.errors import BrickDefinitionError, ConfigError
@@ -144,12 +145,6 @@ def labelled_count_names(collection: BrickCollection) -> dict[str, str]:
     return pairs
 
 
-def _world_size() -> int:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return int(torch.distributed.get_world_size())
-    return 1
-
-
 def scale_to_global_counts(
     losses: Mapping[str, torch.Tensor], counts: Mapping[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
@@ -165,7 +160,7 @@ def scale_to_global_counts(
         >>> scale_to_global_counts({"ce": torch.tensor(2.0)}, {"ce": torch.tensor(3.0)})
         {'ce': tensor(2.)}
     """
-    world = _world_size()
+    world = world_size()
     if world == 1 or not counts:
         return dict(losses)
     names = [name for name in losses if name in counts]

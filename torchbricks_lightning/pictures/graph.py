@@ -19,7 +19,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -71,15 +71,11 @@ def draw_brick_graph(collection: BrickCollection, stage: StageLike | None = None
     Inputs (names no brick produces) sit just left of their first reader, and outputs nobody reads just right of
     their producer. Each brick box shows the brick's path and ``{brick type}: {what it wraps}``.
     """
-    parsed = None if stage is None else parse_stage(stage)
-    order = collection.plan(parsed).nodes if parsed else collection.brick_nodes()
-    nodes = [node for node in order if (parsed in node.alive_stages if parsed else node.alive_stages)]
+    flow = collection.data_flow(None if stage is None else parse_stage(stage))
+    nodes = list(flow.nodes)
     bricks = dict(collection.named_bricks())
-    producer = {name: node for node in nodes for name in node.output_names}
-    readers: dict[str, list[BrickNode]] = {}
-    for node in nodes:
-        for name in node.data_inputs:
-            readers.setdefault(name, []).append(node)
+    producer = {name: each[-1] for name, each in flow.producers.items()}  # the union of stages: the last declared
+    readers = flow.readers
     items = _items(nodes, bricks, producer, readers)
     columns = _columns(nodes, producer, readers)
     stacks = _stacks(items, columns, producer)
@@ -123,7 +119,7 @@ def _items(
     nodes: list[BrickNode],
     bricks: Mapping[str, object],
     producer: dict[str, BrickNode],
-    readers: dict[str, list[BrickNode]],
+    readers: Mapping[str, Sequence[BrickNode]],
 ) -> dict[Key, _Item]:
     line = text_size("Hg")[1]
     items: dict[Key, _Item] = {}
@@ -155,7 +151,7 @@ def _pill(key: Key, line: int) -> _Item:
 
 
 def _columns(
-    nodes: list[BrickNode], producer: dict[str, BrickNode], readers: dict[str, list[BrickNode]]
+    nodes: list[BrickNode], producer: dict[str, BrickNode], readers: Mapping[str, Sequence[BrickNode]]
 ) -> dict[Key, int]:
     """Each item's column: a brick's longest path from the inputs; an input just left of its first reader, an
     output just right of its producer."""
@@ -210,7 +206,7 @@ def _draw_edges(
     canvas: Canvas,
     items: dict[Key, _Item],
     producer: dict[str, BrickNode],
-    readers: dict[str, list[BrickNode]],
+    readers: Mapping[str, Sequence[BrickNode]],
     line: int,
 ) -> None:
     for key, item in items.items():
