@@ -9,7 +9,9 @@ Modules:
     models: the bricks and the equivalent hand-written modules that every benchmark compares.
     dispatch: the cost of running a ``BrickCollection`` instead of a hand-written ``nn.Module``.
     compile: ``torch.compile`` graphs, graph breaks, recompiles, steady-state and compile time.
-    lightning_parity: ``LightningBrickCollection`` vs a hand-written LightningModule vs a plain PyTorch loop.
+    lightning_parity: ``LightningBrickCollection`` vs a hand-written LightningModule vs a plain PyTorch loop, with
+        the per-component breakdown (cases in ``parity_models``, lockstep training in ``lockstep``; ``step_profile``
+        profiles one epoch).
     metrics: the per-step cost of a classification head's metric bricks vs a ``torch.bincount`` lower bound.
     onnx_export: ``export_bricks_as_onnx`` vs ``torch.onnx.export`` of the hand-written module, and onnxruntime.
     report: the JSON and markdown writers.

@@ -18,7 +18,15 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # the benchmarks package lives at the repository root, beside the library
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import build, dispatch, lightning_parity, metrics, models, onnx_export  # noqa: E402
+from benchmarks import (  # noqa: E402
+    build,
+    dispatch,
+    lightning_parity,
+    metrics,
+    models,
+    onnx_export,
+    parity_models,
+)
 from benchmarks import compile as compile_benchmark  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     BenchmarkResult,
@@ -30,6 +38,7 @@ from benchmarks.common import (  # noqa: E402
     interleaved,
     time_interleaved,
 )
+from benchmarks.parity_models import ABLATIONS, PROTOTYPES  # noqa: E402
 from benchmarks.report import TABLE_HEADER, build_report, markdown, write_report  # noqa: E402
 from benchmarks.run import BENCHMARKS, main  # noqa: E402
 from torchbricks_lightning import BrickCollection, Stage  # noqa: E402
@@ -166,14 +175,28 @@ def test_counting_backend_counts_graphs() -> None:
 def test_lightning_parity_quick() -> None:
     data = _check_result(lightning_parity.run(QUICK), "lightning_parity")
     figures = {figure["name"]: figure for figure in data["figures"]}  # type: ignore[union-attr]
-    for model in ("mlp", "cnn"):
+    for model in ("mlp", "cnn", "small"):
         losses = figures[f"lightning {model}: per-step losses, bricks vs hand-written"]
         assert losses["met"] is True
         assert losses["value"] == 0.0  # the same computation, step for step
         assert losses["baseline"] == 0.0  # the plain loop too
+        assert set(losses["extra"]["loss_max_abs_diff"].values()) == {0.0}  # every ablation computes the same too
         recorded = data["details"]["models"][model]["losses_first_run"]  # type: ignore[index]
         assert set(recorded) == set(lightning_parity.VARIANTS)
         assert len({len(values) for values in recorded.values()}) == 1
+        step = figures[f"lightning {model}: time per training step, bricks vs hand-written LightningModule"]
+        assert step["target"] == "<= 1.02x"
+        assert step["extra"]["threads"] == torch.get_num_threads()
+        fixed = figures[f"lightning {model}: fixed extra cost per training step, bricks vs hand-written"]
+        assert fixed["comparison_unit"] == "us/step"
+        assert fixed["comparison"] == step["extra"]["extra_us_per_step"]
+        breakdown = fixed["extra"]["breakdown_us"]
+        assert set(breakdown) == set(ABLATIONS)
+        assert fixed["extra"]["remainder_us"] == pytest.approx(fixed["comparison"] - sum(breakdown.values()))
+        for ablation, label in ABLATIONS.items():
+            assert figures[f"lightning {model}: step cost of {label}"]["comparison"] == breakdown[ablation]
+        for label in PROTOTYPES.values():
+            assert f"lightning {model}: prototype, {label}" in figures
     memory = figures["lightning mlp: peak memory (process peak RSS), bricks vs hand-written"]
     assert memory["value"] > 0
     assert memory["baseline"] > 0
@@ -273,3 +296,18 @@ def test_run_entry_point_writes_both_files(tmp_path: Path) -> None:
     assert [figure["benchmark"] for figure in report["figures"]] == ["metrics"] * len(report["figures"])
     assert (tmp_path / "results.md").read_text(encoding="utf-8").startswith("# torchbricks_lightning benchmarks")
     assert set(BENCHMARKS) >= {"dispatch", "build", "compile", "lightning_parity", "metrics", "onnx"}
+
+
+def test_parity_cases_miss_a_third_of_the_labels() -> None:
+    for spec in parity_models.model_specs(QUICK).values():
+        targets = parity_models.dataset_of(spec).tensors[1]
+        assert int((targets == parity_models.IGNORE_INDEX).sum()) == round(len(targets) / 3)
+
+
+def test_parity_ablations_take_their_piece_out() -> None:
+    spec = parity_models.model_specs(QUICK)["small"]
+    assert parity_models.lightning_module_of("no_epoch_means", spec).loss_means.metrics(Stage.TRAIN) == {}
+    plain = parity_models.lightning_module_of("plain_ce", spec)
+    assert "head/labelled" not in plain.brick_collection.output_names(Stage.TRAIN)
+    assert not parity_models.lightning_module_of("bricks_no_finite_check", spec).check_finite_loss
+    assert parity_models.lightning_module_of("bricks", spec).check_finite_loss

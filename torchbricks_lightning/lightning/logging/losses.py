@@ -9,12 +9,19 @@ resets them. Because the epoch sums live in metrics the module owns, a mid-epoch
 bricks' metric states (see :mod:`torchbricks_lightning.lightning.state.resume`), with no access to Lightning's loop
 internals.
 
+**Pending sums.** A step does not call the metrics' ``update`` (torchmetrics' wrapper around it costs about as much
+as the additions themselves). :meth:`LossMeans.update` adds to plain running sums instead: a tensor of the weighted
+sum, and the sum of the weights (a tensor for counted weights, a Python float for a batch size), with the same
+in-place operations in the same order as the metric's own update would run. Whatever reads the metrics
+(:meth:`LossMeans.metrics`, :meth:`LossMeans.metric`) first writes the running sums into them, so what it gets is
+up to date, bit for bit what per-step updates give; the next step starts its running sums from the metric's states
+again, so a state written from outside (a resume, Lightning's reset after logging) is continued, not overwritten.
+
 Why :class:`LossMean` rather than ``MeanMetric`` as it is: ``MeanMetric``'s update checks for NaN on every call
 (``nan_strategy``): its ``"warn"`` (the default) and ``"ignore"`` drop NaN losses, which would hide a diverging
 loss from the epoch mean, ``"error"`` raises, and the check reads the tensor (a device sync per loss and step on a
 GPU). ``nan_strategy="disable"`` skips the check but in torchmetrics 1.9 also replaces the weights by ones
-(Lightning-AI/torchmetrics#3434), which breaks the weighting by batch size. And the measured cost of its update is
-about three times that of two additions (25 against 9 microseconds on a CPU), on the training step's hot path.
+(Lightning-AI/torchmetrics#3434), which breaks the weighting by batch size.
 """
 
 from __future__ import annotations
@@ -50,18 +57,45 @@ class LossMean(MeanMetric):
         >>> mean.update(torch.tensor(float("nan")), 2.0)
         >>> mean.compute()
         tensor(nan)
+
+        Sums kept elsewhere (what :class:`LossMeans` writes in), here of two steps, are added as they are:
+
+        >>> mean = LossMean()
+        >>> mean.update(torch.tensor(5.0), 4.0, summed_steps=2)
+        >>> mean.compute(), mean.update_count
+        (tensor(1.2500), 2)
     """
 
     def __init__(self) -> None:
         super().__init__(nan_strategy="disable")  # unused: update below replaces MeanMetric's
+        self.summed_steps = 0
+        """The steps that updates with ``summed_steps`` stood for, beyond one per update (see update_count)."""
 
-    def update(self, value: float | torch.Tensor, weight: float | torch.Tensor | None = None) -> None:
-        """Add ``value`` (a scalar loss) with ``weight`` (default 1), accumulated in the state's dtype."""
+    @property
+    def update_count(self) -> int:
+        """The number of updates since the last reset, an update with ``summed_steps=n`` counting ``n``."""
+        return super().update_count + self.summed_steps
+
+    def reset(self) -> None:
+        super().reset()
+        self.summed_steps = 0
+
+    def update(
+        self, value: float | torch.Tensor, weight: float | torch.Tensor | None = None, *, summed_steps: int = 0
+    ) -> None:
+        """Add ``value`` (a scalar loss) with ``weight`` (default 1), accumulated in the state's dtype.
+
+        With ``summed_steps=n`` (n > 0), ``value`` is already the weighted sum of ``n`` steps' losses and ``weight``
+        the sum of their weights: both are added as they are, and the update counts as ``n``.
+        """
         if weight is None:
             weight = 1.0
         if isinstance(value, torch.Tensor):
             value = value.detach()
-        if isinstance(weight, torch.Tensor):
+        if summed_steps:
+            self.summed_steps += summed_steps - 1
+            self.mean_value.add_(value)
+        elif isinstance(weight, torch.Tensor):
             if isinstance(value, torch.Tensor):
                 self.mean_value.addcmul_(value, weight)  # one kernel
             else:
@@ -71,12 +105,49 @@ class LossMean(MeanMetric):
         self.weight.add_(weight)
 
 
+class _RunningSums:
+    """The running sums of one loss mean between two reads of its metric.
+
+    ``value`` and ``weight`` start as copies of the metric's states at the first step after a read (None before),
+    so they hold the whole epoch's sums; ``float_weight`` holds the Python-number weights added since then.
+    """
+
+    __slots__ = ("float_weight", "metric", "updates", "value", "weight")
+
+    def __init__(self, metric: LossMean) -> None:
+        self.metric = metric
+        self.value: torch.Tensor | None = None
+        self.weight: torch.Tensor | None = None
+        self.float_weight = 0.0
+        self.updates = 0
+
+    def start(self) -> tuple[torch.Tensor, torch.Tensor]:
+        self.value = self.metric.mean_value.detach().clone()
+        self.weight = self.metric.weight.detach().clone()
+        return self.value, self.weight
+
+    def flush(self) -> None:
+        """Write the running sums into the metric (its states become exactly the sums), and forget them."""
+        if self.updates and self.value is not None and self.weight is not None:
+            weight = self.weight.add_(self.float_weight) if self.float_weight else self.weight
+            steps = self.metric.update_count + self.updates
+            self.metric.reset()  # zero states: adding the sums to them gives the sums exactly
+            self.metric.update(self.value, weight, summed_steps=steps)
+        self.clear()
+
+    def clear(self) -> None:
+        self.value = self.weight = None
+        self.float_weight = 0.0
+        self.updates = 0
+
+
 class LossMeans(nn.Module):
     """One :class:`LossMean` per stage and loss name, made on first use.
 
     The metrics are submodules (with generated names, since loss names may hold any character), so they move with
     the LightningModule to its device, and Lightning finds them when they are logged. They hold no parameters and
-    add nothing to ``state_dict()``.
+    add nothing to ``state_dict()``. A step adds to running sums (see the module's docstring); reading the metrics
+    writes those sums into them first.
 
     Example:
         >>> means = LossMeans()
@@ -84,6 +155,9 @@ class LossMeans(nn.Module):
         >>> means.update(Stage.TRAIN, "ce", torch.tensor(1.0), 4.0)
         >>> means.metrics(Stage.TRAIN)["ce"].compute()
         tensor(1.6667)
+        >>> means.update(Stage.TRAIN, "ce", torch.tensor(0.0), torch.tensor(3.0))  # a labelled count as weight
+        >>> means.metrics(Stage.TRAIN)["ce"].compute()
+        tensor(1.3333)
         >>> means.attribute(Stage.TRAIN, "ce")
         'train_0'
     """
@@ -92,9 +166,13 @@ class LossMeans(nn.Module):
         super().__init__()
         self.by_stage: dict[Stage, dict[str, LossMean]] = {stage: {} for stage in LOSS_STAGES}
         self.attributes: dict[tuple[Stage, str], str] = {}
+        self.running: dict[Stage, dict[str, _RunningSums]] = {stage: {} for stage in LOSS_STAGES}
 
     def metrics(self, stage: Stage) -> dict[str, LossMean]:
-        """The metrics of ``stage`` by loss name (the total under :data:`TOTAL_LOSS`), in the order first seen."""
+        """The metrics of ``stage`` by loss name (the total under :data:`TOTAL_LOSS`), in the order first seen,
+        up to date with every step added."""
+        for sums in self.running[stage].values():
+            sums.flush()
         return self.by_stage[stage]
 
     def attribute(self, stage: Stage, name: str) -> str:
@@ -103,24 +181,41 @@ class LossMeans(nn.Module):
         return self.attributes[(stage, name)]
 
     def metric(self, stage: Stage, name: str, device: torch.device | str) -> LossMean:
-        """The metric of loss ``name`` in ``stage``, made on ``device`` if it does not exist yet."""
-        metric = self.by_stage[stage].get(name)
-        if metric is None:
+        """The metric of loss ``name`` in ``stage`` (up to date), made on ``device`` if it does not exist yet."""
+        sums = self.running[stage].get(name)
+        if sums is None:
             metric = LossMean().to(device)
             attribute = f"{stage.value}_{len(self.attributes)}"
             self.add_module(attribute, metric)
             self.attributes[(stage, name)] = attribute
             self.by_stage[stage][name] = metric
-        return metric
+            sums = self.running[stage][name] = _RunningSums(metric)
+        sums.flush()
+        return sums.metric
 
     def update(self, stage: Stage, name: str, value: torch.Tensor, weight: float | torch.Tensor) -> None:
         """Add one step's loss ``name`` of ``stage``, weighted by ``weight`` (its number of samples)."""
-        metric = self.by_stage[stage].get(name)
-        if metric is None:
-            metric = self.metric(stage, name, value.device)
-        metric.update(value, weight)
+        sums = self.running[stage].get(name)
+        if sums is None:
+            self.metric(stage, name, value.device)
+            sums = self.running[stage][name]
+        total, weights = sums.value, sums.weight
+        if total is None or weights is None or total.device != value.device:  # first since a read, or moved
+            sums.flush()
+            total, weights = sums.start()
+        value = value.detach()
+        if isinstance(weight, torch.Tensor):
+            if weight.requires_grad:
+                weight = weight.detach()
+            total.addcmul_(value, weight)  # in the state's dtype, as LossMean.update
+            weights.add_(weight)
+        else:
+            total.add_(value, alpha=weight)
+            sums.float_weight += weight
+        sums.updates += 1
 
     def reset(self, stage: Stage) -> None:
-        """Start ``stage``'s epoch sums afresh."""
-        for metric in self.by_stage[stage].values():
-            metric.reset()
+        """Start ``stage``'s epoch sums afresh (the metrics and the running sums)."""
+        for sums in self.running[stage].values():
+            sums.clear()
+            sums.metric.reset()
