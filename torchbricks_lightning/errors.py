@@ -1,14 +1,23 @@
 """Every exception raised on purpose by torchbricks_lightning, in one place.
 
-Every error derives from :class:`TorchBricksError` and also from ``ValueError`` (a bad value: a name, a
-number, a file, a recipe) or ``TypeError`` (an argument of the wrong type), so ``except ValueError`` or
-``except TypeError`` keep working for callers who do not know this package. The same mistake raises the same
-type wherever it is found.
+Every error derives from :class:`TorchBricksError` and also from one builtin that says whose fault it is:
+
+- ``ValueError`` (a bad value: a name, a number, a file's content, a recipe) or ``TypeError`` (an argument of the
+  wrong type): the caller's input, fixed by changing it;
+- ``OSError`` (:class:`FileWriteError`, :class:`CheckpointWriteError`, :class:`DatasetNotAvailableError`): the
+  environment failed (a full disk, a folder that cannot be written, data that is not there), fixed outside the
+  code. ``except ValueError`` written for bad input never swallows a full disk.
+
+So ``except ValueError``, ``except TypeError`` or ``except OSError`` keep working for callers who do not know this
+package. The same mistake raises the same type wherever it is found. Import the classes from this module: it is
+the one that defines and exports them (the top-level package re-exports the common ones).
 
 Example:
-    >>> from torchbricks_lightning.errors import MissingInputError, TorchBricksError
+    >>> from torchbricks_lightning.errors import CheckpointWriteError, MissingInputError, TorchBricksError
     >>> issubclass(MissingInputError, ValueError) and issubclass(MissingInputError, TorchBricksError)
     True
+    >>> issubclass(CheckpointWriteError, OSError), issubclass(CheckpointWriteError, ValueError)
+    (True, False)
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ __all__ = [
     "DatasetNotAvailableError",
     "DuplicateOutputError",
     "ExportError",
+    "FileWriteError",
     "InvalidNameError",
     "LoaderStateError",
     "LossNotFiniteError",
@@ -93,17 +103,15 @@ class LossNotFiniteError(BrickOutputError):
     """A training loss is NaN or infinite."""
 
 
-# ``RuntimeError`` is kept as a base of the next three for callers written when they were runtime errors.
-class ExportError(TorchBricksError, ValueError, RuntimeError):
-    """Exporting failed, or the exported file does not match the eager model."""
+class ExportError(TorchBricksError, ValueError):
+    """The model cannot be exported as asked, the exported file does not match the eager model, or the output path
+    cannot take a file (see :func:`~torchbricks_lightning.core.atomic_files.check_output_path`).
+
+    A write that fails on the way (a full disk) is a :class:`FileWriteError` instead."""
 
 
-class RecipeError(TorchBricksError, ValueError, RuntimeError):
+class RecipeError(TorchBricksError, ValueError):
     """The bricks of a recipe cannot be built, or fail on a batch of its datamodule (found before any training)."""
-
-
-class DatasetNotAvailableError(TorchBricksError, ValueError, RuntimeError):
-    """A dataset is neither on disk nor downloadable."""
 
 
 class CheckpointError(TorchBricksError, ValueError):
@@ -168,8 +176,20 @@ class UntrustedClassError(UntrustedCheckpointError):
         return type(self), (self.problem, self.prefix)
 
 
-class CheckpointWriteError(CheckpointError, OSError):
-    """A checkpoint could not be written (a full disk, a read-only folder); the previous file at its path is intact."""
+# ------------------------------------------------------------------------------------------------ the environment
+class FileWriteError(TorchBricksError, OSError):
+    """A file could not be written (a full disk, a read-only folder, a folder in the way); whatever was at its path
+    before is intact. ``errno`` is the one of the failed operation (``errno.ENOSPC`` for a full disk)."""
+
+
+class CheckpointWriteError(FileWriteError):
+    """A checkpoint could not be written (a full disk, a read-only folder); the previous file at its path is intact.
+
+    Not a :class:`CheckpointError`: that one is a ``ValueError`` (a bad file), and a full disk is not a bad value."""
+
+
+class DatasetNotAvailableError(TorchBricksError, OSError):
+    """A dataset is neither on disk nor downloadable, or its files on disk are damaged."""
 
 
 def command_line_message(error: BaseException) -> str:

@@ -27,6 +27,7 @@ from torch import nn
 import torchbricks_lightning
 from torchbricks_lightning import BrickCollection, BrickMetricSingle, BrickNotTrainable, BrickTrainable, Stage
 from torchbricks_lightning.bag_of_bricks import ConfusionMatrixMetrics, Preprocessor, create_image_classification_head
+from torchbricks_lightning.core.atomic_files import HOST
 from torchbricks_lightning.core.export import ExportResult, ExportSpec, expand_specs, export_bricks
 from torchbricks_lightning.errors import ConfigError, ExportError
 
@@ -422,12 +423,11 @@ def test_files_get_the_mode_the_umask_gives_new_files(model: BrickCollection, tm
 def test_stale_temporaries_of_killed_exports_are_removed(model: BrickCollection, tmp_path: Path) -> None:
     dead_pid = _dead_pid()
     stale = [
-        tmp_path / ".m.a1b2c3d4.onnx.tmp",  # the mkstemp name of earlier versions
-        tmp_path / f".m.{dead_pid}-0badf00d.tmp.onnx",
-        tmp_path / f".m.{dead_pid}-0badf00d.tmp.onnx.json",
+        tmp_path / f".m.{HOST}.{dead_pid}.0badf00d.tmp.onnx",
+        tmp_path / f".m.{HOST}.{dead_pid}.0badf00d.tmp.onnx.json",
     ]
-    alive = tmp_path / f".m.{os.getppid()}-c0ffee00.tmp.onnx"  # a concurrent export of a running process
-    unrelated = tmp_path / ".other.1-00000000.tmp.onnx"
+    alive = tmp_path / f".m.{HOST}.{os.getppid()}.c0ffee00.tmp.onnx"  # a concurrent export of a running process
+    unrelated = tmp_path / f".other.{HOST}.1.00000000.tmp.onnx"
     for path in [*stale, alive, unrelated]:
         path.write_bytes(b"")
     export_bricks(tmp_path / "m.onnx", model, inputs(), output_names=["aux/logits"], verify=False)

@@ -9,9 +9,13 @@ kill and full-disk tests put the checkpoint folder on a tmpfs mounted for the te
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import shutil
+import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -72,19 +76,51 @@ def test_a_read_only_folder_is_a_write_error(tmp_path: Path) -> None:
         assert _files(folder) == []
 
 
-def test_temporaries_of_killed_saves_are_removed_by_the_next_save(tmp_path: Path) -> None:
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
-    host = next(iter(_temporaries_after_a_save(tmp_path))).split(".")[-4]
-    stale = tmp_path / f".last.ckpt.{host}.{int(dead.stdout)}.0123abcd.tmp"
-    alive = tmp_path / f".last.ckpt.{host}.{os.getppid()}.0123abcd.tmp"  # a running process: maybe still saving
-    other = tmp_path / f".epoch=1.ckpt.{host}.{int(dead.stdout)}.0123abcd.tmp"  # another file's: left to its save
-    for path in (stale, alive, other):
+def test_temporaries_of_killed_saves_of_this_host_are_removed_by_the_next_save(tmp_path: Path) -> None:
+    dead = _dead_pid()
+    host = _temporaries_after_a_save(tmp_path)[0].split(".")[2]  # the name a real save uses
+    assert host == _this_host()
+    stale = tmp_path / f".last.{host}.{dead}.0123abcd.tmp.ckpt"
+    alive = tmp_path / f".last.{host}.{os.getppid()}.0123abcd.tmp.ckpt"  # a running process: maybe still saving
+    other = tmp_path / f".epoch=1.{host}.{dead}.0123abcd.tmp.ckpt"  # another file's: left to its save
+    elsewhere = tmp_path / f".last.other-node.{dead}.0123abcd.tmp.ckpt"  # another host's: maybe saving there
+    for path in (stale, alive, other, elsewhere):
         path.write_bytes(b"partial")
     SafeCheckpointIO().save_checkpoint({"step": 2}, tmp_path / "last.ckpt")
     assert not stale.exists()
     assert alive.exists()
     assert other.exists()
+    assert elsewhere.exists(), "a temporary file of another host was removed: that host may be writing it"
     assert read_checkpoint(tmp_path / "last.ckpt")["step"] == 2
+
+
+def test_the_checkpoints_mode_follows_the_umask(tmp_path: Path) -> None:
+    for umask, mode in ((0o027, 0o640), (0o002, 0o664)):
+        previous = os.umask(umask)
+        try:
+            SafeCheckpointIO().save_checkpoint({"step": 1}, tmp_path / f"umask{umask:o}.ckpt")
+        finally:
+            os.umask(previous)
+        assert stat.S_IMODE((tmp_path / f"umask{umask:o}.ckpt").stat().st_mode) == mode  # not mkstemp's 0o600
+
+
+def test_a_disk_full_at_fsync_leaves_the_previous_file_and_no_temporary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Filesystems with delayed allocation report a full disk when the data is synced, after every write passed."""
+    target = tmp_path / "last.ckpt"
+    SafeCheckpointIO().save_checkpoint({"step": 1}, target)
+
+    def full(descriptor: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(CheckpointWriteError, match=r"No space left on device.*previous checkpoint.*intact") as error:
+        SafeCheckpointIO().save_checkpoint({"step": 2}, target)
+    monkeypatch.undo()
+    assert error.value.errno == errno.ENOSPC
+    assert _files(tmp_path) == ["last.ckpt"]
+    assert read_checkpoint(target)["step"] == 1
 
 
 def _temporaries_after_a_save(folder: Path) -> list[str]:
@@ -101,8 +137,17 @@ class _Spy:
         self.folder = folder
 
     def __reduce__(self) -> tuple[Any, ...]:
-        _Spy.seen = [path.name for path in self.folder.iterdir() if path.name.endswith(".tmp")]
+        _Spy.seen = [path.name for path in self.folder.iterdir() if ".tmp" in path.name]
         raise RuntimeError("spied")
+
+
+def _dead_pid() -> int:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
+    return int(dead.stdout)
+
+
+def _this_host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:63] or "host"
 
 
 def test_the_trainer_saves_and_restores_through_it(tmp_path: Path) -> None:
@@ -123,7 +168,9 @@ def test_the_trainer_saves_and_restores_through_it(tmp_path: Path) -> None:
     assert len(names) == 2, names  # top-1 kept, the others removed through the plugin
     assert read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["epoch"] == 2
 
-    resumed = pl.Trainer(max_epochs=4, plugins=[SafeCheckpointIO()], logger=False, enable_progress_bar=False)
+    resumed = pl.Trainer(
+        max_epochs=4, plugins=[SafeCheckpointIO()], logger=False, enable_progress_bar=False, default_root_dir=tmp_path
+    )
     resumed.fit(LightningBrickCollection(boring_bricks()), data, ckpt_path=tmp_path / "checkpoints" / "last.ckpt")  # type: ignore[arg-type]
     assert resumed.current_epoch == 4
 
@@ -187,6 +234,18 @@ def test_a_full_disk_leaves_the_previous_checkpoint_and_no_partial_file(tmp_path
         assert read_checkpoint(folder / "last.ckpt")["step"] == 1
 
 
+def test_a_full_disk_is_an_os_error_that_except_value_error_does_not_swallow(tmp_path: Path) -> None:
+    """Bug: CheckpointWriteError was also a ValueError, so ``except ValueError`` for bad input hid a full disk."""
+    assert not issubclass(CheckpointWriteError, ValueError)
+    with _mounted_tmpfs(tmp_path / "small", "1m") as folder:
+        # suppress(ValueError): how a caller handles bad input; it must not swallow a full disk
+        with pytest.raises(CheckpointWriteError, match="No space left") as error, contextlib.suppress(ValueError):
+            SafeCheckpointIO().save_checkpoint({"weights": torch.ones(300_000)}, folder / "last.ckpt")  # 1.2 MB
+        assert isinstance(error.value, OSError)
+        assert error.value.errno == errno.ENOSPC
+        assert _files(folder) == []
+
+
 def test_a_full_disk_during_training_stops_it_with_a_clear_error(tmp_path: Path) -> None:
     """Through a real Trainer and ModelCheckpoint: the epoch that does not fit fails, the one before is whole."""
 
@@ -229,7 +288,7 @@ KILL_HARNESS = textwrap.dedent(
     def broken():
         found = []
         for name in sorted(os.listdir(folder)):
-            if name.endswith(".ckpt"):
+            if name.endswith(".ckpt") and not name.startswith("."):  # not the hidden temporary files
                 try:
                     checkpoint = torch.load(os.path.join(folder, name), weights_only=True)
                     assert bool((checkpoint["state_dict"]["weights"] == checkpoint["step"]).all())

@@ -30,13 +30,8 @@ from torchbricks_lightning.checkpoints.reading import TRUSTED_CLASS_PREFIXES, ch
 from torchbricks_lightning.checkpoints.trust import importable_paths
 from torchbricks_lightning.cli import TorchBricksCLI
 from torchbricks_lightning.datamodules.synthetic import make_images
-from torchbricks_lightning.errors import BrickDefinitionError
-from torchbricks_lightning.lightning import (
-    CheckpointError,
-    LightningBrickCollection,
-    UntrustedCheckpointError,
-    load_brick_collection_weights,
-)
+from torchbricks_lightning.errors import BrickDefinitionError, CheckpointError, UntrustedCheckpointError
+from torchbricks_lightning.lightning import LightningBrickCollection, load_brick_collection_weights
 from torchbricks_lightning.lightning.export import export_checkpoint_as_onnx
 
 RECIPE = Path(__file__).parents[1] / "cli" / "configs" / "tiny_recipe.yaml"

@@ -26,13 +26,14 @@ from torchbricks_lightning import (
     Stage,
 )
 from torchbricks_lightning.datamodules.synthetic import SyntheticImageDataModule
-from torchbricks_lightning.errors import BrickDefinitionError, ConfigError, MissingInputError
-from torchbricks_lightning.lightning import (
+from torchbricks_lightning.errors import (
+    BrickDefinitionError,
     CheckpointError,
-    LightningBrickCollection,
+    ConfigError,
     LossNotFiniteError,
-    load_brick_collection_weights,
+    MissingInputError,
 )
+from torchbricks_lightning.lightning import LightningBrickCollection, load_brick_collection_weights
 from torchbricks_lightning.lightning.module import EXAMPLE_INPUTS_KEY
 
 pytestmark = [

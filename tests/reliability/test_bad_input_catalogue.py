@@ -54,23 +54,20 @@ from torchbricks_lightning.cli import main
 from torchbricks_lightning.errors import (
     BrickDefinitionError,
     BrickOutputError,
+    CheckpointError,
     ConfigError,
     CycleError,
     DuplicateOutputError,
     ExportError,
     InvalidNameError,
+    LossNotFiniteError,
     LossNotScalarError,
     MissingInputError,
     TorchBricksError,
     UnknownStageError,
-)
-from torchbricks_lightning.lightning import (
-    CheckpointError,
-    LightningBrickCollection,
-    LossNotFiniteError,
     UntrustedCheckpointError,
-    load_brick_collection_weights,
 )
+from torchbricks_lightning.lightning import LightningBrickCollection, load_brick_collection_weights
 from torchbricks_lightning.lightning.export import export_checkpoint_as_onnx
 
 pytestmark = [

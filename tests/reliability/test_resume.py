@@ -28,15 +28,14 @@ from torchbricks_lightning import Stage
 from torchbricks_lightning.datamodules import (
     DigitsDataModule,
     EvaluationSampler,
-    LoaderStateError,
     ResumableDataLoader,
     ResumableSampler,
     SyntheticImageDataModule,
 )
+from torchbricks_lightning.errors import LoaderStateError, ResumeStateError
 from torchbricks_lightning.lightning.logging.losses import LossMeans
 from torchbricks_lightning.lightning.state.resume import (
     RESUME_STATE_KEY,
-    ResumeStateError,
     collect_loss_states,
     collect_metric_states,
     restore_loss_states,

@@ -39,7 +39,7 @@ import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 from typing_extensions import override
 
-from torchbricks_lightning.core.atomic_files import atomic_path, write_json_atomically
+from torchbricks_lightning.core.atomic_files import write_atomically, write_json_atomically
 from torchbricks_lightning.errors import BrickDefinitionError, ConfigError
 
 __all__ = ["INDEX_FORMAT", "INDEX_NAME", "BrickPredictionWriter", "merge_rank_indexes", "rank_folder"]
@@ -160,8 +160,9 @@ class BrickPredictionWriter(BasePredictionWriter):
     ) -> None:
         arrays = self._arrays(prediction)
         relative = f"{rank_folder(Path(), trainer.global_rank).as_posix()}/dl{dataloader_idx}-batch{batch_idx:06d}.npz"
-        with atomic_path(self.output_dir / relative, what="prediction file") as temporary, open(temporary, "wb") as f:
-            np.savez(f, allow_pickle=False, **arrays)
+        write_atomically(
+            self.output_dir / relative, lambda f: np.savez(f, allow_pickle=False, **arrays), what="prediction file"
+        )
         rows = {len(array) for array in arrays.values() if array.ndim}
         self._entries.append(
             {

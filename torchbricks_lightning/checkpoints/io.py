@@ -4,10 +4,11 @@ Lightning's own ``TorchCheckpointIO`` writes through a temporary file in ``TMPDI
 checkpoint folder is on another filesystem, the move is a copy into the target, so a process killed during the copy
 leaves a truncated checkpoint, possibly ``last.ckpt``, the last good one. A full disk does the same.
 
-:class:`SafeCheckpointIO` writes a temporary file in the target folder itself, flushes and fsyncs it, renames it over
-the target (atomic on POSIX filesystems) and fsyncs the folder. A save that fails or is killed leaves the previous
-file as it was; a failed one removes its temporary file, and temporary files of killed saves are removed by the next
-save to the same path. Loads go through
+:class:`SafeCheckpointIO` saves through the package's one writer of whole files,
+:mod:`torchbricks_lightning.core.atomic_files`: a temporary file in the target folder itself, flushed and fsynced,
+renamed over the target (atomic on POSIX filesystems), then the folder fsynced. A save that fails or is killed
+leaves the previous file as it was; a failed one removes its temporary file, and temporary files of killed saves of
+this host are removed by the next save to the same path. Loads go through
 :func:`~torchbricks_lightning.checkpoints.reading.read_checkpoint`: weights only, remote paths refused, clear
 errors for broken files.
 
@@ -20,12 +21,7 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
-import re
-import secrets
-import socket
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -36,13 +32,10 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from typing_extensions import override
 
 from torchbricks_lightning.checkpoints.reading import is_remote, read_checkpoint
-from torchbricks_lightning.core.atomic_files import process_is_alive
+from torchbricks_lightning.core.atomic_files import write_atomically
 from torchbricks_lightning.errors import CheckpointError, CheckpointWriteError
 
 __all__ = ["SafeCheckpointIO", "atomic_torch_save", "with_safe_checkpoint_io"]
-
-_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
-_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
 
 
 class SafeCheckpointIO(TorchCheckpointIO):
@@ -118,13 +111,14 @@ class SafeCheckpointIO(TorchCheckpointIO):
 def atomic_torch_save(checkpoint: Any, path: str | os.PathLike[str]) -> None:
     """``torch.save`` that leaves either the whole new file at ``path`` or the previous one, never a partial file.
 
-    It writes ``.{name}.{host}.{pid}.{random}.tmp`` next to ``path``, flushes and fsyncs it, renames it over
-    ``path`` and fsyncs the folder. On failure the temporary file is removed; temporary files of ``path`` left by
-    killed processes of this host are removed first.
+    It writes through :func:`~torchbricks_lightning.core.atomic_files.write_atomically`, the package's one writer
+    of whole files: a temporary file named for this host and process next to ``path``, flushed and fsynced, renamed
+    over ``path``, then the folder fsynced. On failure the temporary file is removed; temporary files of ``path``
+    left by killed processes of this host are removed first (never another host's).
 
     Raises:
         CheckpointWriteError: the file could not be written (a full disk, a read-only folder, a folder at ``path``);
-            the previous file at ``path`` is intact.
+            the previous file at ``path`` is intact. It is an ``OSError``, not a ``ValueError``.
 
     Example:
         >>> import tempfile
@@ -133,31 +127,7 @@ def atomic_torch_save(checkpoint: Any, path: str | os.PathLike[str]) -> None:
         >>> torch.load(folder / "last.ckpt"), sorted(item.name for item in folder.iterdir())
         ({'step': 1}, ['last.ckpt'])
     """
-    target = Path(os.fspath(path))
-    folder = target.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise _write_error(target, err) from err
-    if target.is_dir():
-        raise _write_error(target, IsADirectoryError(errno.EISDIR, "a folder of that name is in the way"))
-    _remove_stale_temporaries(folder, target.name)
-    temporary = folder / f".{target.name}.{_HOST}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(descriptor, "wb") as file:
-            torch.save(checkpoint, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, target)
-    except BaseException as err:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
-        cause = _os_error(err)
-        if cause is not None:
-            raise _write_error(target, cause) from err
-        raise
-    _fsync_folder(folder)
+    write_atomically(path, lambda file: torch.save(checkpoint, file), what="checkpoint", error=CheckpointWriteError)
 
 
 def with_safe_checkpoint_io(plugins: Any) -> list[Any]:
@@ -178,52 +148,3 @@ def with_safe_checkpoint_io(plugins: Any) -> list[Any]:
     if not any(isinstance(plugin, CheckpointIO) for plugin in listed):
         listed.append(SafeCheckpointIO())
     return listed
-
-
-def _os_error(err: BaseException) -> OSError | None:
-    """The OSError behind a failed save: torch's zip writer reports a full disk as a RuntimeError raised while
-    handling the OSError of the write."""
-    seen: BaseException | None = err
-    for _ in range(10):
-        if seen is None or isinstance(seen, OSError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
-def _write_error(target: Path, err: OSError) -> CheckpointWriteError:
-    reason = err.strerror or str(err)
-    hint = " Free some space, or save checkpoints elsewhere." if err.errno in (errno.ENOSPC, errno.EDQUOT) else ""
-    error = CheckpointWriteError(
-        f"Could not write checkpoint {str(target)!r}: {reason}. Nothing was written there; a previous checkpoint at "
-        f"that path is intact.{hint}"
-    )
-    error.errno = err.errno
-    return error
-
-
-def _remove_stale_temporaries(folder: Path, name: str) -> None:
-    """Remove the temporary files of ``name`` left by killed saves of this host (their process is gone)."""
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return
-    for entry in entries:
-        match = _TEMPORARY.match(entry.name)
-        if match and match["name"] == name and match["host"] == _HOST and not process_is_alive(int(match["pid"])):
-            with contextlib.suppress(OSError):
-                os.unlink(entry.path)
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename durable. Some filesystems cannot fsync a folder; the rename itself is still atomic there."""
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)

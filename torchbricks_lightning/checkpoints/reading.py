@@ -32,8 +32,6 @@ from torchbricks_lightning.errors import (
 
 __all__ = [
     "TRUSTED_CLASS_PREFIXES",
-    "CheckpointError",
-    "UntrustedCheckpointError",
     "check_checkpoint",
     "check_class_paths",
     "check_state_fits",

@@ -1,13 +1,16 @@
-"""Files written whole or not at all: a temporary file beside the target, flushed, synced, then renamed into place.
+"""The one writer of files that are whole or absent: artefacts, manifests, predictions and checkpoints.
 
-Exports and prediction writers use it, so that a killed or failed write never leaves a half-written file, and an
-earlier file at the target is kept until the new one is complete. The files get the mode every new file gets
-(``0o666`` less the umask), the same as Lightning's checkpoints, not the owner-only ``0o600`` of ``mkstemp``.
+A file is written to a temporary file beside its target, flushed and synced, renamed over the target (atomic on
+POSIX filesystems), and the folder is synced so that the rename survives a crash. A write that fails or is killed
+leaves whatever was at the target before as it was; a failed write removes its temporary file. Files get the mode
+every new file gets (``0o666`` less the umask), as Lightning's checkpoints do, not the owner-only ``0o600`` of
+``mkstemp``.
 
-Temporary files are named ``.{stem}.{pid}-{token}.tmp{suffixes}`` (``.model.4242-1a2b3c4d.tmp.onnx`` for
-``model.onnx``: writers that check the suffix, such as ``torch.export.save``, accept it), so a new write to the same
-target removes those whose process is gone: what a killed export left behind. The ``.model.*.onnx.tmp`` files of
-earlier versions are removed too.
+Temporary files are named ``.{stem}.{host}.{pid}.{token}.tmp{suffixes}``: ``.model.node1.4242.1a2b3c4d.tmp.onnx``
+for ``model.onnx`` (writers that check the suffix, such as ``torch.export.save``, accept it). A new write to the
+same target removes the temporary files that a killed write *of this host* left behind, those whose process is
+gone. Another host's temporary files are never removed: on a shared filesystem that host may be writing them, and
+whether its process lives cannot be told from here.
 
 Example:
     >>> import tempfile
@@ -22,21 +25,54 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import secrets
-from collections.abc import Iterator
+import socket
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from torchbricks_lightning.errors import ExportError, TorchBricksError
+from torchbricks_lightning.errors import ExportError, FileWriteError, TorchBricksError
 
-__all__ = ["atomic_path", "check_output_path", "process_is_alive", "remove_stale_temporaries", "write_json_atomically"]
+__all__ = [
+    "HOST",
+    "atomic_path",
+    "check_output_path",
+    "process_is_alive",
+    "remove_stale_temporaries",
+    "temporary_name",
+    "write_atomically",
+    "write_json_atomically",
+]
+
+HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:63] or "host"
+"""This host's name as temporary file names carry it (letters, digits and ``-`` only)."""
+
+_OWNER = re.compile(r"(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[0-9a-f]{8}")
 
 
-def _temporary_name(path: Path) -> str:
-    stem, dot, suffix = path.name.partition(".")
-    return f".{stem}.{os.getpid()}-{secrets.token_hex(4)}.tmp{dot}{suffix}"
+def temporary_name(path: str | os.PathLike[str], *, host: str = HOST, pid: int | None = None) -> str:
+    """The name of a temporary file for a write to ``path`` by process ``pid`` (this one) of ``host`` (this one).
+
+    Example:
+        >>> re.sub("[0-9a-f]{8}", "TOKEN", temporary_name("exports/model.onnx", host="node1", pid=4242))
+        '.model.node1.4242.TOKEN.tmp.onnx'
+    """
+    stem, dot, suffix = Path(path).name.partition(".")
+    return f".{stem}.{host}.{os.getpid() if pid is None else pid}.{secrets.token_hex(4)}.tmp{dot}{suffix}"
+
+
+def _owner(name: str, target: Path) -> tuple[str, int] | None:
+    """The host and process id in ``name`` if it is a temporary file of a write to ``target``, else None."""
+    stem, dot, suffix = target.name.partition(".")
+    start, end = f".{stem}.", f".tmp{dot}{suffix}"
+    if len(name) <= len(start) + len(end) or not name.startswith(start) or not name.endswith(end):
+        return None
+    owner = _OWNER.fullmatch(name[len(start) : len(name) - len(end)])
+    return (owner["host"], int(owner["pid"])) if owner else None
 
 
 def process_is_alive(pid: int) -> bool:
@@ -54,40 +90,36 @@ def process_is_alive(pid: int) -> bool:
 
 
 def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
-    """Remove the temporary files that writes to ``path`` left behind when their process was killed.
+    """Remove the temporary files that writes to ``path`` by killed processes of this host left behind.
 
-    A temporary file of a process that still runs (a concurrent write) is kept, and so is anything else in the
-    folder. Names without a process id (``mkstemp`` names of older versions) are always stale.
+    A temporary file of a process that still runs (a concurrent write) is kept, and so is one of another host
+    (it may be writing it on a shared filesystem), and anything else in the folder.
 
     Returns:
         The files removed.
     """
     target = Path(path)
-    stem, dot, suffix = target.name.partition(".")
-    removed = []
     try:
-        candidates = [
-            *target.parent.glob(f".{stem}.*.tmp{dot}{suffix}"),
-            *target.parent.glob(f".{stem}.*{dot}{suffix}.tmp"),  # the mkstemp names of earlier versions
-        ]
+        entries = list(os.scandir(target.parent))
     except OSError:
         return []
-    for candidate in candidates:
-        token = candidate.name[len(stem) + 2 :].split(".", 1)[0]
-        pid_text = token.split("-", 1)[0]
-        if "-" in token and pid_text.isdigit() and process_is_alive(int(pid_text)):
+    removed = []
+    for entry in entries:
+        owner = _owner(entry.name, target)
+        if owner is None or owner[0] != HOST or process_is_alive(owner[1]):
             continue
         with contextlib.suppress(OSError):
-            candidate.unlink()
-            removed.append(candidate)
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
     return removed
 
 
 def check_output_path(path: str | os.PathLike[str], *, what: str = "output") -> Path:
     """Raise :class:`ExportError` unless a file can be written at ``path`` (its folder is created if needed).
 
-    The message says what is wrong: the path is a folder, the file exists and is read-only, or the folder cannot
-    be created or written.
+    The export's check of its argument before any work: the message says what is wrong with the path given (a
+    folder, a read-only file, a folder that cannot be created or written). :func:`atomic_path` does not call it:
+    a write that fails later raises :class:`FileWriteError`.
 
     Example:
         >>> import tempfile
@@ -119,60 +151,118 @@ def check_output_path(path: str | os.PathLike[str], *, what: str = "output") -> 
     return target
 
 
+@contextlib.contextmanager
+def atomic_path(
+    path: str | os.PathLike[str], *, what: str = "output", error: type[FileWriteError] = FileWriteError
+) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` to write; on success, sync it, rename it to ``path``, sync the folder.
+
+    The folder of ``path`` is created if needed. The temporary file exists (empty) when the block starts, with the
+    mode new files get under the umask; writers that replace it keep writing to the same name. If the block raises,
+    the temporary file is removed and ``path`` is left as it was. Stale temporary files of killed writes to
+    ``path`` are removed first (see :func:`remove_stale_temporaries`).
+
+    Args:
+        path: the file to write.
+        what: what the file is, for messages ("checkpoint", "manifest").
+        error: the :class:`FileWriteError` class to raise.
+
+    Raises:
+        FileWriteError: (``error``) the file could not be written: its folder cannot be created, a folder is in the
+            way, the disk is full, ... An error of the block whose cause is an ``OSError`` (``torch.save`` reports a
+            full disk as a ``RuntimeError`` raised while handling one) is one too. Other errors of the block
+            propagate unchanged.
+    """
+    target = Path(os.fspath(path))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _write_error(error, what, target, err) from err
+    if target.is_dir():
+        raise _write_error(error, what, target, IsADirectoryError(errno.EISDIR, "a folder of that name is in the way"))
+    remove_stale_temporaries(target)
+    temporary = target.parent / temporary_name(target)
+    try:
+        os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the umask applies
+        yield temporary
+        with open(temporary, "rb+") as written:
+            os.fsync(written.fileno())
+        os.replace(temporary, target)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        cause = _os_error(err) if isinstance(err, Exception) and not isinstance(err, TorchBricksError) else None
+        if cause is None:
+            raise
+        raise _write_error(error, what, target, cause) from err
+    _fsync_folder(target.parent)
+
+
+def write_atomically(
+    path: str | os.PathLike[str],
+    write: Callable[[IO[bytes]], object],
+    *,
+    what: str = "output",
+    error: type[FileWriteError] = FileWriteError,
+) -> Path:
+    """Call ``write`` with a binary file open on a temporary file, then put it at ``path`` (see :func:`atomic_path`).
+
+    Raises:
+        FileWriteError: (``error``) as in :func:`atomic_path`; errors of ``write`` that are not about the file
+            propagate unchanged, and in every case nothing is left but the previous file at ``path``.
+
+    Example:
+        >>> import tempfile
+        >>> path = write_atomically(Path(tempfile.mkdtemp()) / "bytes.bin", lambda file: file.write(b"abc"))
+        >>> path.read_bytes()
+        b'abc'
+    """
+    target = Path(os.fspath(path))
+    with atomic_path(target, what=what, error=error) as temporary, open(temporary, "wb") as file:
+        write(file)
+    return target
+
+
+def write_json_atomically(path: str | os.PathLike[str], data: Any, *, what: str = "output") -> Path:
+    """Write ``data`` as indented JSON to ``path``, atomically (see :func:`write_atomically`).
+
+    Example:
+        >>> import tempfile
+        >>> path = write_json_atomically(Path(tempfile.mkdtemp()) / "manifest.json", {"format": "onnx"})
+        >>> path.read_text()
+        '{\\n  "format": "onnx"\\n}\\n'
+    """
+    encoded = (json.dumps(data, indent=2) + "\n").encode("utf-8")
+    return write_atomically(path, lambda file: file.write(encoded), what=what)
+
+
+def _os_error(err: BaseException) -> OSError | None:
+    """The OSError behind a failed write: ``err`` itself, or its cause or context up to ten levels down."""
+    seen: BaseException | None = err
+    for _ in range(10):
+        if seen is None or isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _write_error(error: type[FileWriteError], what: str, target: Path, err: OSError) -> FileWriteError:
+    reason = err.strerror or str(err)
+    full = err.errno in (errno.ENOSPC, errno.EDQUOT)
+    hint = f" Free some space, or write the {what} elsewhere." if full else ""
+    written = error(
+        f"Could not write {what} {str(target)!r}: {reason}. Nothing was written there; a previous {what} at that "
+        f"path is intact.{hint}"
+    )
+    written.errno = err.errno
+    return written
+
+
 def _fsync_folder(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # some filesystems cannot open or sync a folder
+    """Make the rename durable. Some filesystems cannot open or sync a folder; the rename itself is atomic there."""
+    with contextlib.suppress(OSError):
         descriptor = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str], *, what: str = "output") -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` to write; on success, sync it and rename it to ``path``.
-
-    The temporary file exists (empty) when the block starts, with the mode new files get under the umask; writers
-    that replace it keep writing to the same name. If the block raises, the temporary file is removed and ``path``
-    is left as it was. Stale temporary files of killed writes to ``path`` are removed first.
-
-    Raises:
-        ExportError: ``path`` cannot be written (see :func:`check_output_path`), or the rename fails.
-    """
-    target = check_output_path(path, what=what)
-    remove_stale_temporaries(target)
-    temporary = target.parent / _temporary_name(target)
-    try:
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
-    except OSError as err:
-        raise ExportError(f"Cannot write beside the {what} path {str(target)!r}: {err.strerror or err}.") from err
-    os.close(descriptor)
-    try:
-        yield temporary
-        with open(temporary, "rb+") as written:
-            os.fsync(written.fileno())
-        os.replace(temporary, target)
-    except TorchBricksError:
-        raise
-    except OSError as err:
-        raise ExportError(f"Could not write the {what} {str(target)!r}: {err.strerror or err}.") from err
-    finally:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
-    _fsync_folder(target.parent)
-
-
-def write_json_atomically(path: str | os.PathLike[str], data: Any, *, what: str = "output") -> Path:
-    """Write ``data`` as indented JSON to ``path``, atomically (see :func:`atomic_path`).
-
-    Example:
-        >>> import tempfile
-        >>> from pathlib import Path
-        >>> path = write_json_atomically(Path(tempfile.mkdtemp()) / "manifest.json", {"format": "onnx"})
-        >>> path.read_text()
-        '{\\n  "format": "onnx"\\n}\\n'
-    """
-    text = json.dumps(data, indent=2) + "\n"
-    with atomic_path(path, what=what) as temporary:
-        temporary.write_text(text, encoding="utf-8")
-    return Path(path)
