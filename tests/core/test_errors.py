@@ -119,10 +119,6 @@ def _error_classes() -> list[type[TorchBricksError]]:
 
 # Re-exports in modules of other work in progress, to remove when they are merged; then this is empty.
 PENDING_REEXPORTS = {
-    "torchbricks_lightning/cli/__init__.py": ["RecipeError"],
-    "torchbricks_lightning/datamodules/__init__.py": ["LoaderStateError"],
-    "torchbricks_lightning/datamodules/cifar10.py": ["DatasetNotAvailableError"],
-    "torchbricks_lightning/datamodules/loading.py": ["LoaderStateError"],
     "torchbricks_lightning/lightning/__init__.py": [
         "CheckpointError",
         "LossNotFiniteError",

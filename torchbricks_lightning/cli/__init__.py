@@ -12,6 +12,5 @@ run.ckpt --output model.onnx`` turns a checkpoint into one or several checked ar
 """
 
 from torchbricks_lightning.cli.app import RecipeArgumentParser, TorchBricksCLI, check_ckpt_path, main
-from torchbricks_lightning.errors import RecipeError
 
-__all__ = ["RecipeArgumentParser", "RecipeError", "TorchBricksCLI", "check_ckpt_path", "main"]
+__all__ = ["RecipeArgumentParser", "TorchBricksCLI", "check_ckpt_path", "main"]

@@ -5,7 +5,6 @@ from torchbricks_lightning.datamodules.cifar10 import CIFAR10_MEAN, CIFAR10_STD,
 from torchbricks_lightning.datamodules.digits import DigitsDataModule
 from torchbricks_lightning.datamodules.loading import (
     EvaluationSampler,
-    LoaderStateError,
     ResumableDataLoader,
     ResumableSampler,
     SeededIndex,
@@ -20,7 +19,6 @@ __all__ = [
     "CIFAR10DataModule",
     "DigitsDataModule",
     "EvaluationSampler",
-    "LoaderStateError",
     "MixtureSampler",
     "MultiTaskDataModule",
     "ResumableDataLoader",

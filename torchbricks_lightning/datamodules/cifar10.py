@@ -23,7 +23,7 @@ from torchbricks_lightning.datamodules.cifar10_format import (
 )
 from torchbricks_lightning.errors import ConfigError, DatasetNotAvailableError
 
-__all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "CIFAR10DataModule", "DatasetNotAvailableError"]
+__all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "CIFAR10DataModule"]
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)

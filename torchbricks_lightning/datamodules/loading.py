@@ -26,7 +26,7 @@ from torchbricks_lightning.datamodules.samplers import (
 from torchbricks_lightning.errors import BrickDefinitionError, ConfigError, LoaderStateError
 from torchbricks_lightning.random_state import seeded
 
-__all__ = ["EvaluationSampler", "LoaderStateError", "ResumableDataLoader", "ResumableSampler", "SeededIndex"]
+__all__ = ["EvaluationSampler", "ResumableDataLoader", "ResumableSampler", "SeededIndex"]
 
 _STATE_VERSION = 1
 
