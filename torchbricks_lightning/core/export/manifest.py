@@ -138,10 +138,8 @@ def _version(distribution: str) -> str | None:
 
 def versions(format: str) -> dict[str, str | None]:
     """The versions of the packages that made (and, for ONNX, checked) an artefact."""
-    import torchbricks_lightning  # the package root, for its version (imported here: it imports this module)
-
     found: dict[str, str | None] = {
-        "torchbricks_lightning": torchbricks_lightning.__version__,
+        "torchbricks_lightning": _version("torchbricks-lightning"),  # installed metadata: core never imports the root
         "torch": torch.__version__,
     }
     if format == "onnx":
