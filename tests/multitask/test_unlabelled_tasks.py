@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import functools
 import math
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from torchbricks_lightning.datamodules import DigitsDataModule
 from torchbricks_lightning.errors import ConfigError
 from torchbricks_lightning.lightning import LightningBrickCollection
 from torchbricks_lightning.multitask import (
+    DeltaM,
     DynamicWeightAverage,
     LossBalancer,
     PCGrad,
@@ -265,3 +267,44 @@ def test_every_balancer_trains_through_an_epoch_without_labels_for_a_task(kind: 
         assert dwa[:3] == [1.0, 1.0, 1.0]
         assert parity[:3] == [1.0, 1.0, 1.0]
         assert dwa[3] != 1.0, "epoch 3: both of digit's last means are there"
+
+
+# ------------------------------------------------------------------------------------------------ metrics and Δm
+def test_delta_m_leaves_out_a_task_without_labels_and_warns_once_naming_it() -> None:
+    # The example: task a is at -33.3% of its baseline, task b had no label (accuracy 0 counted as -100%).
+    score = DeltaM({"a/accuracy": 0.9, "b/accuracy": 0.8})
+    metrics = {"a/accuracy": torch.tensor(0.6), "b/accuracy": torch.tensor(float("nan"))}
+    with pytest.warns(UserWarning, match=r"Δm leaves out the metric 'b/accuracy': it is NaN") as caught:
+        first = score(metrics)
+    assert len(caught) == 1
+    assert float(first) == pytest.approx(-33.333333, rel=1e-6), "not -66.7%"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once: the next epoch says nothing
+        assert float(score(metrics)) == pytest.approx(-33.333333, rel=1e-6)
+    assert math.isnan(float(score({"b/accuracy": torch.tensor(float("nan"))}))), "no metric left: no Δm"
+
+
+def test_a_validation_without_labels_for_a_task_logs_its_metric_as_nan_and_leaves_it_out_of_delta_m() -> None:
+    data = DigitsDataModule()
+    data.setup()
+    split = {**data.splits["val"], "targets": torch.full_like(data.splits["val"]["targets"], -100)}
+    baselines = {"digit/accuracy": 0.5, "parity/accuracy": 0.75}
+    module = LightningBrickCollection(digit_bricks(), delta_m=DeltaM(baselines))
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    with pytest.warns(UserWarning, match=r"Δm leaves out the metric 'digit/accuracy'"):
+        (logged,) = trainer.validate(module, dataloaders=DataLoader(_Samples(split), batch_size=64), verbose=False)
+    assert math.isnan(logged["validation/digit/accuracy"]), "missing, not an accuracy of 0"
+    parity = logged["validation/parity/accuracy"]
+    assert 0 < parity < 1
+    assert logged["validation/delta_m"] == pytest.approx(100 * (parity - 0.75) / 0.75, rel=1e-5)
+
+
+class _Samples(Dataset[dict[str, torch.Tensor]]):
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(self.tensors["raw"])
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {name: tensor[index] for name, tensor in self.tensors.items()}
