@@ -17,7 +17,7 @@ from torchbricks_lightning.datamodules import (
     Split,
     SplitDataModule,
 )
-from torchbricks_lightning.errors import BrickDefinitionError, ConfigError
+from torchbricks_lightning.errors import BrickDefinitionError, ConfigError, LoaderStateError
 
 
 class _Samples(Dataset[Any]):
@@ -179,3 +179,52 @@ def test_evaluation_covers_each_dataset_once_and_splits_across_processes() -> No
     assert _ids(data.test_dataloader()) == [*range(12), *range(1000, 1004)], "each dataset in turn, in order"
     sampler = data.val_dataloader().sampler
     assert [len(sampler)] == [16]
+
+
+@pytest.mark.parametrize(
+    ("saved", "resumed", "message"),
+    [
+        (
+            {"sampling": "temperature", "temperature": 2.0},
+            {"sampling": "temperature", "temperature": 4.0},
+            r"temperature 2.0 -> 4.0",
+        ),
+        ({"sampling": "temperature"}, {"sampling": "round_robin"}, r"sampling 'temperature' -> 'round_robin', "),
+        ({"sampling": "round_robin"}, {"sampling": "proportional"}, r"sampling 'round_robin' -> 'proportional'"),
+    ],
+)
+def test_resuming_an_epoch_with_another_mixture_is_refused(
+    saved: dict[str, Any], resumed: dict[str, Any], message: str
+) -> None:
+    def loader(**kwargs: Any) -> ResumableDataLoader:
+        made = _datamodule(seed=5, **kwargs).train_dataloader()
+        assert isinstance(made, ResumableDataLoader)
+        made.set_epoch(1)
+        return made
+
+    interrupted = loader(**saved)
+    next(iter(interrupted))
+    state = interrupted.state_dict()
+    changed = loader(**resumed)
+    with pytest.raises(LoaderStateError, match=message + r".*Resume with the same data, mixture"):
+        changed.load_state_dict(state)
+    assert state["order"]["sampling"] == saved["sampling"]
+    loader(**saved).load_state_dict(state)  # the same mixture resumes
+    changed.load_state_dict({**state, "batches": 0})  # nothing to skip: a new epoch may use another mixture
+
+
+def test_resuming_an_epoch_with_other_dataset_sizes_is_refused() -> None:
+    # Swapped sizes: the same number of samples, another order.
+    def loader(sizes: tuple[int, int]) -> ResumableDataLoader:
+        datasets = {
+            "a": Labelled(0, sizes[0], {"digit": torch.int64}),
+            "b": Labelled(1, sizes[1], {"age": torch.float32}),
+        }
+        made = MultiTaskDataModule(datasets, batch_size=4, sampling="round_robin").train_dataloader()
+        assert isinstance(made, ResumableDataLoader)
+        return made
+
+    interrupted = loader((12, 4))
+    next(iter(interrupted))
+    with pytest.raises(LoaderStateError, match=r"dataset_sizes \[12, 4\] -> \[4, 12\]"):
+        loader((4, 12)).load_state_dict(interrupted.state_dict())

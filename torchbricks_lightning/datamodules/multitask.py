@@ -17,9 +17,13 @@ How a training epoch is drawn (:class:`MixtureSampler`), from ``(seed, epoch)`` 
 An epoch has ``samples_per_epoch`` samples (default: all the datasets' samples). The sampler is a
 :class:`~torchbricks_lightning.datamodules.ResumableSampler` subclass inside a
 :class:`~torchbricks_lightning.datamodules.ResumableDataLoader`, so an interrupted epoch resumes at the next batch
-and, under DDP, each process takes its share of the same order. Validation and test run over each dataset's split
-in turn, every sample once (:class:`~torchbricks_lightning.datamodules.EvaluationSampler`); each task's metrics
-count the datasets that label it.
+and, under DDP, each process takes its share of the same order. The mixture (the mode, the temperature and the
+datasets' sizes) is saved with the loader's state: resuming an epoch with another mixture, whose order differs, is
+refused with a :class:`~torchbricks_lightning.errors.LoaderStateError` naming what changed.
+
+Validation and test run over each dataset's split in turn, every sample once
+(:class:`~torchbricks_lightning.datamodules.EvaluationSampler`); each task's metrics count the datasets that label
+it.
 
 Compared with Lightning's ``CombinedLoader``: a ``CombinedLoader`` yields, at every step, one batch *from each*
 loader (a dict or tuple of batches, each with its own batch size), and its modes decide when an epoch ends
@@ -111,6 +115,11 @@ class MixtureSampler(ResumableSampler):
 
     def epoch_length(self) -> int:
         return self.samples_per_epoch or sum(self.sizes)
+
+    def order_parameters(self) -> dict[str, Any]:
+        """The mixture: the sampling mode, its temperature (None unless ``"temperature"``) and the dataset sizes."""
+        temperature = self.temperature if self.sampling == "temperature" else None
+        return {"sampling": self.sampling, "temperature": temperature, "dataset_sizes": list(self.sizes)}
 
     def probabilities(self) -> list[float]:
         """The probability of drawing from each dataset (on average, for ``"round_robin"`` too)."""
