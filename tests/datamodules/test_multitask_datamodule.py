@@ -228,3 +228,47 @@ def test_resuming_an_epoch_with_other_dataset_sizes_is_refused() -> None:
     next(iter(interrupted))
     with pytest.raises(LoaderStateError, match=r"dataset_sizes \[12, 4\] -> \[4, 12\]"):
         loader((4, 12)).load_state_dict(interrupted.state_dict())
+
+
+# ------------------------------------------------------------------------------------------------ label checks
+def test_a_label_name_with_another_dtype_in_another_dataset_is_refused_at_setup() -> None:
+    # int64 class labels in one dataset, float targets under the same name in the other: the batch made them floats.
+    data = MultiTaskDataModule(
+        {"classes": Labelled(0, 8, {"targets": torch.int64}), "scores": Labelled(1, 8, {"targets": torch.float32})},
+        batch_size=4,
+    )
+    with pytest.raises(
+        ConfigError, match=r"'targets' is torch.float32 in dataset 'scores' but torch.int64 in 'classes'.*one dtype"
+    ):
+        data.setup("fit")
+
+
+class _LosesAge(Dataset[Any]):
+    """Samples with ``raw`` and ``age``, except sample 5, which has no ``age``."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, index: int) -> Any:
+        sample = {"raw": torch.tensor(float(1000 + index)), "age": torch.tensor(float(index))}
+        if index == 5:
+            del sample["age"]
+        return sample
+
+
+class _AgeModule(SplitDataModule):
+    def split_dataset(self, split: Split) -> Dataset[Any]:
+        return _LosesAge()
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_a_sample_that_lacks_a_name_its_dataset_declared_is_refused(split: str) -> None:
+    data = MultiTaskDataModule(
+        {"classes": Labelled(0, 8, {"digit": torch.int64}), "ages": _AgeModule(batch_size=4, seed=0)},
+        batch_size=4,
+        sampling="round_robin",
+    )
+    data.setup("fit")
+    loader = data.train_dataloader() if split == "train" else data.val_dataloader()
+    with pytest.raises(ConfigError, match=rf"sample 5 of dataset 'ages' \({split} split\) lacks \['age'\]"):
+        _ids(loader)
