@@ -340,7 +340,7 @@ class MultiTaskDataModule(SplitDataModule):
         if self._missing is None:
             self._find_missing_values()
         missing = self._missing or {}
-        parts = []
+        parts: list[Dataset[dict[str, Any]]] = []
         for name, module in self.datasets.items():
             dataset = module.split_dataset(split)
             declared = self._names[name] if split == "train" else _first_names(dataset, name)
