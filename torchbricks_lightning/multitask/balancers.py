@@ -282,8 +282,9 @@ class UncertaintyWeighting(LossBalancer):
             self.log_variances.clamp_(-self.log_variance_bound, self.log_variance_bound)
         s = self.log_variances.to(stacked.dtype)
         terms = self._weights_tensor(stacked) * (torch.exp(-s) * stacked + s) * 0.5
-        labelled = stacked.detach() != 0  # a loss of exactly 0: no label in the batch (NaN stays in, and is caught)
-        terms = torch.where(labelled, terms, torch.zeros_like(terms))  # no gradient reaches s_i where left out
+        # A loss of exactly 0 (no label in the batch) is left out: its term, finite since s_i is bounded, times 0, so
+        # no gradient reaches s_i (a NaN loss is not 0: it stays in, and the module's check catches it).
+        terms = terms * (stacked.detach() != 0)
         return self._add_others(terms.sum(), losses)
 
     def _bounded(self) -> torch.Tensor:
