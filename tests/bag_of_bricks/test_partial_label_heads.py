@@ -244,3 +244,45 @@ def test_heads_are_usable_from_yaml_by_class_path() -> None:
     assert collection.input_names(Stage.TRAIN) == ["raw", "targets", "age", "foreground"]
     assert collection.loss_names(Stage.TRAIN) == ["digit/loss_ce", "age/loss_mse", "mask/loss_ce"]
     assert collection.input_names(Stage.EXPORT) == ["raw"]
+
+
+def test_every_head_reports_nan_not_zero_for_a_task_without_a_labelled_element() -> None:
+    """An epoch in which no element of a task is labelled: its metrics are missing (NaN) for every head."""
+    collection = BrickCollection(
+        {
+            "backbone": BrickTrainable(
+                torch.nn.Conv2d(1, 8, 3, padding=1), input_names=["raw"], output_names=["features"]
+            ),
+            "digit": ClassificationHead(num_classes=10, in_channels=8, with_confusion_matrix=True),
+            "age": RegressionHead(num_outputs=1, in_channels=8, targets_name="age"),
+            "mask": SegmentationHead(num_classes=2, in_channels=8, targets_name="foreground"),
+        }
+    )
+    batch = {
+        "raw": torch.randn(4, 1, 8, 8),
+        "targets": torch.full((4,), -100),
+        "age": torch.full((4,), float("nan")),
+        "foreground": torch.full((4, 8, 8), -100),
+    }
+    for _ in range(2):
+        collection(batch, Stage.VALIDATION)
+    summary = collection.summarize(Stage.VALIDATION)
+    values = {key: float(value) for key, value in summary.items() if key != "digit/confusion"}
+    assert set(values) == {"digit/accuracy", "age/mae", "age/mse", "mask/pixel_accuracy", "mask/mean_iou"}
+    assert all(torch.isnan(torch.tensor(value)) for value in values.values()), values
+    assert int(summary["digit/confusion"].sum()) == 0, "the confusion counts stay counts"
+
+
+@pytest.mark.parametrize("average", ["macro", "micro", "weighted", "none"])
+def test_confusion_matrix_metrics_without_a_labelled_element_are_nan(average: str) -> None:
+    metric = ConfusionMatrixMetrics(
+        3,
+        values=("accuracy", "pixel_accuracy", "mean_iou"),
+        average=average,
+        ignore_index=-100,  # type: ignore[arg-type]
+    )
+    metric.update(torch.tensor([0, 2, 1]), torch.tensor([-100, -100, -100]))
+    result = metric.compute()
+    assert all(bool(torch.isnan(value).all()) for value in result.values()), result
+    metric.update(torch.tensor([0]), torch.tensor([0]))  # one labelled element: a value again
+    assert not any(bool(torch.isnan(value).any()) for value in metric.compute().values())

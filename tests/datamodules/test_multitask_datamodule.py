@@ -17,7 +17,7 @@ from torchbricks_lightning.datamodules import (
     Split,
     SplitDataModule,
 )
-from torchbricks_lightning.errors import BrickDefinitionError, ConfigError
+from torchbricks_lightning.errors import BrickDefinitionError, ConfigError, LoaderStateError
 
 
 class _Samples(Dataset[Any]):
@@ -179,3 +179,96 @@ def test_evaluation_covers_each_dataset_once_and_splits_across_processes() -> No
     assert _ids(data.test_dataloader()) == [*range(12), *range(1000, 1004)], "each dataset in turn, in order"
     sampler = data.val_dataloader().sampler
     assert [len(sampler)] == [16]
+
+
+@pytest.mark.parametrize(
+    ("saved", "resumed", "message"),
+    [
+        (
+            {"sampling": "temperature", "temperature": 2.0},
+            {"sampling": "temperature", "temperature": 4.0},
+            r"temperature 2.0 -> 4.0",
+        ),
+        ({"sampling": "temperature"}, {"sampling": "round_robin"}, r"sampling 'temperature' -> 'round_robin', "),
+        ({"sampling": "round_robin"}, {"sampling": "proportional"}, r"sampling 'round_robin' -> 'proportional'"),
+    ],
+)
+def test_resuming_an_epoch_with_another_mixture_is_refused(
+    saved: dict[str, Any], resumed: dict[str, Any], message: str
+) -> None:
+    def loader(**kwargs: Any) -> ResumableDataLoader:
+        made = _datamodule(seed=5, **kwargs).train_dataloader()
+        assert isinstance(made, ResumableDataLoader)
+        made.set_epoch(1)
+        return made
+
+    interrupted = loader(**saved)
+    next(iter(interrupted))
+    state = interrupted.state_dict()
+    changed = loader(**resumed)
+    with pytest.raises(LoaderStateError, match=message + r".*Resume with the same data, mixture"):
+        changed.load_state_dict(state)
+    assert state["order"]["sampling"] == saved["sampling"]
+    loader(**saved).load_state_dict(state)  # the same mixture resumes
+    changed.load_state_dict({**state, "batches": 0})  # nothing to skip: a new epoch may use another mixture
+
+
+def test_resuming_an_epoch_with_other_dataset_sizes_is_refused() -> None:
+    # Swapped sizes: the same number of samples, another order.
+    def loader(sizes: tuple[int, int]) -> ResumableDataLoader:
+        datasets = {
+            "a": Labelled(0, sizes[0], {"digit": torch.int64}),
+            "b": Labelled(1, sizes[1], {"age": torch.float32}),
+        }
+        made = MultiTaskDataModule(datasets, batch_size=4, sampling="round_robin").train_dataloader()
+        assert isinstance(made, ResumableDataLoader)
+        return made
+
+    interrupted = loader((12, 4))
+    next(iter(interrupted))
+    with pytest.raises(LoaderStateError, match=r"dataset_sizes \[12, 4\] -> \[4, 12\]"):
+        loader((4, 12)).load_state_dict(interrupted.state_dict())
+
+
+# ------------------------------------------------------------------------------------------------ label checks
+def test_a_label_name_with_another_dtype_in_another_dataset_is_refused_at_setup() -> None:
+    # int64 class labels in one dataset, float targets under the same name in the other: the batch made them floats.
+    data = MultiTaskDataModule(
+        {"classes": Labelled(0, 8, {"targets": torch.int64}), "scores": Labelled(1, 8, {"targets": torch.float32})},
+        batch_size=4,
+    )
+    with pytest.raises(
+        ConfigError, match=r"'targets' is torch.float32 in dataset 'scores' but torch.int64 in 'classes'.*one dtype"
+    ):
+        data.setup("fit")
+
+
+class _LosesAge(Dataset[Any]):
+    """Samples with ``raw`` and ``age``, except sample 5, which has no ``age``."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, index: int) -> Any:
+        sample = {"raw": torch.tensor(float(1000 + index)), "age": torch.tensor(float(index))}
+        if index == 5:
+            del sample["age"]
+        return sample
+
+
+class _AgeModule(SplitDataModule):
+    def split_dataset(self, split: Split) -> Dataset[Any]:
+        return _LosesAge()
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_a_sample_that_lacks_a_name_its_dataset_declared_is_refused(split: str) -> None:
+    data = MultiTaskDataModule(
+        {"classes": Labelled(0, 8, {"digit": torch.int64}), "ages": _AgeModule(batch_size=4, seed=0)},
+        batch_size=4,
+        sampling="round_robin",
+    )
+    data.setup("fit")
+    loader = data.train_dataloader() if split == "train" else data.val_dataloader()
+    with pytest.raises(ConfigError, match=rf"sample 5 of dataset 'ages' \({split} split\) lacks \['age'\]"):
+        _ids(loader)

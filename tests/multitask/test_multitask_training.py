@@ -25,7 +25,7 @@ from torchmetrics.functional.classification import multiclass_accuracy
 from torchbricks_lightning import BrickCollection, BrickTrainable, Stage
 from torchbricks_lightning.bag_of_bricks import create_image_classification_head, create_segmentation_head
 from torchbricks_lightning.datamodules import DigitsDataModule, MultiTaskDataModule
-from torchbricks_lightning.errors import ConfigError
+from torchbricks_lightning.errors import ConfigError, LoaderStateError
 from torchbricks_lightning.lightning import LightningBrickCollection
 from torchbricks_lightning.multitask import DeltaM, DynamicWeightAverage, PCGrad, UncertaintyWeighting
 
@@ -274,3 +274,19 @@ class _Named(Dataset[dict[str, torch.Tensor]]):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return {name: tensor[index] for name, tensor in self.tensors.items()}
+
+
+def test_resuming_a_mixed_epoch_with_another_temperature_is_refused_by_the_trainer(tmp_path: Path) -> None:
+    def datamodule(temperature: float) -> MultiTaskDataModule:
+        datasets = {"digits": DigitsDataModule(), "masks": DigitsDataModule(with_foreground=True)}
+        return MultiTaskDataModule(datasets, batch_size=64, sampling="temperature", temperature=temperature)
+
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "checkpoints", every_n_train_steps=1, save_last=True)
+    fit(LightningBrickCollection(bricks(foreground=True)), datamodule(2.0), tmp_path, max_steps=3,
+        callbacks=[checkpoints], limit_val_batches=0)  # fmt: skip
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 3, "stopped mid-epoch"
+    trainer = pl.Trainer(max_steps=6, accelerator="cpu", logger=False, enable_progress_bar=False, limit_val_batches=0)
+    with pytest.raises(LoaderStateError, match=r"stopped after batch 3 of epoch 0.*temperature 2.0 -> 4.0"):
+        trainer.fit(LightningBrickCollection(bricks(foreground=True)), datamodule=datamodule(4.0), ckpt_path=last)
+    assert trainer.global_step == 3, "no step trained on the other order"

@@ -6,6 +6,9 @@ one ``(C, C)`` count matrix, filled by a single ``torch.bincount`` per step, and
 ``compute``, with torchmetrics' definitions. :class:`RegressionMetrics` keeps error sums over the labelled targets.
 
 Both count labelled elements only: targets equal to ``ignore_index`` (classes) or NaN (regression) are skipped.
+A task without a single labelled element (in an epoch, on every process) has no value: both report NaN for every
+value but the confusion counts, never 0 (an accuracy of 0 would read as a model that is always wrong, and Δm
+would count it as -100%). ``DeltaM`` leaves such a task out and says so.
 """
 
 from __future__ import annotations
@@ -60,6 +63,9 @@ class ConfusionMatrixMetrics(Metric):
       occur in targets or predictions of ``tp / (tp + fp + fn)``.
     - ``pixel_accuracy`` is the share of labelled elements predicted right (micro accuracy), whatever ``average``.
 
+    Before a labelled element was counted (a task without labels in the epoch), every value but ``confusion`` is
+    NaN: the value is missing, not 0.
+
     Targets equal to ``ignore_index`` are not counted (as torchmetrics' ``ignore_index``), at the cost of two
     elementwise operations: the bincount stays one call with a fixed size.
 
@@ -84,6 +90,10 @@ class ConfusionMatrixMetrics(Metric):
         >>> partial.update(torch.tensor([[0, 1], [2, 0]]), torch.tensor([[0, -100], [1, -100]]))
         >>> {name: round(float(value), 4) for name, value in partial.compute().items()}
         {'pixel_accuracy': 0.5, 'mean_iou': 0.3333}
+        >>> unlabelled = ConfusionMatrixMetrics(3, values=("accuracy", "mean_iou"), ignore_index=-100)
+        >>> unlabelled.update(torch.tensor([0, 1]), torch.tensor([-100, -100]))
+        >>> unlabelled.compute()
+        {'accuracy': tensor(nan), 'mean_iou': tensor(nan)}
     """
 
     is_differentiable: bool = False
@@ -207,16 +217,19 @@ class ConfusionMatrixMetrics(Metric):
     def compute(self) -> dict[str, torch.Tensor]:
         """The requested values, computed from the accumulated confusion matrix."""
         matrix = self.confmat.view(self.num_classes, self.num_classes)
+        labelled = matrix.sum() > 0  # a tensor: no device sync
         result: dict[str, torch.Tensor] = {}
         for name in self.value_names:
             if name == "confusion":
                 result[name] = matrix.clone()
-            elif name == "mean_iou":
-                result[name] = _mean_iou(matrix)
+                continue
+            if name == "mean_iou":
+                value = _mean_iou(matrix)
             elif name == "pixel_accuracy":
-                result[name] = (matrix.diagonal().sum() / matrix.sum().clamp(min=1)).float()
+                value = (matrix.diagonal().sum() / matrix.sum().clamp(min=1)).float()
             else:
-                result[name] = self._accuracy(matrix)
+                value = self._accuracy(matrix)
+            result[name] = torch.where(labelled, value, torch.full_like(value, float("nan")))  # no label: missing
         return result
 
     def _accuracy(self, matrix: torch.Tensor) -> torch.Tensor:
@@ -250,7 +263,7 @@ class RegressionMetrics(Metric):
     ``compute()`` returns a dict with the requested ``values`` (``'mae'``, ``'mse'``), reported next to the metric
     brick as ``'{directory}/mae'`` and ``'{directory}/mse'``. The sums are kept in float64, so the epoch value is
     the exact mean over every labelled element of every batch (and every process). Before any labelled element was
-    seen, the values are NaN.
+    seen (a task without labels in the epoch), the values are NaN: missing, not 0.
 
     Args:
         values: which values ``compute`` returns, from ``('mae', 'mse')``.
@@ -261,6 +274,8 @@ class RegressionMetrics(Metric):
         >>> metric.update(torch.tensor([1.0, 2.0, 4.0]), torch.tensor([2.0, float("nan"), 2.0]))
         >>> {name: float(value) for name, value in metric.compute().items()}
         {'mae': 1.5, 'mse': 2.5}
+        >>> RegressionMetrics().compute()
+        {'mae': tensor(nan), 'mse': tensor(nan)}
     """
 
     is_differentiable: bool = False

@@ -28,7 +28,7 @@ from torchbricks_lightning.random_state import seeded
 
 __all__ = ["EvaluationSampler", "ResumableDataLoader", "ResumableSampler", "SeededIndex"]
 
-_STATE_VERSION = 1
+_STATE_VERSION = 2  # 2: with the sampler's order parameters (the mixture of MultiTaskDataModule)
 
 
 class _SeededSamples(Dataset[Any]):
@@ -182,8 +182,10 @@ class ResumableDataLoader(DataLoader[Any]):
             self._batches += 1
             yield batch
 
-    def state_dict(self) -> dict[str, int]:
-        """Where the current pass is: its epoch and the batches yielded so far, with what they depend on."""
+    def state_dict(self) -> dict[str, Any]:
+        """Where the current pass is: its epoch and the batches yielded so far, with what they depend on (the
+        length, batch size, seed, shuffling, processes and the sampler's :meth:`~ResumableSampler.order_parameters`,
+        e.g. the mixture of datasets)."""
         sampler = self.resumable_sampler
         sampler.refresh()
         epoch = sampler.epoch if self._pass_epoch is None else self._pass_epoch
@@ -199,6 +201,7 @@ class ResumableDataLoader(DataLoader[Any]):
             "num_samples": sampler.epoch_length(),
             "num_replicas": sampler.num_replicas,
             "shuffle": int(sampler.shuffle),
+            "order": sampler.order_parameters(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -208,8 +211,9 @@ class ResumableDataLoader(DataLoader[Any]):
 
         Raises:
             LoaderStateError: the state is not a ResumableDataLoader state, or the saved position cannot be found in
-                this loader's order because the dataset length, batch size, seed, shuffling or number of processes
-                changed.
+                this loader's order because the dataset length, batch size, seed, shuffling, number of processes or
+                the sampler's order parameters (a mixture's sampling mode, temperature or dataset sizes) changed. A
+                state written before the order parameters were saved (version 1) has none to check.
         """
         required = ("epoch", "batches", "batch_size", "seed", "num_samples", "num_replicas", "shuffle")
         missing = [key for key in required if key not in state_dict]
@@ -228,14 +232,37 @@ class ResumableDataLoader(DataLoader[Any]):
             "shuffle": int(sampler.shuffle),
         }
         changed = {
-            key: (int(state_dict[key]), value) for key, value in current.items() if int(state_dict[key]) != value
+            key: f"{int(state_dict[key])} -> {value}" for key, value in current.items() if int(state_dict[key]) != value
         }
+        changed.update(_changed_order(state_dict.get("order"), sampler.order_parameters()))
         if changed and int(state_dict["batches"]) > 0:
-            described = ", ".join(f"{key} {saved} -> {now}" for key, (saved, now) in changed.items())
+            described = ", ".join(f"{key} {change}" for key, change in changed.items())
             raise LoaderStateError(
                 f"The checkpoint stopped after batch {int(state_dict['batches'])} of epoch {int(state_dict['epoch'])}, "
                 f"but the train loader changed since ({described}), so that position does not exist in the new "
-                "order. Resume with the same data, batch size, seed and number of processes, or from a checkpoint "
-                "written at the end of an epoch."
+                "order. Resume with the same data, mixture (sampling, temperature), batch size, seed and number of "
+                "processes as the checkpoint (the values before '->'), or from a checkpoint written at the end of an "
+                "epoch."
             )
         self._resume = {"epoch": int(state_dict["epoch"]), "batches": int(state_dict["batches"])}
+
+
+def _changed_order(saved: object, current: dict[str, Any]) -> dict[str, str]:
+    """``{name: 'saved -> current'}`` for each order parameter that differs (none for a version-1 state)."""
+    if saved is None:
+        return {}
+    if not isinstance(saved, dict):
+        raise LoaderStateError(
+            f"Expected the 'order' of a ResumableDataLoader state to be a dict of order parameters, but got "
+            f"{type(saved).__name__}. The checkpoint's loader state is damaged: resume from another checkpoint."
+        )
+    names = [*current, *(name for name in saved if name not in current)]
+    return {
+        str(name): f"{_shown(saved, name)} -> {_shown(current, name)}"
+        for name in names
+        if name not in saved or name not in current or saved[name] != current[name]
+    }
+
+
+def _shown(values: dict[Any, Any], name: object) -> str:
+    return repr(values[name]) if name in values else "(none)"

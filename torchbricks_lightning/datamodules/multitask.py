@@ -17,9 +17,13 @@ How a training epoch is drawn (:class:`MixtureSampler`), from ``(seed, epoch)`` 
 An epoch has ``samples_per_epoch`` samples (default: all the datasets' samples). The sampler is a
 :class:`~torchbricks_lightning.datamodules.ResumableSampler` subclass inside a
 :class:`~torchbricks_lightning.datamodules.ResumableDataLoader`, so an interrupted epoch resumes at the next batch
-and, under DDP, each process takes its share of the same order. Validation and test run over each dataset's split
-in turn, every sample once (:class:`~torchbricks_lightning.datamodules.EvaluationSampler`); each task's metrics
-count the datasets that label it.
+and, under DDP, each process takes its share of the same order. The mixture (the mode, the temperature and the
+datasets' sizes) is saved with the loader's state: resuming an epoch with another mixture, whose order differs, is
+refused with a :class:`~torchbricks_lightning.errors.LoaderStateError` naming what changed.
+
+Validation and test run over each dataset's split in turn, every sample once
+(:class:`~torchbricks_lightning.datamodules.EvaluationSampler`); each task's metrics count the datasets that label
+it.
 
 Compared with Lightning's ``CombinedLoader``: a ``CombinedLoader`` yields, at every step, one batch *from each*
 loader (a dict or tuple of batches, each with its own batch size), and its modes decide when an epoch ends
@@ -112,6 +116,11 @@ class MixtureSampler(ResumableSampler):
     def epoch_length(self) -> int:
         return self.samples_per_epoch or sum(self.sizes)
 
+    def order_parameters(self) -> dict[str, Any]:
+        """The mixture: the sampling mode, its temperature (None unless ``"temperature"``) and the dataset sizes."""
+        temperature = self.temperature if self.sampling == "temperature" else None
+        return {"sampling": self.sampling, "temperature": temperature, "dataset_sizes": list(self.sizes)}
+
     def probabilities(self) -> list[float]:
         """The probability of drawing from each dataset (on average, for ``"round_robin"`` too)."""
         if self.sampling == "round_robin":
@@ -150,10 +159,22 @@ class MixtureSampler(ResumableSampler):
 
 
 class _Filled(Dataset[dict[str, Any]]):
-    """A dataset of dict samples with the labels it lacks filled with their missing values."""
+    """A dataset of dict samples with the labels it lacks filled with their missing values.
 
-    def __init__(self, dataset: Dataset[Any], missing: Mapping[str, torch.Tensor], name: str) -> None:
+    ``declared`` are the names every sample must have (those of the split's first sample): a sample that lacks one
+    is refused, since the batch would lose that name (or take the missing value) without a word.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset[Any],
+        missing: Mapping[str, torch.Tensor],
+        name: str,
+        declared: Sequence[str] = (),
+        split: str = "train",
+    ) -> None:
         self.dataset, self.missing, self.name = dataset, dict(missing), name
+        self.declared, self.split = tuple(declared), split
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -165,7 +186,22 @@ class _Filled(Dataset[dict[str, Any]]):
                 f"MultiTaskDataModule: dataset {self.name!r} yields {type(sample).__name__} samples; it needs dicts of "
                 "named tensors, e.g. {'raw': image, 'targets': label}."
             )
+        lacking = [name for name in self.declared if name not in sample]
+        if lacking:
+            raise ConfigError(
+                f"MultiTaskDataModule: sample {index} of dataset {self.name!r} ({self.split} split) lacks {lacking}, "
+                f"which its first sample has (its names: {list(self.declared)}). The samples of a batch need the same "
+                "names: give an unlabelled sample the missing-label value instead of leaving the key out "
+                "(ignore_index for a class label, NaN for a float target)."
+            )
         return {**sample, **{name: value for name, value in self.missing.items() if name not in sample}}
+
+
+def _first_names(dataset: Dataset[Any], name: str) -> list[str]:
+    """The names of ``dataset``'s first sample (none for an empty dataset)."""
+    if isinstance(dataset, Sized) and not len(dataset):
+        return []
+    return list(_Filled(dataset, {}, name)[0])
 
 
 class MultiTaskDataModule(SplitDataModule):
@@ -184,7 +220,9 @@ class MultiTaskDataModule(SplitDataModule):
 
     Raises:
         ConfigError: no dataset, a bad sampling mode; when set up, a label that is a bool (no missing value) or whose
-            shape differs between datasets; with a Trainer, a name a dataset yields that no brick reads.
+            shape or dtype differs between datasets (int64 class labels would be promoted to the float targets of
+            another dataset); with a Trainer, a name a dataset yields that no brick reads; when loading, a sample
+            that lacks a name the first sample of its dataset's split has.
 
     Example:
         >>> from torchbricks_lightning.datamodules import DigitsDataModule
@@ -257,6 +295,14 @@ class MultiTaskDataModule(SplitDataModule):
                         f"MultiTaskDataModule: {key!r} has shape {tuple(tensor.shape)} in dataset {name!r} but {shape} "
                         f"in {other!r}; samples of all datasets are batched together, so a name needs one shape."
                     )
+                if key in prototypes and prototypes[key][1].dtype != tensor.dtype:
+                    other, dtype = prototypes[key][0], prototypes[key][1].dtype
+                    raise ConfigError(
+                        f"MultiTaskDataModule: {key!r} is {tensor.dtype} in dataset {name!r} but {dtype} in {other!r}; "
+                        "samples of all datasets are batched together, so the batch would convert one to the other "
+                        "(class labels to floats). Give the name one dtype in every dataset, or rename one of them "
+                        "(its head's targets_name=...)."
+                    )
                 prototypes.setdefault(key, (name, tensor))
         missing: dict[str, torch.Tensor] = {}
         for key, (name, tensor) in prototypes.items():
@@ -294,7 +340,12 @@ class MultiTaskDataModule(SplitDataModule):
         if self._missing is None:
             self._find_missing_values()
         missing = self._missing or {}
-        return [_Filled(module.split_dataset(split), missing, name) for name, module in self.datasets.items()]
+        parts: list[Dataset[dict[str, Any]]] = []
+        for name, module in self.datasets.items():
+            dataset = module.split_dataset(split)
+            declared = self._names[name] if split == "train" else _first_names(dataset, name)
+            parts.append(_Filled(dataset, missing, name, declared, split))
+        return parts
 
     def train_dataloader(self) -> DataLoader[Any]:
         parts = self._split("train")

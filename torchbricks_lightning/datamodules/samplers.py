@@ -129,6 +129,11 @@ class ResumableSampler(DistributedSampler[Any]):
         """The number of indices an epoch draws, before padding: the dataset's length (subclasses may differ)."""
         return dataset_length(self.dataset)
 
+    def order_parameters(self) -> dict[str, Any]:
+        """What else decides the order, by name (a subclass's mixture of datasets; nothing here): the loader saves
+        it with its state and refuses to resume mid-epoch when it changed."""
+        return {}
+
     def draw(self, epoch: int) -> list[int]:
         """The order of ``epoch`` before padding and sharding: a permutation drawn from ``(seed, epoch)`` alone, or
         the dataset's order without shuffling. Subclasses draw other orders (a mixture of datasets)."""

@@ -9,16 +9,23 @@ override), and ``L_i`` its training loss of the step (a mean over labelled eleme
   per task: ``total = sum_i w_i (exp(-s_i) L_i / 2 + s_i / 2)``. This is the paper's regression form, used for
   every task as LibMTL does (``losses / (2 * loss_scale.exp()) + loss_scale / 2``). The ``s_i`` are parameters of
   the balancer, itself a submodule of the LightningModule: the optimizer gets them with the model's parameters, and
-  checkpoints save and restore them. The logged weight is ``w_i exp(-s_i) / 2``, the factor of ``L_i``.
+  checkpoints save and restore them. The logged weight is ``w_i exp(-s_i) / 2``, the factor of ``L_i``. A task
+  whose loss is exactly 0 in a step (the masked losses' value for a batch without its labels) is left out of that
+  step: it adds nothing and its ``s_i`` gets no gradient. Each ``s_i`` is kept within ``[-B, B]``
+  (``log_variance_bound``, 10 by default).
 - :class:`DynamicWeightAverage` (Liu, Johns and Davison, CVPR 2019): ``total = sum_i w_i lambda_i L_i`` with
   ``lambda_i = K exp(r_i / T) / sum_k exp(r_k / T)``, ``r_i = L_i(t-1) / L_i(t-2)`` the ratio of the task's mean
   training loss over the last two epochs, ``K`` the number of balanced tasks and ``T`` the temperature (2 in the
   paper); ``lambda_i = 1`` in the first two epochs. The epoch means are those logged as ``train/{loss}_epoch``
-  (over labelled elements and every process). The two last means and the current weights are buffers: checkpoints
+  (over labelled elements and every process). A task whose mean is missing, not finite or not positive in either of
+  the two last epochs (a task without labels in an epoch) has no ratio: it takes ``lambda_i = 1``, and the tasks
+  with a ratio share the rest of ``K``. The two last means and the current weights are buffers: checkpoints
   carry them, so a resumed run continues with the same weights.
 
 A balancer names the losses it balances (default: every loss of the training stage); the others keep
-``w_i L_i``. Every balancer reports its per-task weights, which the module logs as ``train/balance/{loss}``.
+``w_i L_i``. Every balancer reports its per-task weights, which the module logs as ``train/balance/{loss}``, and
+describes its state in words (:meth:`LossBalancer.describe_state`) for the error raised when a total is not finite.
+Every balancer stays finite through a task that has no labels for a step or a whole epoch.
 Gradient-level balancing (:class:`~torchbricks_lightning.multitask.gradient.PCGrad`) is a balancer too.
 """
 
@@ -36,7 +43,17 @@ from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.core.stages import Stage
 from torchbricks_lightning.errors import BrickDefinitionError, ConfigError, did_you_mean
 
-__all__ = ["DynamicWeightAverage", "LossBalancer", "StaticWeights", "UncertaintyWeighting"]
+__all__ = ["DynamicWeightAverage", "LossBalancer", "StaticWeights", "UncertaintyWeighting", "format_values"]
+
+
+def format_values(values: Mapping[str, float]) -> str:
+    """``{name: value}`` with 6 significant digits, for the descriptions of balancer states.
+
+    Example:
+        >>> format_values({"age/loss": 0.123456789, "digit/loss_ce": float("nan")})
+        "{'age/loss': 0.123457, 'digit/loss_ce': nan}"
+    """
+    return "{" + ", ".join(f"{name!r}: {float(value):.6g}" for name, value in values.items()) + "}"
 
 
 class LossBalancer(nn.Module):
@@ -146,6 +163,27 @@ class LossBalancer(nn.Module):
         """The values the module logs under ``train/balance/``: the weights by default."""
         return self.weights()
 
+    def describe_state(self) -> str:
+        """The balancer and its current state in one line, for an error message (e.g. a total that is not finite).
+
+        Example:
+            >>> from torch import nn
+            >>> from torchbricks_lightning import BrickCollection, BrickLoss
+            >>> collection = BrickCollection({
+            ...     "a": BrickLoss(nn.L1Loss(), input_names=["x", "y"], output_names=["l1"], loss_weight=2.0),
+            ... })
+            >>> balancer = StaticWeights()
+            >>> balancer.setup(collection, collection.loss_weights())
+            >>> balancer.describe_state()
+            "StaticWeights: weights {'l1': 2}"
+        """
+        weights = {name: float(value) for name, value in self.weights().items()}
+        return f"{type(self).__name__}: weights {format_values(weights)}{self.state_details()}"
+
+    def state_details(self) -> str:
+        """What :meth:`describe_state` adds after the weights (subclasses: their state, starting with ``'; '``)."""
+        return ""
+
     def extra_repr(self) -> str:
         return f"loss_names={list(self.loss_names or self.requested_names or [])}"
 
@@ -176,9 +214,23 @@ class UncertaintyWeighting(LossBalancer):
     loss (the parameter ``log_variances``). At its optimum ``exp(s_i) = L_i``: each task is weighted by the inverse
     of its loss. The logged weight of task ``i`` is ``w_i exp(-s_i) / 2``.
 
+    **A task without labels.** Its masked loss is exactly 0 in that step, and ``d total / d s_i`` would be ``w_i / 2``
+    whatever happened before: a task left unlabelled for 400 steps reached a weight of 2.4e8, and its first labelled
+    batch then dominated the total. So a task whose loss is exactly 0 is left out of the step: it adds 0 to the total
+    and its ``s_i`` gets no gradient (its weight stays where it was).
+
+    **The bound.** Each ``s_i`` is projected onto ``[-B, B]`` before every step (``B = log_variance_bound``), so a
+    weight stays within ``w_i exp(-B) / 2`` and ``w_i exp(B) / 2`` (with ``B = 10``, a factor of 2.2e4 from ``w_i /
+    2``). ``s_i`` only reaches the bound when the task's loss is below ``exp(-B)`` (4.5e-5) or above ``exp(B)``
+    (2.2e4) for a long run of steps, where the paper's weight ``1 / L_i`` is no longer a useful one: a task that is
+    solved, or whose loss is 0 for another reason than missing labels, then weighs at most ``exp(B) / 2`` times its
+    loss. Inside the bound the formula is unchanged, and a projection (not a clamp inside the formula) keeps the
+    gradient of ``s_i``, so it moves back once the loss does.
+
     Args:
         loss_names: the losses to balance (default: every training loss).
-        initial_log_variance: the starting ``s_i`` (0: every weight starts at ``w_i / 2``).
+        initial_log_variance: the starting ``s_i`` (0: every weight starts at ``w_i / 2``), within the bound.
+        log_variance_bound: ``B`` above, > 0.
 
     Example:
         >>> from torch import nn
@@ -193,15 +245,30 @@ class UncertaintyWeighting(LossBalancer):
         tensor(2., grad_fn=<SumBackward0>)
         >>> [name for name, _ in balancer.named_parameters()]
         ['log_variances']
+        >>> balancer({"l1": torch.tensor(0.0), "l2": torch.tensor(3.0)})  # no label for l1: left out
+        tensor(1.5000, grad_fn=<SumBackward0>)
     """
 
     log_every_step: ClassVar[bool] = True
 
-    def __init__(self, loss_names: Sequence[str] | None = None, initial_log_variance: float = 0.0) -> None:
+    def __init__(
+        self,
+        loss_names: Sequence[str] | None = None,
+        initial_log_variance: float = 0.0,
+        log_variance_bound: float = 10.0,
+    ) -> None:
         super().__init__(loss_names)
-        if not math.isfinite(initial_log_variance):
-            raise ConfigError(f"Expected a finite initial_log_variance, but got {initial_log_variance!r}.")
+        if not (isinstance(log_variance_bound, (int, float)) and math.isfinite(log_variance_bound)):
+            raise ConfigError(f"Expected a finite log_variance_bound > 0, but got {log_variance_bound!r}.")
+        if log_variance_bound <= 0:
+            raise ConfigError(f"Expected a finite log_variance_bound > 0, but got {log_variance_bound!r}.")
+        if not math.isfinite(initial_log_variance) or abs(initial_log_variance) > log_variance_bound:
+            raise ConfigError(
+                f"Expected a finite initial_log_variance within [-{log_variance_bound}, {log_variance_bound}] "
+                f"(log_variance_bound), but got {initial_log_variance!r}."
+            )
         self.initial_log_variance = float(initial_log_variance)
+        self.log_variance_bound = float(log_variance_bound)
         # Sized at set-up, when the balanced losses are known; empty (and not yet optimised) before.
         self.log_variances = nn.Parameter(torch.zeros(0))
 
@@ -211,14 +278,26 @@ class UncertaintyWeighting(LossBalancer):
 
     def forward(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
         stacked = self._check_set_up(losses)
+        with torch.no_grad():  # the projection onto [-B, B] (the optimizer's last step may have left it)
+            self.log_variances.clamp_(-self.log_variance_bound, self.log_variance_bound)
         s = self.log_variances.to(stacked.dtype)
         terms = self._weights_tensor(stacked) * (torch.exp(-s) * stacked + s) * 0.5
+        # A loss of exactly 0 (no label in the batch) is left out: its term, finite since s_i is bounded, times 0, so
+        # no gradient reaches s_i (a NaN loss is not 0: it stays in, and the module's check catches it).
+        terms = terms * (stacked.detach() != 0)
         return self._add_others(terms.sum(), losses)
+
+    def _bounded(self) -> torch.Tensor:
+        return self.log_variances.detach().float().clamp(-self.log_variance_bound, self.log_variance_bound)
 
     def weights(self) -> dict[str, torch.Tensor]:
         weights: torch.Tensor = self.__dict__["_balanced_weights"].to(self.log_variances.device)
-        factors = (weights * torch.exp(-self.log_variances.detach().float()) * 0.5).unbind()
+        factors = (weights * torch.exp(-self._bounded()) * 0.5).unbind()
         return dict(zip(self.loss_names, factors, strict=True))
+
+    def state_details(self) -> str:
+        values = dict(zip(self.loss_names, self.log_variances.detach().float().tolist(), strict=True))
+        return f"; log_variances {format_values(values)} (bound {self.log_variance_bound:g})"
 
 
 class DynamicWeightAverage(LossBalancer):
@@ -227,6 +306,12 @@ class DynamicWeightAverage(LossBalancer):
     ``lambda_i = K exp(r_i / T) / sum_k exp(r_k / T)`` with ``r_i = L_i(t-1) / L_i(t-2)`` (the task's epoch mean
     training loss one and two epochs ago); 1 for every task in the first two epochs. ``total = sum_i w_i lambda_i
     L_i``. A task whose loss falls slower gets more weight.
+
+    **A task without a ratio.** A task whose epoch mean is missing (no labels in the epoch), not finite or not
+    positive, in either of the two last epochs, has no ``r_i`` (the ratio would be ``0 / 0`` or ``x / 0``, and one NaN
+    turns every weight into NaN through the softmax). It takes ``lambda_i = 1``, the weight of the first epochs, and
+    the ``K'`` tasks with a ratio get ``K' exp(r_i / T) / sum_k exp(r_k / T)`` over themselves, so the weights still
+    sum to ``K``. A missing mean is recorded as 0 in ``history``.
 
     Args:
         loss_names: the losses to balance (default: every training loss).
@@ -247,6 +332,10 @@ class DynamicWeightAverage(LossBalancer):
         >>> balancer.on_train_epoch_start()
         >>> {name: round(float(weight), 4) for name, weight in balancer.weights().items()}
         {'l1': 0.8756, 'l2': 1.1244}
+        >>> balancer.on_train_epoch_end({"l2": 0.5})  # no mean for l1: it falls back to 1
+        >>> balancer.on_train_epoch_start()
+        >>> {name: round(float(weight), 4) for name, weight in balancer.weights().items()}
+        {'l1': 1.0, 'l2': 1.0}
     """
 
     history: torch.Tensor
@@ -277,18 +366,30 @@ class DynamicWeightAverage(LossBalancer):
         if int(self.epochs_seen) < 2:
             self.lambdas.fill_(1.0)
             return
-        ratios = self.history[1] / self.history[0]
-        lambdas = len(self.loss_names) * torch.softmax(ratios / self.temperature, dim=0)
+        before, last = self.history[0], self.history[1]
+        usable = torch.isfinite(before) & torch.isfinite(last) & (before > 0) & (last > 0)
+        lambdas = torch.ones_like(before)  # a task without a ratio: the weight of the first epochs
+        if bool(usable.any()):
+            ratios = last[usable] / before[usable]
+            lambdas[usable] = int(usable.sum()) * torch.softmax(ratios / self.temperature, dim=0)
         self.lambdas.copy_(lambdas.to(self.lambdas.dtype))
 
     def on_train_epoch_end(self, epoch_means: Mapping[str, float]) -> None:
-        latest = self.history[1].clone()  # a loss missing this epoch keeps its last mean
+        latest = torch.zeros_like(self.history[1])  # 0: a missing mean, which gives the task no ratio
         for index, name in enumerate(self.loss_names):
-            if name in epoch_means and math.isfinite(epoch_means[name]):
-                latest[index] = float(epoch_means[name])
+            value = float(epoch_means.get(name, 0.0))
+            if math.isfinite(value) and value > 0:
+                latest[index] = value
         self.history[0].copy_(self.history[1])
         self.history[1].copy_(latest)
         self.epochs_seen.add_(1)
+
+    def state_details(self) -> str:
+        means = [format_values(dict(zip(self.loss_names, row, strict=True))) for row in self.history.tolist()]
+        return (
+            f"; epoch means two epochs ago {means[0]}, one epoch ago {means[1]} (0: missing), "
+            f"{int(self.epochs_seen)} epochs seen, temperature {self.temperature:g}"
+        )
 
     def weights(self) -> dict[str, torch.Tensor]:
         base: torch.Tensor = self.__dict__["_balanced_weights"].to(self.lambdas.device)

@@ -44,7 +44,7 @@ from torchbricks_lightning.core.graph import BrickNode, StagePlan
 from torchbricks_lightning.core.names import ALL_INPUTS
 from torchbricks_lightning.core.stages import Stage
 from torchbricks_lightning.errors import ConfigError, did_you_mean
-from torchbricks_lightning.multitask.balancers import LossBalancer
+from torchbricks_lightning.multitask.balancers import LossBalancer, format_values
 
 __all__ = ["PCGrad", "pcgrad_coefficients", "readers_by_task"]
 
@@ -312,6 +312,13 @@ class PCGrad(LossBalancer):
         values = {task: torch.tensor(value) for task, value in coefficients}
         values["conflicts"] = torch.tensor(float(self.last_conflicts))
         return values
+
+    def state_details(self) -> str:
+        coefficients = format_values(dict(zip(self.branch_tasks, self.last_coefficients, strict=True)))
+        return (
+            f"; shared tensor {self.shared_name!r}, last step's coefficients {coefficients} with "
+            f"{self.last_conflicts} conflicting pairs, {int(self.steps)} projected steps"
+        )
 
     def extra_repr(self) -> str:
         return f"shared_name={self.shared_name!r}, {super().extra_repr()}"

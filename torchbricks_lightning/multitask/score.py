@@ -4,11 +4,16 @@
 ``M_t`` the model's value, ``B_t`` the baseline's (usually a single-task model's) and ``l_t = 1`` when lower is
 better (an error), 0 when higher is better (an accuracy). Positive: better than the baselines on average, in
 percent.
+
+A metric that is NaN is missing (the metrics of the bag of bricks report NaN for a task without a labelled element
+in the epoch): Δm leaves it out, so ``T`` counts the metrics that have a value, and warns once per metric, naming it.
+Counting such a task as an accuracy of 0 would add -100% for it.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Mapping
 
 import torch
@@ -36,6 +41,13 @@ class DeltaM:
         >>> score = DeltaM({"digit/accuracy": 0.9, "age/mae": 2.0}, higher_is_better={"age/mae": False})
         >>> score({"digit/accuracy": torch.tensor(0.99), "age/mae": torch.tensor(1.5), "other": torch.tensor(1.0)})
         tensor(17.5000)
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     score({"digit/accuracy": torch.tensor(float("nan")), "age/mae": torch.tensor(1.5)})
+        tensor(25.)
+        >>> print(caught[0].message)  # doctest: +ELLIPSIS
+        Δm leaves out the metric 'digit/accuracy': it is NaN, ...
     """
 
     def __init__(self, baselines: Mapping[str, float], higher_is_better: Mapping[str, bool] | None = None) -> None:
@@ -56,6 +68,7 @@ class DeltaM:
             )
         self.baselines = {str(key): float(value) for key, value in baselines.items()}
         self.higher_is_better = {key: bool(directions.get(key, True)) for key in self.baselines}
+        self.warned: set[str] = set()  # the missing metrics already named in a warning
 
     def check_keys(self, metric_keys: Iterable[str]) -> None:
         """Raise :class:`ConfigError` if a baseline names a metric the collection does not report."""
@@ -69,17 +82,33 @@ class DeltaM:
                 )
 
     def __call__(self, metrics: Mapping[str, torch.Tensor | float]) -> torch.Tensor:
-        """Δm in percent over the metrics named by the baselines (those present in ``metrics``; NaN if none)."""
+        """Δm in percent over the metrics named by the baselines (those present in ``metrics`` and not NaN; NaN if
+        none). A NaN metric (a task without labels) is left out, with a warning the first time."""
         gains = []
         for key, baseline in self.baselines.items():
             if key not in metrics:
                 continue
             value = float(metrics[key])
+            if math.isnan(value):
+                self._warn_missing(key)
+                continue
             sign = 1.0 if self.higher_is_better[key] else -1.0
             gains.append(sign * (value - baseline) / abs(baseline))
         if not gains:
             return torch.tensor(float("nan"))
         return torch.tensor(100.0 * sum(gains) / len(gains))
+
+    def _warn_missing(self, key: str) -> None:
+        if key in self.warned:
+            return
+        self.warned.add(key)
+        warnings.warn(
+            f"Δm leaves out the metric {key!r}: it is NaN, so its task had no labelled element in the epoch (a "
+            "missing value, not 0). Δm is the mean over the other metrics with a baseline. Give that task labels in "
+            "the evaluation data, or drop its baseline from DeltaM. (Said once per metric.)",
+            UserWarning,
+            stacklevel=3,
+        )
 
     def __repr__(self) -> str:
         return f"DeltaM(baselines={self.baselines}, higher_is_better={self.higher_is_better})"
