@@ -351,7 +351,8 @@ def load_resume_state(
                 f"this run has {world}: each process's share of that epoch's batches and metric states is gone. "
                 f"Resume with {saved_world} processes, or from a checkpoint written at the end of an epoch."
             )
-        restore_metric_states(collection, state["metric_states"][rank], Stage.TRAIN)
+        if state.get("metric_states") is not None:
+            restore_metric_states(collection, state["metric_states"][rank], Stage.TRAIN)
         restore_loss_states(loss_means, state["loss_states"][rank], Stage.TRAIN, device)
         batches = state["batches_this_epoch"]
     rng_states = state["rng_states"]
@@ -402,9 +403,12 @@ def _checked(state: object) -> Mapping[str, Any]:
         problems = [
             f"{name!r} does not hold the states of {state['world_size']} processes"
             for name in ("metric_states", "loss_states")
-            if not isinstance(state.get(name), list)
-            or len(state[name]) != state["world_size"]
-            or not all(isinstance(entry, Mapping) for entry in state[name])
+            if not (name == "metric_states" and state.get(name) is None)  # None: restore no metric states
+            and (
+                not isinstance(state.get(name), list)
+                or len(state[name]) != state["world_size"]
+                or not all(isinstance(entry, Mapping) for entry in state[name])
+            )
         ]
     if problems:
         problem = "; ".join(problems)
