@@ -154,9 +154,16 @@ class LightningBrickCollection(pl.LightningModule):
         check_logged_names(brick_collection)  # a loss named 'loss', a metric named like a loss
         self.lr = lr  # read and set by Lightning's LR finder
         self.optimisation = Optimisation(
-            brick_collection, optimizer, lr_scheduler, lr_scheduler_interval, lr_scheduler_monitor,
-            param_groups, lr, decay_norms_and_biases, unfreeze,
-        )  # fmt: skip
+            brick_collection,
+            optimizer,
+            lr_scheduler,
+            lr_scheduler_interval,
+            lr_scheduler_monitor,
+            param_groups,
+            lr,
+            decay_norms_and_biases,
+            unfreeze,
+        )
         self.check_finite_loss = check_finite_loss
         self.compile_model = compile_model
         self.compile_kwargs: dict[str, Any] = dict(compile_kwargs or {})
