@@ -353,38 +353,13 @@ def test_a_mid_epoch_checkpoint_holds_the_loss_means(mid_epoch_checkpoint: Path)
     assert torch.equal(losses["loss"]["state"]["mean_value"], losses["head/loss_ce"]["state"]["mean_value"])
 
 
-def test_resuming_from_a_version_1_checkpoint_warns_that_the_loss_means_are_missing(
-    mid_epoch_checkpoint: Path, tmp_path: Path
-) -> None:
-    checkpoint = torch.load(mid_epoch_checkpoint, weights_only=True)
-    checkpoint[RESUME_STATE_KEY]["version"] = 1
-    del checkpoint[RESUME_STATE_KEY]["loss_states"]
-    old = tmp_path / "version1.ckpt"
-    torch.save(checkpoint, old)
-    trainer = pl.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
-    module = _tiny_module()
-    with pytest.warns(UserWarning, match=r"holds no loss means.*cover only that epoch's batches after the resume"):
-        trainer.fit(module, datamodule=DigitsDataModule(batch_size=64), ckpt_path=old)
-    assert trainer.global_step == 19
-    (head_states,) = collect_metric_states(module.brick_collection)["head/metrics"].values()
-    assert head_states["update_count"] == 0, "the end of the epoch computed and reset the restored metrics"
-
-
 def test_a_checkpoint_of_another_resume_state_version_is_refused(mid_epoch_checkpoint: Path, tmp_path: Path) -> None:
     checkpoint = torch.load(mid_epoch_checkpoint, weights_only=True)
     checkpoint[RESUME_STATE_KEY]["version"] = 99
     other = tmp_path / "version99.ckpt"
     torch.save(checkpoint, other)
     trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False)
-    with pytest.raises(ResumeStateError, match=r"not a resume state of version \[1, 2\].*another torchbricks"):
+    with pytest.raises(ResumeStateError, match=r"not a resume state of version \[2\].*another torchbricks"):
         trainer.fit(_tiny_module(), datamodule=DigitsDataModule(batch_size=64), ckpt_path=other)
 
 

@@ -7,12 +7,10 @@ from torchbricks_lightning.checkpoints.reading import (
     UntrustedCheckpointError,
     load_brick_collection_weights,
 )
-from torchbricks_lightning.lightning.logging import warning_filters
+from torchbricks_lightning.lightning.logging import warning_filters as warning_filters  # installed by the module
 from torchbricks_lightning.lightning.module import LightningBrickCollection, LossNotFiniteError
 from torchbricks_lightning.lightning.preflight import check_one_batch
 from torchbricks_lightning.lightning.state.resume import ResumeStateError
-
-warning_filters.install()  # warnings from inside Lightning that no user can act on
 
 __all__ = [
     "CheckpointError",

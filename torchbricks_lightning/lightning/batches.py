@@ -50,6 +50,7 @@ __all__ = [
     "failing_brick",
     "is_empty_batch",
     "name_batch",
+    "no_training_loss_error",
     "samples_in",
     "warn_empty_batch",
 ]
@@ -196,4 +197,13 @@ def warn_empty_batch(stage: Stage, batch_idx: int) -> None:
         "filter or a collate function can leave a batch without samples.",
         EmptyBatchWarning,
         stacklevel=2,
+    )
+
+
+def no_training_loss_error(collection: BrickCollection) -> ConfigError:
+    """The error for a batch that gives nothing to optimise: no loss is alive in training (raised by the training
+    step and by the pre-fit check)."""
+    return ConfigError(
+        "No loss is alive in the 'train' stage, so there is nothing to optimise. Add a BrickLoss alive in "
+        f"'train' (the collection produces {collection.output_names(Stage.TRAIN)})."
     )

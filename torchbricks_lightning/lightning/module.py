@@ -5,46 +5,35 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 
-from torchbricks_lightning.checkpoints.reading import brick_state_dict, check_state_fits, load_module_checkpoint
-from torchbricks_lightning.core.collection import BrickCollection, BrickTree
+from torchbricks_lightning.checkpoints.reading import load_module_checkpoint
+from torchbricks_lightning.core.bricks import LOSS_STAGES
 from torchbricks_lightning.core.stages import Stage
-from torchbricks_lightning.errors import BrickDefinitionError, ConfigError, LossNotFiniteError
+from torchbricks_lightning.errors import BrickDefinitionError, LossNotFiniteError
 from torchbricks_lightning.lightning.batches import (
     add_batch_names_note,
     is_empty_batch,
     name_batch,
+    no_training_loss_error,
     samples_in,
     warn_empty_batch,
 )
-from torchbricks_lightning.lightning.brick_arguments import BricksArgument
-from torchbricks_lightning.lightning.logging.epoch import log_epoch, log_step_losses
-from torchbricks_lightning.lightning.logging.keys import check_fit_keys, check_logged_names
+from torchbricks_lightning.lightning.brick_arguments import BricksArgument, as_collection, checked_loss_weights
+from torchbricks_lightning.lightning.logging import warning_filters
+from torchbricks_lightning.lightning.logging.epoch import LossLogging
+from torchbricks_lightning.lightning.logging.keys import check_fit_keys, check_logged_names, logged_keys, monitored_keys
 from torchbricks_lightning.lightning.logging.losses import LossMeans
-from torchbricks_lightning.lightning.optim.optimizers import configure_optimizers as configure_brick_optimizers
-from torchbricks_lightning.lightning.optim.optimizers import optimisation_callbacks, plan_optimisation
+from torchbricks_lightning.lightning.optim.optimizers import Optimisation, OptimisationPlan
 from torchbricks_lightning.lightning.predictions import PredictionOutputs
-from torchbricks_lightning.lightning.state.example_inputs import (
-    EXAMPLE_INPUTS_KEY,
-    example_tensors,
-    record_example_inputs,
-    stored_example_inputs,
-)
-from torchbricks_lightning.lightning.state.resume import attached_trainer, load_resume_state, save_resume_state
-from torchbricks_lightning.lightning.task_balancing import (
-    LabelledCounts,
-    check_multitask_arguments,
-    drop_balancer_state,
-    end_balancer_epoch,
-    log_balance,
-)
+from torchbricks_lightning.lightning.state.checkpoint import CheckpointState
+from torchbricks_lightning.lightning.state.example_inputs import EXAMPLE_INPUTS_KEY, example_tensors
+from torchbricks_lightning.lightning.task_balancing import MultiTask
 from torchbricks_lightning.multitask.balancers import LossBalancer
-from torchbricks_lightning.multitask.labels import scale_to_global_counts
 from torchbricks_lightning.multitask.score import DeltaM
 
 __all__ = [
@@ -115,6 +104,12 @@ class LightningBrickCollection(pl.LightningModule):
         predict_output_names: what ``predict_step`` returns; default: the inference stage's terminal outputs (the
             values no alive brick reads, such as ``head/probabilities``), not the inputs and intermediate tensors.
 
+    The module is a thin orchestrator: its hooks call the components that own the state, :class:`~torchbricks_lightning.
+    lightning.logging.epoch.LossLogging` (losses and epoch logs), :class:`~torchbricks_lightning.lightning.optim.
+    optimizers.Optimisation` (groups, optimiser, scheduler, unfreeze), :class:`~torchbricks_lightning.lightning.state.
+    checkpoint.CheckpointState` (what a checkpoint carries beyond weights) and :class:`~torchbricks_lightning.
+    lightning.task_balancing.MultiTask` (balancer, Δm, labelled counts).
+
     Example:
         >>> from torch import nn
         >>> from torchbricks_lightning import BrickLoss, BrickTrainable
@@ -150,50 +145,55 @@ class LightningBrickCollection(pl.LightningModule):
         if isinstance(batch_names, tuple):
             batch_names = list(batch_names)  # saved from this frame: hparams.yaml stays plain YAML (yaml.safe_load)
         self.save_hyperparameters(ignore=list(_OBJECT_ARGUMENTS))
-        if isinstance(brick_collection, Mapping) and not isinstance(brick_collection, BrickCollection):
-            brick_collection = BrickCollection(cast(BrickTree, brick_collection))  # it checks each value itself
-        if not isinstance(brick_collection, BrickCollection):
-            raise BrickDefinitionError(
-                "Expected brick_collection to be a BrickCollection or a dict of bricks, but got "
-                f"{type(brick_collection).__name__}."
-            )
+        brick_collection = as_collection(brick_collection)
         if isinstance(batch_names, str) or not all(isinstance(name, str) for name in batch_names):
             raise BrickDefinitionError(f"Expected batch_names to be a list of names, but got {batch_names!r}.")
-        if lr_scheduler_interval not in ("epoch", "step"):
-            raise ConfigError(
-                f"Expected lr_scheduler_interval to be 'epoch' or 'step', but got {lr_scheduler_interval!r}."
-            )
         self.brick_collection = brick_collection
-        self.optimizer_factory = optimizer
-        self.lr_scheduler_factory = lr_scheduler
-        self.lr_scheduler_interval = lr_scheduler_interval
-        self.lr_scheduler_monitor = lr_scheduler_monitor
         self.batch_names = tuple(batch_names)
-        self.loss_weights = dict(loss_weights) if loss_weights else None
-        if self.loss_weights:
-            known = brick_collection.loss_weights()
-            unknown = [name for name in self.loss_weights if name not in known]
-            if unknown:
-                raise ConfigError(
-                    f"loss_weights names unknown losses {unknown}; the collection's losses are {list(known)}."
-                )
+        self.loss_weights = checked_loss_weights(brick_collection, loss_weights)
         check_logged_names(brick_collection)  # a loss named 'loss', a metric named like a loss
         self.lr = lr  # read and set by Lightning's LR finder
-        self.optimisation_plan = plan_optimisation(
-            brick_collection, optimizer, param_groups, lr, decay_norms_and_biases, unfreeze
+        self.optimisation = Optimisation(
+            brick_collection,
+            optimizer,
+            lr_scheduler,
+            lr_scheduler_interval,
+            lr_scheduler_monitor,
+            param_groups,
+            lr,
+            decay_norms_and_biases,
+            unfreeze,
         )
         self.check_finite_loss = check_finite_loss
         self.compile_model = compile_model
         self.compile_kwargs: dict[str, Any] = dict(compile_kwargs or {})
         self.predict_outputs = PredictionOutputs(brick_collection, predict_output_names)
-        self.example_inputs: dict[str, dict[str, Any]] = {}
-        self.loss_means = LossMeans()
-        check_multitask_arguments(brick_collection, self.loss_weights, loss_balancer, delta_m)
+        self.checkpoint_state = CheckpointState()
+        self.loss_means = LossMeans()  # a submodule: moves with the module; logged as Metric objects from it
+        self.loss_logging = LossLogging(self.loss_means, "loss_means", self.loss_weights)
+        self.multitask = MultiTask(brick_collection, self.loss_weights, loss_balancer, delta_m)
         self.loss_balancer = loss_balancer  # a submodule: its parameters and buffers are trained and checkpointed
         self.delta_m = delta_m
-        self.labelled_counts = LabelledCounts()
-        self.warned_keys: set[str] = set()  # keys already warned about (one warning each)
         self.__dict__["_compiled"] = None
+
+    @property
+    def example_inputs(self) -> dict[str, dict[str, Any]]:
+        """The shape and dtype of each export input seen in training (recorded in checkpoints)."""
+        return self.checkpoint_state.example_inputs
+
+    @example_inputs.setter
+    def example_inputs(self, value: dict[str, dict[str, Any]]) -> None:
+        self.checkpoint_state.example_inputs = value
+
+    @property
+    def optimisation_plan(self) -> OptimisationPlan:
+        """The parameter groups and unfreeze schedule, checked at construction."""
+        return self.optimisation.plan
+
+    @property
+    def lr_scheduler_monitor(self) -> str | None:
+        """The logged value the scheduler watches."""
+        return self.optimisation.lr_scheduler_monitor
 
     # ---------------------------------------------------------------------------------------- running
     def _run(self, named_inputs: Mapping[str, Any], stage: Stage) -> dict[str, Any]:
@@ -220,31 +220,27 @@ class LightningBrickCollection(pl.LightningModule):
         self, batch: Any, stage: Stage, batch_idx: int
     ) -> tuple[dict[str, Any], torch.Tensor | None] | None:
         named_inputs = self.named_inputs_of(batch, stage)
+        collection = self.brick_collection
         if is_empty_batch(named_inputs):  # its mean losses are NaN: skip it (lightning/batches.py)
+            self.checkpoint_state.see_batch(collection, None, training=stage is Stage.TRAIN)
             warn_empty_batch(stage, batch_idx)
             return None
-        if not self.example_inputs:
-            self.example_inputs = record_example_inputs(self.brick_collection, named_inputs)
-        balancer = self.loss_balancer
+        self.checkpoint_state.see_batch(collection, named_inputs, training=stage is Stage.TRAIN)
         try:
-            if stage is Stage.TRAIN and balancer is not None:
-                with balancer.training_pass():  # a gradient-level balancer branches the shared tensor in this pass
+            if stage is Stage.TRAIN:
+                with self.multitask.training_pass():  # a gradient-level balancer branches the shared tensor here
                     named_outputs = self._run(named_inputs, stage)
             else:
                 named_outputs = self._run(named_inputs, stage)
         except Exception as err:
-            add_batch_names_note(err, batch, self.batch_names, self.brick_collection)  # how a tuple batch was named
+            add_batch_names_note(err, batch, self.batch_names, collection)  # how a tuple batch was named
             raise
-        losses = self.brick_collection.extract_losses(named_outputs)
+        losses = collection.extract_losses(named_outputs)
         if not losses:
             return named_outputs, None
-        counts = self.labelled_counts(self.brick_collection, named_outputs)
-        optimised = scale_to_global_counts(losses, counts) if stage is Stage.TRAIN and counts else losses
-        if stage is Stage.TRAIN and balancer is not None:
-            total = balancer(optimised)
-        else:
-            total = self.brick_collection.total_loss(optimised, self.loss_weights)  # the losses only, found once
-        log_step_losses(self, stage, losses, optimised, total, samples_in(named_inputs), counts)
+        counts = self.multitask.labelled_counts(collection, named_outputs)
+        optimised, total = self.multitask.total(collection, stage, losses, counts)
+        self.loss_logging.add_step(self, stage, losses, optimised, total, samples_in(named_inputs), counts)
         return named_outputs, total
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
@@ -253,10 +249,7 @@ class LightningBrickCollection(pl.LightningModule):
             return None  # an empty batch: Lightning skips the optimisation step
         named_outputs, total = step
         if total is None:
-            raise ConfigError(
-                "No loss is alive in the 'train' stage, so there is nothing to optimise. Add a BrickLoss alive in "
-                f"'train' (the collection produces {self.brick_collection.output_names(Stage.TRAIN)})."
-            )
+            raise no_training_loss_error(self.brick_collection)
         if self.check_finite_loss and not math.isfinite(total.item()):  # one sync, as bool(isfinite) would be
             losses = self.brick_collection.extract_losses(named_outputs)
             bad = {name: float(value.detach()) for name, value in losses.items() if not bool(torch.isfinite(value))}
@@ -282,17 +275,19 @@ class LightningBrickCollection(pl.LightningModule):
         return self.predict_outputs.pick(self.brick_collection, named_outputs)
 
     def setup(self, stage: str) -> None:
+        own = logged_keys(self.brick_collection, LOSS_STAGES)  # Lightning's sync advice is wrong for these only
+        warning_filters.install([*own.keys, *self.multitask.also_logged_keys()], per_class=own.vectors_or_numbers)
         if stage == "fit":  # a typo in a monitored key, found before training rather than after the first epoch
+            trainer = self.trainer
             check_fit_keys(
-                self.brick_collection, self.trainer, self.lr_scheduler_monitor, also_logged=self.also_logged_keys()
+                self.brick_collection, trainer, self.lr_scheduler_monitor, also_logged=self.also_logged_keys()
             )
+            watched = [key for _, key in monitored_keys(trainer, self.lr_scheduler_monitor)]
+            self.loss_logging.watch(trainer.callbacks, watched)  # type: ignore[attr-defined]
 
     def also_logged_keys(self) -> list[str]:
         """Keys (or prefixes ending in ``/``) logged besides the bricks' losses and metrics, for the key checks."""
-        return [
-            *(["train/balance/"] if self.loss_balancer is not None else []),
-            *(["validation/delta_m"] if self.delta_m is not None else []),
-        ]
+        return self.multitask.also_logged_keys()
 
     # ---------------------------------------------------------------------------------------- metrics
     # Each stage starts its epoch from empty metrics and loss means, so a run that stopped mid-epoch in this process
@@ -300,64 +295,57 @@ class LightningBrickCollection(pl.LightningModule):
     # on_train_epoch_start, so the states restored from the checkpoint are kept.
     def on_train_epoch_start(self) -> None:
         self.brick_collection.reset_metrics(Stage.TRAIN)
-        self.loss_means.reset(Stage.TRAIN)
-        if self.loss_balancer is not None:
-            self.loss_balancer.on_train_epoch_start()
+        self.loss_logging.start_epoch(Stage.TRAIN)
+        self.checkpoint_state.start_train_epoch()
+        self.multitask.start_train_epoch()
 
     def on_validation_epoch_start(self) -> None:
         self.brick_collection.reset_metrics(Stage.VALIDATION)
-        self.loss_means.reset(Stage.VALIDATION)
+        self.loss_logging.start_epoch(Stage.VALIDATION)
 
     def on_test_epoch_start(self) -> None:
         self.brick_collection.reset_metrics(Stage.TEST)
-        self.loss_means.reset(Stage.TEST)
-
-    def on_train_epoch_end(self) -> None:
-        log_epoch(self, Stage.TRAIN)
-        if self.loss_balancer is not None:
-            end_balancer_epoch(self, self.loss_balancer, self.loss_means)
+        self.loss_logging.start_epoch(Stage.TEST)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.loss_balancer is not None and self.loss_balancer.log_every_step:
-            log_balance(self, self.loss_balancer, on_step=True)
+        # After every callback's on_train_batch_end, right before Lightning writes the step's logs.
+        self.loss_logging.log_step_values(self, self.trainer)
+        self.multitask.log_step(self, self.trainer)
+
+    def on_train_epoch_end(self) -> None:
+        self.loss_logging.end_epoch(self, self.trainer, self.brick_collection, Stage.TRAIN)
+        self.multitask.end_train_epoch(self, self.loss_means)
 
     def on_validation_epoch_end(self) -> None:
-        log_epoch(self, Stage.VALIDATION)
+        metrics = self.loss_logging.end_epoch(self, self.trainer, self.brick_collection, Stage.VALIDATION)
+        self.multitask.log_delta_m(self, metrics)
 
     def on_test_epoch_end(self) -> None:
-        log_epoch(self, Stage.TEST)
+        self.loss_logging.end_epoch(self, self.trainer, self.brick_collection, Stage.TEST)
 
     # ---------------------------------------------------------------------------------------- optimisers
     def configure_optimizers(self) -> Any:
-        return configure_brick_optimizers(self)  # groups by brick path, the tuned lr, the scheduler: optimizers.py
+        return self.optimisation.optimizers(self, self.brick_collection, self.lr)  # groups, tuned lr, scheduler
 
     def configure_callbacks(self) -> list[pl.Callback]:
-        return optimisation_callbacks(self)  # the unfreeze schedule, group lrs after the LR finder: optimizers.py
+        return self.optimisation.callbacks(self.brick_collection, self._attached_trainer())  # unfreeze, group lrs
 
     # ---------------------------------------------------------------------------------------- checkpoints
+    def _attached_trainer(self) -> pl.Trainer | None:
+        """The Trainer this module is attached to, or None (``load_from_checkpoint``, used without a Trainer)."""
+        try:
+            return self.trainer
+        except RuntimeError:  # Lightning's public property raises when no Trainer is attached
+            return None
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.example_inputs:
-            checkpoint[EXAMPLE_INPUTS_KEY] = self.example_inputs
-        # The interrupted epoch's train metric and loss-mean states, and the random generators (state/resume.py).
-        save_resume_state(self, self.brick_collection, checkpoint, self.loss_means)
+        trainer = self._attached_trainer()
+        self.checkpoint_state.save(trainer, self.brick_collection, self.loss_means, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.loss_balancer is None:
-            drop_balancer_state(checkpoint)  # training state a module built for inference or export does not hold
-        trainer = attached_trainer(self)
-        if trainer is not None and "state_dict" in checkpoint:
-            # A Trainer restoring ckpt_path loads the weights right after this hook, with torch's own error for a
-            # checkpoint of other bricks; say which names and shapes differ first. (load_from_checkpoint checks
-            # the weights itself, before this hook.)
-            check_state_fits(
-                self.brick_collection,
-                brick_state_dict(checkpoint),
-                strict=self.strict_loading,
-                source=str(trainer.ckpt_path or "ckpt_path"),
-            )
-        self.example_inputs = stored_example_inputs(checkpoint)
-        # Only when trainer.fit resumes: load_from_checkpoint and validate/test/predict leave metrics and RNGs alone.
-        load_resume_state(self, self.brick_collection, checkpoint, self.loss_means)
+        self.multitask.drop_unused_state(checkpoint)  # training state a module built for inference does not hold
+        trainer, collection = self._attached_trainer(), self.brick_collection
+        self.checkpoint_state.load(trainer, collection, self.loss_means, checkpoint, self.device, self.strict_loading)
 
     @classmethod
     def load_from_checkpoint(  # type: ignore[override]

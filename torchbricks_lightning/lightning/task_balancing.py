@@ -1,12 +1,15 @@
-"""What ``LightningBrickCollection`` does for multi-task training: labelled counts, the balancer's hooks and logs.
+"""What ``LightningBrickCollection`` does for multi-task training: :class:`MultiTask`, the component that owns the
+loss balancer, Δm and the labelled counts.
 
 The logic lives in :mod:`torchbricks_lightning.multitask` (which never imports Lightning); this module holds the
-few steps that need the LightningModule: checking the constructor arguments, finding each loss's labelled count in
-a step's outputs, handing the balancer the epoch means of its losses and logging ``train/balance/...``.
+steps the LightningModule's hooks call: checking the constructor arguments, finding each loss's labelled count in
+a step's outputs, the optimised total, handing the balancer the epoch means of its losses, and logging
+``train/balance/...`` and ``validation/delta_m``.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,21 +20,27 @@ from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.core.losses import merge_loss_weights
 from torchbricks_lightning.core.stages import Stage
 from torchbricks_lightning.errors import BrickDefinitionError
-from torchbricks_lightning.lightning.logging.losses import TOTAL_LOSS, LossMeans
+from torchbricks_lightning.lightning.logging import warning_filters
+from torchbricks_lightning.lightning.logging.epoch import Logs
+from torchbricks_lightning.lightning.logging.losses import LossMeans
+from torchbricks_lightning.lightning.logging.steps import step_values_needed
 from torchbricks_lightning.multitask.balancers import LossBalancer
-from torchbricks_lightning.multitask.labels import labelled_count_names
+from torchbricks_lightning.multitask.labels import labelled_count_names, scale_to_global_counts
 from torchbricks_lightning.multitask.score import DeltaM
 
 __all__ = [
+    "BALANCE_PREFIX",
+    "DELTA_M_KEY",
     "LabelledCounts",
+    "MultiTask",
     "check_multitask_arguments",
     "drop_balancer_state",
-    "end_balancer_epoch",
-    "evaluation_total",
-    "log_balance",
 ]
 
 _BALANCER_PREFIX = "loss_balancer."
+BALANCE_PREFIX = "train/balance/"
+"""The balancer's values are logged as ``train/balance/{name}``."""
+DELTA_M_KEY = "validation/delta_m"
 
 
 def check_multitask_arguments(
@@ -83,29 +92,96 @@ class LabelledCounts:
         return {"_nodes": None, "_names": {}}
 
 
-def end_balancer_epoch(module: pl.LightningModule, balancer: LossBalancer, loss_means: LossMeans) -> None:
-    """Hand the balancer the epoch means of its losses (synced over the processes, so the same everywhere) and log
-    its weights if they change once per epoch."""
-    means = loss_means.metrics(Stage.TRAIN)
-    balancer.on_train_epoch_end({name: float(means[name].compute()) for name in balancer.loss_names if name in means})
-    if not balancer.log_every_step:
-        log_balance(module, balancer, on_step=False)
+class MultiTask:
+    """The module's multi-task part: the loss balancer, Δm and the labelled counts of the losses.
 
+    The balancer is also a submodule of the LightningModule (its parameters are trained, its state checkpointed under
+    ``loss_balancer.*``); this component holds the same object and calls it from the module's hooks.
 
-def log_balance(module: pl.LightningModule, balancer: LossBalancer, on_step: bool) -> None:
-    """Log the balancer's values as ``train/balance/{name}`` (the same on every process: no sync).
+    Args:
+        collection: the bricks (the balancer is set up on their training losses, Δm's keys checked against them).
+        loss_weights: the module's weights by loss name that override the bricks' own.
+        balancer: None for the static weights, or a :class:`~torchbricks_lightning.multitask.LossBalancer`.
+        delta_m: a :class:`~torchbricks_lightning.multitask.DeltaM`, logged as ``validation/delta_m``.
 
-    Per-step values are logged at the steps whose values the loggers write (every ``log_every_n_steps`` optimizer
-    steps, as Lightning counts them): a ``self.log`` call costs about as much as a small model's loss, and values
-    logged in between would never reach a logger.
+    Raises:
+        BrickDefinitionError: an argument has the wrong type.
+        ConfigError: the balancer names an unknown loss or shared tensor, or Δm an unknown metric key.
     """
-    if on_step:
-        trainer = module.trainer
-        every = int(getattr(trainer, "log_every_n_steps", 1))  # set by the Trainer from its argument
-        if not every or (trainer.global_step % every and not trainer.is_last_batch):
+
+    def __init__(
+        self,
+        collection: BrickCollection,
+        loss_weights: Mapping[str, float] | None,
+        balancer: LossBalancer | None,
+        delta_m: DeltaM | None,
+    ) -> None:
+        check_multitask_arguments(collection, loss_weights, balancer, delta_m)
+        self.loss_weights = loss_weights
+        self.balancer = balancer
+        self.delta_m = delta_m
+        self.labelled_counts = LabelledCounts()
+
+    def also_logged_keys(self) -> list[str]:
+        """Keys (or prefixes ending in ``/``) logged besides the bricks' losses and metrics, for the key checks."""
+        return [
+            *([BALANCE_PREFIX] if self.balancer is not None else []),
+            *([DELTA_M_KEY] if self.delta_m is not None else []),
+        ]
+
+    def training_pass(self) -> contextlib.AbstractContextManager[Any]:
+        """The context of a training forward pass: a gradient-level balancer branches the shared tensor in it."""
+        return self.balancer.training_pass() if self.balancer is not None else contextlib.nullcontext()
+
+    def total(
+        self, collection: BrickCollection, stage: Stage, losses: Mapping[str, torch.Tensor], counts: Mapping[str, Any]
+    ) -> tuple[Mapping[str, torch.Tensor], torch.Tensor]:
+        """The losses to optimise and their total: in training normalised by the global labelled counts and balanced
+        by the balancer; else the static-weighted total."""
+        training = stage is Stage.TRAIN
+        optimised = scale_to_global_counts(losses, counts) if training and counts else losses
+        if training and self.balancer is not None:
+            return optimised, self.balancer(optimised)
+        return optimised, collection.total_loss(optimised, self.loss_weights)
+
+    def start_train_epoch(self) -> None:
+        if self.balancer is not None:
+            self.balancer.on_train_epoch_start()
+
+    def end_train_epoch(self, log: Logs, loss_means: LossMeans) -> None:
+        """Hand the balancer the epoch means of its losses (synced over the processes, so the same everywhere) and
+        log its weights if they change once per epoch."""
+        balancer = self.balancer
+        if balancer is None:
             return
-    for name, value in balancer.logged_values().items():
-        module.log(f"train/balance/{name}", value, on_step=on_step, on_epoch=not on_step)
+        means = loss_means.metrics(Stage.TRAIN)
+        balancer.on_train_epoch_end(
+            {name: float(means[name].compute()) for name in balancer.loss_names if name in means}
+        )
+        if not balancer.log_every_step:
+            values = balancer.logged_values()
+            warning_filters.install([f"{BALANCE_PREFIX}{name}" for name in values])  # synced: no advice to sync
+            for name, value in values.items():
+                log.log(f"{BALANCE_PREFIX}{name}", value, on_step=False, on_epoch=True)
+
+    def log_step(self, log: Logs, trainer: pl.Trainer) -> None:
+        """Log the balancer's per-step values as ``train/balance/{name}`` (the same on every process: no sync) at
+        the steps :func:`~.logging.steps.step_values_needed` picks (call from ``on_train_batch_end``)."""
+        balancer = self.balancer
+        if balancer is None or not balancer.log_every_step or not step_values_needed(trainer):
+            return
+        for name, value in balancer.logged_values().items():
+            log.log(f"{BALANCE_PREFIX}{name}", value, on_step=True, on_epoch=False)
+
+    def log_delta_m(self, log: Logs, metrics: Mapping[str, torch.Tensor] | None) -> None:
+        """Log Δm of a validation epoch's (synced) metrics."""
+        if self.delta_m is not None and metrics:
+            log.log(DELTA_M_KEY, self.delta_m(metrics), sync_dist=False)
+
+    def drop_unused_state(self, checkpoint: dict[str, Any]) -> None:
+        """Without a balancer, drop a checkpoint's balancer weights (see :func:`drop_balancer_state`)."""
+        if self.balancer is None:
+            drop_balancer_state(checkpoint)
 
 
 def drop_balancer_state(checkpoint: dict[str, Any]) -> None:
@@ -118,31 +194,3 @@ def drop_balancer_state(checkpoint: dict[str, Any]) -> None:
     if isinstance(state, dict):
         for key in [key for key in state if isinstance(key, str) and key.startswith(_BALANCER_PREFIX)]:
             del state[key]
-
-
-def evaluation_total(
-    loss_means: LossMeans, stage: Stage, collection: BrickCollection, loss_weights: Mapping[str, float] | None
-) -> torch.Tensor | None:
-    """The epoch total of a validation or test stage with counted losses: ``sum_i w_i mean_i`` (else None).
-
-    With partial labels each loss's epoch mean is over its labelled elements, so the total is the static-weighted sum
-    of those means, whatever the batches (or the processes' shards) held. A loss without a single labelled element in
-    the epoch (on any process) has no mean (its own key is NaN) and is left out of the total. Without counted losses
-    the module keeps the total's own epoch mean, weighted by batch size, which is the same sum.
-    """
-    means = loss_means.metrics(stage)
-    if stage is Stage.TRAIN or (TOTAL_LOSS in means and means[TOTAL_LOSS].update_called):
-        return None
-    updated = {name: metric for name, metric in means.items() if name != TOTAL_LOSS and metric.update_called}
-    if not updated:
-        return None
-    counts = torch.stack([metric.weight.detach().double() for metric in updated.values()])
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(counts)  # every process runs the epoch end: one collective, in order
-    weights = merge_loss_weights(collection.loss_weights(), loss_weights)
-    terms = [
-        weights.get(name, 1.0) * metric.compute()
-        for (name, metric), count in zip(updated.items(), counts.tolist(), strict=True)
-        if count > 0
-    ]
-    return torch.stack(terms).sum() if terms else None

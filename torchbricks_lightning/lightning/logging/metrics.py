@@ -97,23 +97,23 @@ def metric_class_names(collection: BrickCollection, stage: Stage) -> dict[str, l
 
 
 def log_matrices(
-    module: pl.LightningModule,
+    trainer: pl.Trainer,
     collection: BrickCollection,
     stage: Stage,
     matrices: Mapping[str, torch.Tensor],
     warned: set[str],
 ) -> None:
-    """Draw each matrix (``{stage}/{key}``) for the module's TensorBoard loggers, on rank 0, at the current step.
+    """Draw each matrix (``{stage}/{key}``) for the trainer's TensorBoard loggers, on rank 0, at the current step.
 
     A square matrix is drawn as a confusion matrix, titled with its key and the epoch, its rows and columns named by
     the metric's ``class_names`` when it has them (see :func:`metric_class_names`). Without a TensorBoard logger,
     a warning, once per key, says that the matrix is not logged and how to see it.
     """
-    image_loggers = [logger for logger in module.loggers if isinstance(logger, TensorBoardLogger)]
+    image_loggers = [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
     class_names = metric_class_names(collection, stage) if image_loggers else {}
     for name, matrix in matrices.items():
-        if image_loggers and module.trainer.is_global_zero:
-            title = f"{name}, epoch {module.current_epoch}"
+        if image_loggers and trainer.is_global_zero:
+            title = f"{name}, epoch {trainer.current_epoch}"
             names = class_names.get(name.partition("/")[2])
             square = matrix.ndim == 2 and matrix.shape[0] == matrix.shape[1]
             if square and (names is None or len(names) == matrix.shape[0]):
@@ -121,9 +121,9 @@ def log_matrices(
             else:
                 image = render_confusion_matrix(matrix.reshape(-1, matrix.shape[-1]), title, None, ("row", "column"))
             for logger in image_loggers:
-                logger.experiment.add_image(name, image, global_step=module.global_step)
-        if module.loggers and not image_loggers:  # with one, the picture is there: nothing to warn about
-            others = ", ".join(type(logger).__name__ for logger in module.loggers)
+                logger.experiment.add_image(name, image, global_step=trainer.global_step)
+        if trainer.loggers and not image_loggers:  # with one, the picture is there: nothing to warn about
+            others = ", ".join(type(logger).__name__ for logger in trainer.loggers)
             warn_once(
                 f"Metric {name!r} is a {tuple(matrix.shape)} matrix; {others} cannot show pictures, so it is not "
                 "logged. Add a TensorBoardLogger to see it as an image.",

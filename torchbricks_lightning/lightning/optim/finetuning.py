@@ -20,7 +20,7 @@ unfreeze) and resumes work, and the frozen state is a function of the epoch alon
 starts (also after a mid-epoch resume) and at each epoch start.
 
 The schedule is a callback, :class:`UnfreezeSchedule`, that the module adds to its Trainer itself
-(``configure_callbacks``, see :func:`~torchbricks_lightning.lightning.optim.optimizers.optimisation_callbacks`). When
+(``configure_callbacks``, see :meth:`~torchbricks_lightning.lightning.optim.optimizers.Optimisation.callbacks`). When
 training stops, normally or by an exception, the bricks are made trainable and put back in the module's mode, as
 they were built.
 
@@ -38,11 +38,9 @@ from pytorch_lightning.trainer.states import TrainerFn
 from typing_extensions import override
 
 from torchbricks_lightning.core.collection import BrickCollection
-from torchbricks_lightning.errors import BrickDefinitionError
 from torchbricks_lightning.lightning.optim.param_groups import ScheduledBrick
-from torchbricks_lightning.lightning.state.resume import attached_trainer
 
-__all__ = ["UnfreezeSchedule", "unfreeze_schedule"]
+__all__ = ["UnfreezeSchedule"]
 
 
 class UnfreezeSchedule(pl.Callback):
@@ -50,10 +48,12 @@ class UnfreezeSchedule(pl.Callback):
 
     Args:
         schedule: what :func:`~torchbricks_lightning.lightning.optim.param_groups.plan_unfreeze` returns.
+        collection: the bricks the schedule names.
     """
 
-    def __init__(self, schedule: Mapping[str, ScheduledBrick]) -> None:
+    def __init__(self, schedule: Mapping[str, ScheduledBrick], collection: BrickCollection) -> None:
         self.schedule = dict(schedule)
+        self.collection = collection
 
     def warn_beyond(self, trainer: pl.Trainer) -> None:
         """Warn about bricks that would never train: their epoch is not below ``max_epochs``."""
@@ -70,55 +70,35 @@ class UnfreezeSchedule(pl.Callback):
                 stacklevel=2,
             )
 
-    def apply(self, pl_module: pl.LightningModule, epoch: int) -> None:
-        """Freeze (and put in eval mode) the bricks whose epoch has not come, unfreeze the others."""
-        bricks = dict(_collection(pl_module).named_bricks())
+    def apply(self, training: bool, epoch: int) -> None:
+        """Freeze (and put in eval mode) the bricks whose epoch has not come, unfreeze the others (in train mode if
+        ``training``, the mode of the module)."""
+        bricks = dict(self.collection.named_bricks())
         for path, (start, names) in self.schedule.items():
             brick = bricks[path]
             frozen = epoch < start
             for name, parameter in brick.named_parameters():
                 if name in names:
                     parameter.requires_grad_(not frozen)
-            brick.train(not frozen and pl_module.training)
+            brick.train(not frozen and training)
 
-    def release(self, pl_module: pl.LightningModule) -> None:
+    def release(self, training: bool) -> None:
         """Make every scheduled brick trainable again, in the module's mode (as built)."""
-        self.apply(pl_module, epoch=max((start for start, _ in self.schedule.values()), default=0))
+        self.apply(training, epoch=max((start for start, _ in self.schedule.values()), default=0))
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.apply(pl_module, trainer.current_epoch)  # also the epoch a mid-epoch resume continues
+        self.apply(pl_module.training, trainer.current_epoch)  # also the epoch a mid-epoch resume continues
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.apply(pl_module, trainer.current_epoch)
+        self.apply(pl_module.training, trainer.current_epoch)
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == TrainerFn.FITTING.value:
-            self.release(pl_module)
+            self.release(pl_module.training)
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self.release(pl_module)
-
-
-def _collection(pl_module: pl.LightningModule) -> BrickCollection:
-    collection = getattr(pl_module, "brick_collection", None)
-    if not isinstance(collection, BrickCollection):
-        raise BrickDefinitionError(
-            f"UnfreezeSchedule needs a LightningBrickCollection, but the model is {type(pl_module).__name__}."
-        )
-    return collection
-
-
-def unfreeze_schedule(pl_module: pl.LightningModule, schedule: Mapping[str, ScheduledBrick]) -> UnfreezeSchedule | None:
-    """The callback for ``schedule`` (None without one); when fitting, warns about bricks that the run's
-    ``max_epochs`` never unfreezes. Called from the module's ``configure_callbacks``, before anything is written."""
-    if not schedule:
-        return None
-    callback = UnfreezeSchedule(schedule)
-    trainer = attached_trainer(pl_module)
-    if trainer is not None and trainer.state.fn == TrainerFn.FITTING:
-        callback.warn_beyond(trainer)
-    return callback
+        self.release(pl_module.training)

@@ -26,12 +26,13 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
 from typing_extensions import override
 
 from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.errors import BrickDefinitionError, ConfigError, did_you_mean
-from torchbricks_lightning.lightning.optim.finetuning import unfreeze_schedule
+from torchbricks_lightning.lightning.optim.finetuning import UnfreezeSchedule
 from torchbricks_lightning.lightning.optim.param_groups import (
     LR_SCALE,
     GroupSpec,
@@ -44,11 +45,9 @@ from torchbricks_lightning.lightning.optim.param_groups import (
 
 __all__ = [
     "GroupLearningRates",
+    "Optimisation",
     "OptimisationPlan",
     "build_optimizer",
-    "configure_optimizers",
-    "group_learning_rates",
-    "optimisation_callbacks",
     "plan_optimisation",
 ]
 
@@ -165,38 +164,24 @@ def build_optimizer(
     return optimizer_factory(_groups(optimizer_factory, module, collection, plan, lr))
 
 
-def group_learning_rates(module: Any) -> dict[str, float]:
-    """The learning rate of each group, by name, for the module's current ``lr`` (what a new optimiser would get).
-
-    Example:
-        >>> from functools import partial
-        >>> from torchbricks_lightning import LightningBrickCollection, BrickTrainable
-        >>> module = LightningBrickCollection(
-        ...     {"backbone": BrickTrainable(nn.Linear(4, 4), ["raw"], ["features"]),
-        ...      "head": BrickTrainable(nn.Linear(4, 3), ["features"], ["logits"])},
-        ...     optimizer=partial(torch.optim.AdamW, lr=0.1), param_groups=[{"bricks": "backbone", "lr_scale": 0.5}],
-        ...     decay_norms_and_biases=False)
-        >>> group_learning_rates(module)
-        {'backbone': 0.05, 'backbone/no_decay': 0.05, 'default': 0.1, 'default/no_decay': 0.1}
-    """
-    factory = module.optimizer_factory
-    groups = _groups(factory, module, module.brick_collection, module.optimisation_plan, module.lr)
-    own = module.lr if module.lr is not None else _probe(factory).defaults["lr"]
-    return {group["name"]: float(group.get("lr", own)) for group in groups}
-
-
 class GroupLearningRates(pl.Callback):
     """Gives each parameter group its own learning rate again after Lightning's ``LearningRateFinder`` callback.
 
     That callback searches at the start of ``fit``, sets ``module.lr`` to its suggestion, and also sets every group
     of the optimiser already built to that one learning rate, so the backbone's ``lr_scale`` or a head's own ``lr``
-    would be lost for the run. When ``module.lr`` changed between ``setup`` and ``on_fit_start`` (Lightning runs the
-    tuner callbacks' ``on_fit_start`` first), this sets each group's ``lr`` (and ``initial_lr``, and the
-    schedulers' ``base_lrs``) to what :func:`group_learning_rates` gives for the new ``module.lr``. The module adds it
-    to its Trainer when it has parameter groups.
+    would be lost for the run. When ``module.lr`` (the attribute the LR finder sets) changed between ``setup`` and
+    ``on_fit_start`` (Lightning runs the tuner callbacks' ``on_fit_start`` first), this sets each group's ``lr`` (and
+    ``initial_lr``, and the schedulers' ``base_lrs``) to what :meth:`Optimisation.group_learning_rates` gives for the
+    new ``module.lr``. The module adds it to its Trainer when it has parameter groups.
+
+    Args:
+        optimisation: the module's optimisation component.
+        collection: the module's bricks.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, optimisation: Optimisation, collection: BrickCollection) -> None:
+        self.optimisation = optimisation
+        self.collection = collection
         self.lr_at_setup: float | None = None
 
     @override
@@ -205,9 +190,10 @@ class GroupLearningRates(pl.Callback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if getattr(pl_module, "lr", None) == self.lr_at_setup:
+        lr = getattr(pl_module, "lr", None)
+        if lr == self.lr_at_setup:
             return
-        targets = group_learning_rates(pl_module)
+        targets = self.optimisation.group_learning_rates(pl_module, self.collection, lr)
         for optimizer in trainer.optimizers:
             for group in optimizer.param_groups:
                 if group.get("name") in targets:
@@ -222,45 +208,98 @@ class GroupLearningRates(pl.Callback):
                 ]
 
 
-def optimisation_callbacks(module: Any) -> list[pl.Callback]:
-    """The callbacks the module adds to its Trainer (``configure_callbacks``): the unfreeze schedule, and
-    :class:`GroupLearningRates` when there are groups."""
-    plan: OptimisationPlan = module.optimisation_plan
-    callbacks: list[pl.Callback] = []
-    schedule = unfreeze_schedule(module, plan.scheduled)
-    if schedule is not None:
-        callbacks.append(schedule)
-    if plan.groups or not plan.decay_norms_and_biases:
-        callbacks.append(GroupLearningRates())
-    return callbacks
+class Optimisation:
+    """The module's optimisation: parameter groups, the optimiser and scheduler, the unfreeze schedule and the
+    callbacks that go with them.
 
+    Everything is checked when it is built (:func:`plan_optimisation`). The learning rate is not kept here: it is the
+    module's ``lr``, which Lightning's LR finder reads and sets, passed to each call.
 
-def configure_optimizers(module: Any) -> Any:
-    """The body of ``LightningBrickCollection.configure_optimizers``: the optimiser over the groups, and the scheduler
-    (acting on every group) with its interval and monitored value.
+    Args:
+        collection: the bricks.
+        optimizer_factory: ``parameters -> Optimizer``.
+        lr_scheduler_factory: ``optimizer -> LRScheduler``, or None.
+        lr_scheduler_interval: ``"epoch"`` or ``"step"``.
+        lr_scheduler_monitor: the logged value the scheduler watches, or None.
+        param_groups, lr, decay_norms_and_biases, unfreeze: as the module's arguments.
 
     Example:
         >>> from functools import partial
-        >>> from torchbricks_lightning import LightningBrickCollection, BrickTrainable
-        >>> module = LightningBrickCollection(
-        ...     {"backbone": BrickTrainable(nn.Linear(4, 4), ["raw"], ["features"]),
-        ...      "head": BrickTrainable(nn.Linear(4, 3), ["features"], ["logits"])},
-        ...     optimizer=partial(torch.optim.SGD, lr=0.1), param_groups=[{"bricks": "backbone", "lr_scale": 0.5}])
-        >>> [(group["name"], group["lr"]) for group in configure_optimizers(module).param_groups]
-        [('backbone', 0.05), ('default', 0.1)]
-        >>> module.lr = 0.2  # what the LR finder does
-        >>> [(group["name"], group["lr"]) for group in configure_optimizers(module).param_groups]
-        [('backbone', 0.1), ('default', 0.2)]
+        >>> from torchbricks_lightning import BrickTrainable
+        >>> collection = BrickCollection({"backbone": BrickTrainable(nn.Linear(4, 4), ["raw"], ["features"]),
+        ...                               "head": BrickTrainable(nn.Linear(4, 3), ["features"], ["logits"])})
+        >>> optimisation = Optimisation(collection, partial(torch.optim.AdamW, lr=0.1),
+        ...     param_groups=[{"bricks": "backbone", "lr_scale": 0.5}], decay_norms_and_biases=False)
+        >>> optimisation.group_learning_rates(collection, collection, lr=None)
+        {'backbone': 0.05, 'backbone/no_decay': 0.05, 'default': 0.1, 'default/no_decay': 0.1}
+        >>> optimizer = optimisation.optimizers(collection, collection, lr=0.2)  # what the LR finder does: a new lr
+        >>> [(group["name"], group["lr"]) for group in optimizer.param_groups]
+        [('backbone', 0.1), ('backbone/no_decay', 0.1), ('default', 0.2), ('default/no_decay', 0.2)]
     """
-    optimizer = build_optimizer(
-        module.optimizer_factory, module, module.brick_collection, module.optimisation_plan, module.lr
-    )
-    if module.lr_scheduler_factory is None:
-        return optimizer
-    scheduler = module.lr_scheduler_factory(optimizer)
-    config: dict[str, Any] = {"scheduler": scheduler, "interval": module.lr_scheduler_interval}
-    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-        config["monitor"] = module.lr_scheduler_monitor or "validation/loss"
-    elif module.lr_scheduler_monitor:
-        config["monitor"] = module.lr_scheduler_monitor
-    return {"optimizer": optimizer, "lr_scheduler": config}
+
+    def __init__(
+        self,
+        collection: BrickCollection,
+        optimizer_factory: Callable[..., Any],
+        lr_scheduler_factory: Callable[..., Any] | None = None,
+        lr_scheduler_interval: str = "epoch",
+        lr_scheduler_monitor: str | None = None,
+        param_groups: Sequence[Mapping[str, Any]] | None = None,
+        lr: float | None = None,
+        decay_norms_and_biases: bool = True,
+        unfreeze: Mapping[str, int] | None = None,
+    ) -> None:
+        if lr_scheduler_interval not in ("epoch", "step"):
+            raise ConfigError(
+                f"Expected lr_scheduler_interval to be 'epoch' or 'step', but got {lr_scheduler_interval!r}."
+            )
+        self.optimizer_factory = optimizer_factory
+        self.lr_scheduler_factory = lr_scheduler_factory
+        self.lr_scheduler_interval = lr_scheduler_interval
+        self.lr_scheduler_monitor = lr_scheduler_monitor
+        self.plan = plan_optimisation(collection, optimizer_factory, param_groups, lr, decay_norms_and_biases, unfreeze)
+        self._callbacks: list[pl.Callback] | None = None
+
+    def optimizers(self, parameters: nn.Module, collection: BrickCollection, lr: float | None) -> Any:
+        """What ``configure_optimizers`` returns: the optimiser over the groups of the parameters of ``parameters``
+        (the LightningModule, whose bricks are ``collection``), and the scheduler (acting on every group) with its
+        interval and monitored value."""
+        optimizer = build_optimizer(self.optimizer_factory, parameters, collection, self.plan, lr)
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer)
+        config: dict[str, Any] = {"scheduler": scheduler, "interval": self.lr_scheduler_interval}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            config["monitor"] = self.lr_scheduler_monitor or "validation/loss"
+        elif self.lr_scheduler_monitor:
+            config["monitor"] = self.lr_scheduler_monitor
+        return {"optimizer": optimizer, "lr_scheduler": config}
+
+    def group_learning_rates(
+        self, parameters: nn.Module, collection: BrickCollection, lr: float | None
+    ) -> dict[str, float]:
+        """The learning rate of each group, by name, for ``lr`` (what a new optimiser would get)."""
+        factory = self.optimizer_factory
+        groups = _groups(factory, parameters, collection, self.plan, lr)
+        own = lr if lr is not None else _probe(factory).defaults["lr"]
+        return {group["name"]: float(group.get("lr", own)) for group in groups}
+
+    def callbacks(self, collection: BrickCollection, trainer: pl.Trainer | None) -> list[pl.Callback]:
+        """What ``configure_callbacks`` returns: the unfreeze schedule, and :class:`GroupLearningRates` when there are
+        groups; made once, and left out when ``trainer`` already holds them (from an earlier ``fit``, ``validate`` or
+        ``test``), so that Lightning does not report them as overriding the Trainer's callbacks. When fitting, warns
+        about bricks that the run's ``max_epochs`` never unfreezes."""
+        if self._callbacks is None:
+            self._callbacks = []
+            if self.plan.scheduled:
+                self._callbacks.append(UnfreezeSchedule(self.plan.scheduled, collection))
+            if self.plan.groups or not self.plan.decay_norms_and_biases:
+                self._callbacks.append(GroupLearningRates(self, collection))
+        if trainer is None:
+            return list(self._callbacks)
+        if trainer.state.fn == TrainerFn.FITTING:
+            for callback in self._callbacks:
+                if isinstance(callback, UnfreezeSchedule):
+                    callback.warn_beyond(trainer)
+        attached = {id(callback) for callback in trainer.callbacks}  # type: ignore[attr-defined]
+        return [callback for callback in self._callbacks if id(callback) not in attached]

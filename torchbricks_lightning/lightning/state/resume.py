@@ -13,8 +13,10 @@ Lightning checkpoints the weights, the optimisers, the loop progress and the sta
 - **the random number generators** (torch, CUDA, Python's ``random``, NumPy), so dropout and other random
   layers draw the same numbers.
 
-The module's checkpoint hooks call :func:`save_resume_state` and :func:`load_resume_state`: nothing to add to
-the Trainer. Only public Lightning and torchmetrics APIs are used.
+The module's checkpoint hooks call :func:`save_resume_state` and :func:`load_resume_state` (through
+:class:`~torchbricks_lightning.lightning.state.checkpoint.CheckpointState`): nothing to add to the Trainer. Only
+public Lightning and torchmetrics APIs are used: whether a checkpoint was written in the middle of an epoch is told
+by the module's own count of the epoch's training batches, which the resume state carries.
 
 **How a metric state is restored.** Each metric is reset, then given the saved values of its states through their
 public attributes (the names of ``metric.metric_state``, declared with ``add_state``). Its update count is not
@@ -44,7 +46,9 @@ import torch
 from pytorch_lightning.trainer.states import TrainerFn
 from torchmetrics import Metric
 
+from torchbricks_lightning.core.bricks import LOSS_STAGES
 from torchbricks_lightning.core.collection import BrickCollection
+from torchbricks_lightning.core.distributed import global_rank, world_size
 from torchbricks_lightning.core.metric_bricks import BrickMetrics
 from torchbricks_lightning.core.stages import Stage
 from torchbricks_lightning.errors import ResumeStateError
@@ -54,7 +58,6 @@ from torchbricks_lightning.random_state import capture_random_state, restore_ran
 __all__ = [
     "RESUME_STATE_KEY",
     "ResumeStateError",
-    "attached_trainer",
     "collect_loss_states",
     "collect_metric_states",
     "load_resume_state",
@@ -66,8 +69,7 @@ __all__ = [
 RESUME_STATE_KEY = "torchbricks_resume"
 """Checkpoint key of the state written by :func:`save_resume_state`."""
 
-_VERSION = 2  # 2: the loss means' states (version 1 relied on a callback that edited Lightning's loop internals)
-_READABLE_VERSIONS = (1, 2)
+_VERSION = 2
 MetricState = dict[str, Any]
 """``{"update_count": int, "state": {state name: tensor or list of tensors}}``."""
 MetricStates = dict[str, dict[str, MetricState]]
@@ -75,16 +77,9 @@ MetricStates = dict[str, dict[str, MetricState]]
 
 
 # ------------------------------------------------------------------------------------------------ processes
-def _world() -> tuple[int, int]:
-    """``(world size, rank)`` of the initialised process group, or ``(1, 0)``."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_world_size(), torch.distributed.get_rank()
-    return 1, 0
-
-
 def _gather(local: Any) -> list[Any]:
     """Every process's ``local`` (a picklable object), in rank order. All processes must call it together."""
-    world, _ = _world()
+    world = world_size()
     if world == 1:
         return [local]
     gathered: list[Any] = [None] * world
@@ -92,33 +87,20 @@ def _gather(local: Any) -> list[Any]:
     return gathered
 
 
-def attached_trainer(module: pl.LightningModule) -> pl.Trainer | None:
-    """The Trainer ``module`` is attached to, or None (``load_from_checkpoint``, a module used without a Trainer).
-
-    Example:
-        >>> attached_trainer(pl.LightningModule()) is None
-        True
-    """
-    try:
-        return module.trainer
-    except RuntimeError:  # Lightning's public property raises when no Trainer is attached
-        return None
-
-
 def _fitting(trainer: pl.Trainer | None) -> bool:
     return trainer is not None and trainer.state.fn == TrainerFn.FITTING
 
 
-def _mid_epoch(trainer: pl.Trainer) -> bool:
+def _mid_epoch(trainer: pl.Trainer, batches_this_epoch: int) -> bool:
     """Whether the current training epoch has started and has batches left, so a resumed run continues it.
 
-    When a checkpoint is written after the last batch of an epoch but before the epoch's end (for instance by
-    ``ModelCheckpoint(every_n_train_steps=...)`` on that batch), Lightning resumes at the next epoch and does not
-    run the end of that epoch again, so the state of that epoch must not be restored: it would leak into the next.
+    ``batches_this_epoch`` is the module's own count of the training batches it ran in this epoch (Lightning's loop
+    counters are internal). When a checkpoint is written after the last batch of an epoch but before the epoch's end
+    (for instance by ``ModelCheckpoint(every_n_train_steps=...)`` on that batch), Lightning resumes at the next epoch
+    and does not run the end of that epoch again, so the state of that epoch must not be restored: it would leak into
+    the next.
     """
-    current = trainer.fit_loop.epoch_loop.batch_progress.current  # a _ProcessedTracker, typed as its base
-    processed = int(getattr(current, "processed", current.completed))
-    return _fitting(trainer) and 0 < processed < trainer.num_training_batches
+    return _fitting(trainer) and 0 < batches_this_epoch < trainer.num_training_batches
 
 
 # ------------------------------------------------------------------------------------------------ metric states
@@ -280,10 +262,11 @@ def _load_metric(metric: Metric, saved: Mapping[str, Any], where: str) -> None:
 
 # ------------------------------------------------------------------------------------------------ the module's hooks
 def save_resume_state(
-    module: pl.LightningModule,
+    trainer: pl.Trainer | None,
     collection: BrickCollection,
     checkpoint: dict[str, Any],
-    loss_means: LossMeans | None = None,
+    loss_means: LossMeans,
+    batches_this_epoch: int,
 ) -> None:
     """Write what a resume needs into ``checkpoint`` (call from ``on_save_checkpoint``, in every process).
 
@@ -297,14 +280,21 @@ def save_resume_state(
 
     Nothing is written outside ``trainer.fit``. Metric and loss-mean states are written only in the middle of an
     epoch; a checkpoint written when the epoch's batches are all done holds none (see :func:`_mid_epoch`).
+
+    Args:
+        trainer: the Trainer the module is attached to, or None.
+        collection: the bricks.
+        checkpoint: the checkpoint being written.
+        loss_means: the module's epoch means of the losses.
+        batches_this_epoch: the training batches the module has run in the current epoch (saved, so that a resumed
+            run goes on counting).
     """
-    trainer = attached_trainer(module)
     if trainer is None or not _fitting(trainer):
         return
-    mid_epoch = _mid_epoch(trainer)
+    mid_epoch = _mid_epoch(trainer, batches_this_epoch)
     local = {
         "metrics": collect_metric_states(collection, Stage.TRAIN) if mid_epoch else None,
-        "losses": collect_loss_states(loss_means, Stage.TRAIN) if mid_epoch and loss_means is not None else None,
+        "losses": collect_loss_states(loss_means, Stage.TRAIN) if mid_epoch else None,
         "rng": capture_random_state(),
     }
     per_rank = _gather(local)
@@ -312,6 +302,7 @@ def save_resume_state(
         "version": _VERSION,
         "epoch": trainer.current_epoch,
         "mid_epoch": mid_epoch,
+        "batches_this_epoch": batches_this_epoch if mid_epoch else 0,
         "world_size": len(per_rank),
         "metric_states": [entry["metrics"] for entry in per_rank] if mid_epoch else None,
         "loss_states": [entry["losses"] for entry in per_rank] if mid_epoch else None,
@@ -320,11 +311,12 @@ def save_resume_state(
 
 
 def load_resume_state(
-    module: pl.LightningModule,
+    trainer: pl.Trainer | None,
     collection: BrickCollection,
     checkpoint: Mapping[str, Any],
-    loss_means: LossMeans | None = None,
-) -> None:
+    loss_means: LossMeans,
+    device: torch.device | str = "cpu",
+) -> int:
     """Restore what :func:`save_resume_state` wrote (call from ``on_load_checkpoint``).
 
     It acts only when ``trainer.fit`` resumes from the checkpoint. ``load_from_checkpoint`` (no trainer) and
@@ -333,41 +325,37 @@ def load_resume_state(
     (states left by an earlier run in this process must not leak in), then this process's train metric and
     loss-mean states of the interrupted epoch and its generators are restored.
 
+    Returns:
+        The number of training batches the interrupted epoch had run (0 when it was not interrupted).
+
     Raises:
-        ResumeStateError: the checkpoint stopped mid-epoch with another number of processes, or its metric states
-            do not fit the bricks.
+        ResumeStateError: the checkpoint's resume state is malformed, stopped mid-epoch with another number of
+            processes, or its metric states do not fit the bricks.
     """
-    trainer = attached_trainer(module)
     if trainer is None or not _fitting(trainer):
-        return
+        return 0
     collection.reset_metrics()
-    if loss_means is not None:
-        for stage in (Stage.TRAIN, Stage.VALIDATION, Stage.TEST):
-            loss_means.reset(stage)
+    for stage in LOSS_STAGES:
+        loss_means.reset(stage)
     state = checkpoint.get(RESUME_STATE_KEY)
     if state is None:
-        return  # a checkpoint written before resume states existed, or outside trainer.fit
-    if not isinstance(state, Mapping) or state.get("version") not in _READABLE_VERSIONS:
-        raise ResumeStateError(
-            f"The checkpoint's {RESUME_STATE_KEY!r} entry is not a resume state of version {list(_READABLE_VERSIONS)}. "
-            "It was written by another torchbricks_lightning version: resume with that version, or delete the entry "
-            "to resume without the interrupted epoch's metric states."
-        )
-    world, rank = _world()
-    saved_world = int(state["world_size"])
-    if state.get("mid_epoch"):
+        return 0  # written outside trainer.fit
+    state = _checked(state)
+    world, rank = world_size(), global_rank()
+    saved_world = state["world_size"]
+    batches = 0
+    if state["mid_epoch"]:
         if saved_world != world:
             raise ResumeStateError(
                 f"The checkpoint stopped in the middle of epoch {state['epoch']} with {saved_world} processes, and "
                 f"this run has {world}: each process's share of that epoch's batches and metric states is gone. "
                 f"Resume with {saved_world} processes, or from a checkpoint written at the end of an epoch."
             )
-        metric_states = state.get("metric_states")
-        if metric_states is not None:
-            restore_metric_states(collection, metric_states[rank], Stage.TRAIN)
-        if loss_means is not None:
-            _restore_losses(state, rank, loss_means, module.device)
-    rng_states = state.get("rng_states") or []
+        if state.get("metric_states") is not None:
+            restore_metric_states(collection, state["metric_states"][rank], Stage.TRAIN)
+        restore_loss_states(loss_means, state["loss_states"][rank], Stage.TRAIN, device)
+        batches = state["batches_this_epoch"]
+    rng_states = state["rng_states"]
     if len(rng_states) == world:
         restore_random_state(rng_states[rank])
     else:
@@ -377,16 +365,52 @@ def load_resume_state(
             "uninterrupted run would.",
             stacklevel=2,
         )
+    return batches
 
 
-def _restore_losses(state: Mapping[str, Any], rank: int, loss_means: LossMeans, device: torch.device) -> None:
-    loss_states = state.get("loss_states")
-    if loss_states is None or loss_states[rank] is None:
-        warnings.warn(
-            f"The checkpoint stopped in the middle of epoch {state['epoch']} but holds no loss means (a version-1 "
-            "resume state, or one written without them): the epoch values of the losses logged in training cover "
-            "only that epoch's batches after the resume.",
-            stacklevel=3,
+_FIELDS: dict[str, type] = {
+    "epoch": int,
+    "mid_epoch": bool,
+    "batches_this_epoch": int,
+    "world_size": int,
+    "rng_states": list,
+}
+
+
+def _checked(state: object) -> Mapping[str, Any]:
+    """``state`` if it is a resume state this version reads, with every field it needs; else raise.
+
+    Example:
+        >>> _checked({"version": _VERSION, "epoch": 0, "mid_epoch": True, "world_size": 1, "rng_states": []})
+        Traceback (most recent call last):
+        ...
+        torchbricks_lightning.errors.ResumeStateError: The checkpoint's 'torchbricks_resume' entry is malformed: ...
+    """
+    fix = (
+        "It was written by another torchbricks_lightning version or altered: resume with that version, or delete "
+        "the entry to resume without the interrupted epoch's metric states."
+    )
+    if not isinstance(state, Mapping) or state.get("version") != _VERSION:
+        raise ResumeStateError(
+            f"The checkpoint's {RESUME_STATE_KEY!r} entry is not a resume state of version [{_VERSION}]. {fix}"
         )
-        return
-    restore_loss_states(loss_means, loss_states[rank], Stage.TRAIN, device)
+    problems = [
+        f"{name!r} is missing" if name not in state else f"{name!r} is a {type(state[name]).__name__}"
+        for name, kind in _FIELDS.items()
+        if name not in state or type(state[name]) is not kind  # exact: a bool is not a count
+    ]
+    if not problems and state["mid_epoch"]:
+        problems = [
+            f"{name!r} does not hold the states of {state['world_size']} processes"
+            for name in ("metric_states", "loss_states")
+            if not (name == "metric_states" and state.get(name) is None)  # None: restore no metric states
+            and (
+                not isinstance(state.get(name), list)
+                or len(state[name]) != state["world_size"]
+                or not all(isinstance(entry, Mapping) for entry in state[name])
+            )
+        ]
+    if problems:
+        problem = "; ".join(problems)
+        raise ResumeStateError(f"The checkpoint's {RESUME_STATE_KEY!r} entry is malformed: {problem}. {fix}")
+    return state

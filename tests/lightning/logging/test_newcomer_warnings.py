@@ -23,7 +23,7 @@ from torchbricks_lightning.cli import TorchBricksCLI
 from torchbricks_lightning.datamodules import SyntheticImageDataModule
 from torchbricks_lightning.lightning import LightningBrickCollection, warning_filters
 
-RECIPE = Path(__file__).parents[1] / "cli" / "configs" / "tiny_recipe.yaml"
+RECIPE = Path(__file__).parents[2] / "cli" / "configs" / "tiny_recipe.yaml"
 
 
 def _module() -> LightningBrickCollection:
