@@ -117,19 +117,6 @@ def _error_classes() -> list[type[TorchBricksError]]:
     return [cls for cls in classes if isinstance(cls, type) and issubclass(cls, TorchBricksError)]
 
 
-# Re-exports in modules of other work in progress, to remove when they are merged; then this is empty.
-PENDING_REEXPORTS = {
-    "torchbricks_lightning/lightning/__init__.py": [
-        "CheckpointError",
-        "LossNotFiniteError",
-        "ResumeStateError",
-        "UntrustedCheckpointError",
-    ],
-    "torchbricks_lightning/lightning/module.py": ["LossNotFiniteError"],
-    "torchbricks_lightning/lightning/state/resume.py": ["ResumeStateError"],
-}
-
-
 @pytest.mark.parametrize(
     "error_class", [cls for cls in _error_classes() if cls is not TorchBricksError], ids=lambda cls: cls.__name__
 )
@@ -166,7 +153,7 @@ def test_error_classes_are_exported_by_the_errors_module_only() -> None:
         found = sorted(name for name in defined if f'"{name}"' in block)
         if found:
             listed[str(path.relative_to(REPO_ROOT))] = found
-    assert listed == PENDING_REEXPORTS, f"error classes re-exported outside errors.py: {listed}"
+    assert listed == {}, f"error classes re-exported outside errors.py: {listed}"
 
 
 # ----------------------------------------------------------------------------------------------- missing inputs

@@ -35,6 +35,7 @@ from torchbricks_lightning.errors import (
 )
 from torchbricks_lightning.lightning import LightningBrickCollection, load_brick_collection_weights
 from torchbricks_lightning.lightning.module import EXAMPLE_INPUTS_KEY
+from torchbricks_lightning.multitask import UncertaintyWeighting
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::pytorch_lightning.utilities.warnings.PossibleUserWarning"),
@@ -486,6 +487,18 @@ def test_non_finite_loss_raises_naming_the_loss(tmp_path: Path, value: float) ->
     assert "'poisoned_loss'" in message
     assert "'ce'" not in message  # only the culprit is named
     assert "step 0" in message
+
+
+def test_a_non_finite_loss_under_a_balancer_names_the_balancer_and_its_state(tmp_path: Path) -> None:
+    bricks = linear_bricks()
+    bricks["poison"] = BrickLoss(PoisonedLoss(float("nan")), input_names=["logits"], output_names=["poisoned_loss"])
+    module = LightningBrickCollection(bricks, loss_balancer=UncertaintyWeighting())
+    with pytest.raises(LossNotFiniteError) as info:
+        make_trainer(tmp_path).fit(module, make_loader())
+    message = str(info.value)
+    assert "'poisoned_loss'" in message
+    assert "UncertaintyWeighting: weights" in message  # the balancer and its state, checked before the lr
+    assert "log_variances" in message
 
 
 @pytest.fixture

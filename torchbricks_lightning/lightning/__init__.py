@@ -2,23 +2,14 @@
 pre-fit check."""
 
 from torchbricks_lightning.checkpoints.io import SafeCheckpointIO
-from torchbricks_lightning.checkpoints.reading import (
-    CheckpointError,
-    UntrustedCheckpointError,
-    load_brick_collection_weights,
-)
+from torchbricks_lightning.checkpoints.reading import load_brick_collection_weights
 from torchbricks_lightning.lightning.logging import warning_filters as warning_filters  # installed by the module
-from torchbricks_lightning.lightning.module import LightningBrickCollection, LossNotFiniteError
+from torchbricks_lightning.lightning.module import LightningBrickCollection
 from torchbricks_lightning.lightning.preflight import check_one_batch
-from torchbricks_lightning.lightning.state.resume import ResumeStateError
 
 __all__ = [
-    "CheckpointError",
     "LightningBrickCollection",
-    "LossNotFiniteError",
-    "ResumeStateError",
     "SafeCheckpointIO",
-    "UntrustedCheckpointError",
     "check_one_batch",
     "load_brick_collection_weights",
 ]

@@ -17,7 +17,6 @@ from torchbricks_lightning.core.stages import Stage
 from torchbricks_lightning.errors import BrickDefinitionError, LossNotFiniteError
 from torchbricks_lightning.lightning.batches import (
     add_batch_names_note,
-    is_empty_batch,
     name_batch,
     no_training_loss_error,
     samples_in,
@@ -40,7 +39,6 @@ __all__ = [
     "DEFAULT_BATCH_NAMES",
     "EXAMPLE_INPUTS_KEY",
     "LightningBrickCollection",
-    "LossNotFiniteError",
 ]
 
 DEFAULT_BATCH_NAMES = ("raw", "targets")
@@ -221,7 +219,8 @@ class LightningBrickCollection(pl.LightningModule):
     ) -> tuple[dict[str, Any], torch.Tensor | None] | None:
         named_inputs = self.named_inputs_of(batch, stage)
         collection = self.brick_collection
-        if is_empty_batch(named_inputs):  # its mean losses are NaN: skip it (lightning/batches.py)
+        samples = samples_in(named_inputs)
+        if samples == 0:  # an empty batch: its mean losses are NaN, skip it (lightning/batches.py)
             self.checkpoint_state.see_batch(collection, None, training=stage is Stage.TRAIN)
             warn_empty_batch(stage, batch_idx)
             return None
@@ -240,7 +239,7 @@ class LightningBrickCollection(pl.LightningModule):
             return named_outputs, None
         counts = self.multitask.labelled_counts(collection, named_outputs)
         optimised, total = self.multitask.total(collection, stage, losses, counts)
-        self.loss_logging.add_step(self, stage, losses, optimised, total, samples_in(named_inputs), counts)
+        self.loss_logging.add_step(self, stage, losses, optimised, total, samples, counts)
         return named_outputs, total
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
@@ -255,8 +254,7 @@ class LightningBrickCollection(pl.LightningModule):
             bad = {name: float(value.detach()) for name, value in losses.items() if not bool(torch.isfinite(value))}
             raise LossNotFiniteError(
                 f"Training loss is not finite at step {self.global_step} (batch {batch_idx}): "
-                f"{bad or float(total.detach())}. "
-                "Lower the learning rate, check the inputs for NaN, or add gradient clipping."
+                f"{bad or float(total.detach())}. " + self.multitask.non_finite_hint()
             )
         return total
 

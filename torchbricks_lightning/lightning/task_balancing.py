@@ -144,6 +144,15 @@ class MultiTask:
             return optimised, self.balancer(optimised)
         return optimised, collection.total_loss(optimised, self.loss_weights)
 
+    def non_finite_hint(self) -> str:
+        """What to check when the training total is not finite: the balancer's state first, when there is one."""
+        if self.balancer is None:
+            return "Lower the learning rate, check the inputs for NaN, or add gradient clipping."
+        return (
+            f"The losses are balanced by {self.balancer.describe_state()}: check that state before lowering the "
+            "learning rate; else check the inputs for NaN, or add gradient clipping."
+        )
+
     def start_train_epoch(self) -> None:
         if self.balancer is not None:
             self.balancer.on_train_epoch_start()

@@ -30,15 +30,13 @@ import torch
 from torch import nn
 from torchmetrics.aggregation import MeanMetric
 
+from torchbricks_lightning.core.bricks import LOSS_STAGES
 from torchbricks_lightning.core.stages import Stage
 
-__all__ = ["LOSS_STAGES", "TOTAL_LOSS", "LossMean", "LossMeans"]
+__all__ = ["TOTAL_LOSS", "LossMean", "LossMeans"]
 
 TOTAL_LOSS = "loss"
 """The name under which the weighted total of a stage's losses is logged (``'{stage}/loss'``)."""
-
-LOSS_STAGES = (Stage.TRAIN, Stage.VALIDATION, Stage.TEST)
-"""The stages whose losses are logged (inference computes none)."""
 
 
 class LossMean(MeanMetric):

@@ -57,7 +57,6 @@ from torchbricks_lightning.random_state import capture_random_state, restore_ran
 
 __all__ = [
     "RESUME_STATE_KEY",
-    "ResumeStateError",
     "collect_loss_states",
     "collect_metric_states",
     "load_resume_state",
