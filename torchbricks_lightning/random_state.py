@@ -25,7 +25,13 @@ from typing import Any
 
 import torch
 
-__all__ = ["capture_random_state", "preserved_random_state", "restore_random_state", "seeded"]
+__all__ = [
+    "capture_random_state",
+    "preserved_random_state",
+    "random_state_problems",
+    "restore_random_state",
+    "seeded",
+]
 
 
 def capture_random_state() -> dict[str, Any]:
@@ -70,6 +76,78 @@ def restore_random_state(states: Mapping[str, Any]) -> None:
                 "gauss": saved_numpy["gauss"],
             }
         )
+
+
+def random_state_problems(states: object) -> list[str]:
+    """What is wrong with ``states`` (read from a file) as a :func:`capture_random_state` result: ``[]`` when
+    :func:`restore_random_state` can set every generator from it.
+
+    Each state is tried on a fresh generator of its kind, never on the global ones, so a check changes nothing.
+
+    Example:
+        >>> random_state_problems(capture_random_state())
+        []
+        >>> for problem in random_state_problems({"torch": "x", "python": (3, (1, 2), None)}):
+        ...     print(problem)
+        'torch' is a str, not torch's generator state (a uint8 tensor)
+        'python' is not a state of Python's random: state vector is the wrong size
+    """
+    if not isinstance(states, Mapping):
+        return [f"the states are a {type(states).__name__}, not a mapping of generator names to states"]
+    problems = []
+    unknown = sorted(str(name) for name in states if name not in ("torch", "python", "cuda", "numpy"))
+    if unknown:
+        problems.append(f"unknown generators {unknown}")
+    torch_state = states.get("torch")
+    if "torch" in states:
+        if not isinstance(torch_state, torch.Tensor) or torch_state.dtype != torch.uint8:
+            problems.append(f"'torch' is a {_kind(torch_state)}, not torch's generator state (a uint8 tensor)")
+        else:
+            try:
+                torch.Generator().set_state(torch_state.cpu())
+            except (RuntimeError, ValueError, TypeError) as err:
+                problems.append(f"'torch' is not a state of torch's generator: {err}")
+    if "python" in states:
+        try:
+            version, internal, gauss = states["python"]
+            random.Random().setstate((version, tuple(internal), gauss))  # noqa: S311 - checks a state, draws nothing
+        except (TypeError, ValueError, OverflowError) as err:
+            problems.append(f"'python' is not a state of Python's random: {err}")
+    cuda = states.get("cuda")
+    if "cuda" in states and not (
+        isinstance(cuda, (list, tuple))
+        and all(isinstance(item, torch.Tensor) and item.dtype == torch.uint8 for item in cuda)
+    ):
+        problems.append(f"'cuda' is a {_kind(cuda)}, not a list of CUDA generator states (uint8 tensors)")
+    if "numpy" in states:
+        problems.extend(_numpy_problems(states["numpy"]))
+    return problems
+
+
+def _kind(value: object) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"{value.dtype} tensor"
+    return type(value).__name__
+
+
+def _numpy_problems(saved: object) -> list[str]:
+    import numpy
+
+    try:
+        if not isinstance(saved, Mapping) or not isinstance(saved.get("key"), torch.Tensor):
+            raise TypeError(f"expected a mapping with a 'key' tensor, got a {_kind(saved)}")
+        numpy.random.RandomState().set_state(
+            (
+                str(saved["bit_generator"]),
+                saved["key"].numpy().astype("uint32"),
+                int(saved["pos"]),
+                int(saved["has_gauss"]),
+                float(saved["gauss"]),
+            )
+        )
+    except (KeyError, TypeError, ValueError, OverflowError) as err:
+        return [f"'numpy' is not a state of NumPy's generator: {err}"]
+    return []
 
 
 @contextmanager

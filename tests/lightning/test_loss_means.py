@@ -11,7 +11,7 @@ import torch
 
 from torchbricks_lightning.core.stages import Stage
 from torchbricks_lightning.lightning.logging.losses import LossMean, LossMeans
-from torchbricks_lightning.lightning.state.resume import collect_loss_states, restore_loss_states
+from torchbricks_lightning.lightning.state.metric_states import collect_loss_states, restore_loss_states
 
 LOSSES = [0.1, 0.7, 1.3, 2.9, 0.37, 11.0, 0.0031]
 COUNTS = [3.0, 5.0, 0.0, 7.0, 1.0, 2.0, 9.0]

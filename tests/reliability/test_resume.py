@@ -34,13 +34,13 @@ from torchbricks_lightning.datamodules import (
 )
 from torchbricks_lightning.errors import LoaderStateError, ResumeStateError
 from torchbricks_lightning.lightning.logging.losses import LossMeans
-from torchbricks_lightning.lightning.state.resume import (
-    RESUME_STATE_KEY,
+from torchbricks_lightning.lightning.state.metric_states import (
     collect_loss_states,
     collect_metric_states,
     restore_loss_states,
     restore_metric_states,
 )
+from torchbricks_lightning.lightning.state.resume import RESUME_STATE_KEY
 from torchbricks_lightning.random_state import capture_random_state, restore_random_state
 
 JOB = Path(__file__).with_name("resume_job.py")

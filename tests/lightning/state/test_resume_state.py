@@ -93,6 +93,22 @@ def test_a_resumed_run_goes_on_counting_and_ends_the_epoch(mid_epoch: Path, tmp_
         (lambda state: state.update(epoch="one"), "'epoch' is a str"),
         (lambda state: state.update(loss_states=[]), "'loss_states' does not hold the states of 1 processes"),
         (lambda state: state.update(metric_states=[]), "'metric_states' does not hold the states of 1 processes"),
+        # issue 19, break 13: crafted generator states and counts, refused before anything is restored
+        (
+            lambda state: state.update(rng_states=[{"torch": "x"}]),
+            "the random generator states of rank 0: 'torch' is a str",
+        ),
+        (
+            lambda state: state["rng_states"][0].update(python=(3, (1, 2), None)),
+            "the random generator states of rank 0: 'python' is not a state of Python's random",
+        ),
+        (
+            lambda state: state["rng_states"][0].update(numpy={"key": 1}),
+            "the random generator states of rank 0: 'numpy' is not a state of NumPy's",
+        ),
+        (lambda state: state.update(rng_states=["x"]), "the random generator states of rank 0: the states are a str"),
+        (lambda state: state.update(batches_this_epoch=-1), "'batches_this_epoch' is -1, below 0"),
+        (lambda state: state.update(world_size=0), "'world_size' is 0, below 1"),
     ],
 )
 def test_a_malformed_resume_entry_is_refused_with_what_is_wrong_and_the_fix(

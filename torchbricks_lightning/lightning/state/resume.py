@@ -18,17 +18,6 @@ The module's checkpoint hooks call :func:`save_resume_state` and :func:`load_res
 public Lightning and torchmetrics APIs are used: whether a checkpoint was written in the middle of an epoch is told
 by the module's own count of the epoch's training batches, which the resume state carries.
 
-**How a metric state is restored.** Each metric is reset, then given the saved values of its states through their
-public attributes (the names of ``metric.metric_state``, declared with ``add_state``). Its update count is not
-restored (torchmetrics has no public setter), so ``update_called`` stays False until the next update. That next
-update always comes before any compute: a checkpoint holds metric states only when written in the middle of an
-epoch, with batches left (see :func:`_mid_epoch`), so the resumed run updates the metrics at least once before the
-epoch end computes them. What else reads the count: torchmetrics' ``compute`` (it warns when no update was made),
-the bricks' summaries (they skip metrics without updates), both satisfied by that next update; and ``forward`` and
-``merge_state`` average states declared with ``dist_reduce_fx="mean"`` by the count, which only matters for such a
-state that varies from batch to batch, in a metric brick with ``return_metrics=True``; torchmetrics' own mean
-states are constants (PSNR's ``data_range``). The count is still written to the checkpoint, for information.
-
 Only the train metrics are saved. Lightning never writes a checkpoint in the middle of validation (its
 ``ModelCheckpoint`` saves on train batch end, on train epoch end or on validation end, when the validation
 metrics are already computed and reset), and a resumed run validates from the first validation batch, so the
@@ -44,35 +33,27 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.trainer.states import TrainerFn
-from torchmetrics import Metric
 
 from torchbricks_lightning.core.bricks import LOSS_STAGES
 from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.core.distributed import global_rank, world_size
-from torchbricks_lightning.core.metric_bricks import BrickMetrics
 from torchbricks_lightning.core.stages import Stage
 from torchbricks_lightning.errors import ResumeStateError
 from torchbricks_lightning.lightning.logging.losses import LossMeans
-from torchbricks_lightning.random_state import capture_random_state, restore_random_state
+from torchbricks_lightning.lightning.state.metric_states import (
+    collect_loss_states,
+    collect_metric_states,
+    restore_loss_states,
+    restore_metric_states,
+)
+from torchbricks_lightning.random_state import capture_random_state, random_state_problems, restore_random_state
 
-__all__ = [
-    "RESUME_STATE_KEY",
-    "collect_loss_states",
-    "collect_metric_states",
-    "load_resume_state",
-    "restore_loss_states",
-    "restore_metric_states",
-    "save_resume_state",
-]
+__all__ = ["RESUME_STATE_KEY", "load_resume_state", "save_resume_state"]
 
 RESUME_STATE_KEY = "torchbricks_resume"
 """Checkpoint key of the state written by :func:`save_resume_state`."""
 
 _VERSION = 2
-MetricState = dict[str, Any]
-"""``{"update_count": int, "state": {state name: tensor or list of tensors}}``."""
-MetricStates = dict[str, dict[str, MetricState]]
-"""``{brick path: {metric name: MetricState}}``."""
 
 
 # ------------------------------------------------------------------------------------------------ processes
@@ -100,163 +81,6 @@ def _mid_epoch(trainer: pl.Trainer, batches_this_epoch: int) -> bool:
     the next.
     """
     return _fitting(trainer) and 0 < batches_this_epoch < trainer.num_training_batches
-
-
-# ------------------------------------------------------------------------------------------------ metric states
-def _stage_metrics(brick: BrickMetrics, stage: Stage) -> dict[str, Metric]:
-    if stage not in brick.alive_stages:
-        return {}
-    return {str(name): metric for name, metric in brick.metrics_for(stage).items(keep_base=False, copy_state=False)}
-
-
-def _copy(value: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
-    """A detached CPU copy of a metric state (a tensor, or a list of tensors)."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().clone()
-    return [item.detach().cpu().clone() for item in value]
-
-
-def _metric_state(metric: Metric) -> MetricState:
-    return {
-        "update_count": int(metric.update_count),
-        "state": {key: _copy(value) for key, value in metric.metric_state.items()},
-    }
-
-
-def collect_metric_states(collection: BrickCollection, stage: Stage = Stage.TRAIN) -> MetricStates:
-    """This process's accumulated metric states of ``stage``, copied to the CPU (for a checkpoint).
-
-    Every metric of the bricks alive in ``stage`` is included, also one without updates: a metric restored from a
-    checkpoint has no update count until its next update (see the module's docstring), and its state must still
-    be carried over if a checkpoint is written before that.
-
-    Args:
-        collection: the bricks.
-        stage: the stage whose metric copies to read.
-
-    Returns:
-        ``{brick path: {metric name: {"update_count": n, "state": {state name: value}}}}``.
-
-    Example:
-        >>> from torchmetrics.aggregation import SumMetric
-        >>> from torchbricks_lightning import BrickMetricSingle
-        >>> collection = BrickCollection({"total": BrickMetricSingle(SumMetric(), input_names=["x"])})
-        >>> _ = collection({"x": torch.tensor([1.0, 2.0])}, Stage.TRAIN)
-        >>> collect_metric_states(collection)
-        {'total': {'SumMetric': {'update_count': 1, 'state': {'sum_value': tensor(3.)}}}}
-    """
-    states: MetricStates = {}
-    for path, brick in collection.named_bricks():
-        if isinstance(brick, BrickMetrics):
-            saved = {name: _metric_state(metric) for name, metric in _stage_metrics(brick, stage).items()}
-            if saved:
-                states[path] = saved
-    return states
-
-
-def restore_metric_states(
-    collection: BrickCollection, states: Mapping[str, Mapping[str, Mapping[str, Any]]], stage: Stage = Stage.TRAIN
-) -> None:
-    """Put states from :func:`collect_metric_states` back into the ``stage`` metrics of ``collection``.
-
-    Every metric named in ``states`` is reset and then given the saved states, so that after its next update it
-    holds what it would hold had the states never left it. Metrics that ``states`` does not name are left alone.
-
-    Raises:
-        ResumeStateError: ``states`` names a brick, metric or state that the collection does not have, or a state of
-            another shape (the bricks changed since the checkpoint).
-
-    Example:
-        >>> from torchmetrics.aggregation import SumMetric
-        >>> from torchbricks_lightning import BrickMetricSingle
-        >>> collection = BrickCollection({"total": BrickMetricSingle(SumMetric(), input_names=["x"])})
-        >>> _ = collection({"x": torch.tensor([1.0, 2.0])}, Stage.TRAIN)
-        >>> saved = collect_metric_states(collection)
-        >>> collection.reset_metrics()
-        >>> restore_metric_states(collection, saved)
-        >>> _ = collection({"x": torch.tensor([4.0])}, Stage.TRAIN)  # the resumed epoch's next batch
-        >>> collection.summarize(Stage.TRAIN)
-        {'total': tensor(7.)}
-    """
-    bricks = {path: brick for path, brick in collection.named_bricks() if isinstance(brick, BrickMetrics)}
-    for path, saved_metrics in states.items():
-        brick = bricks.get(path)
-        live = _stage_metrics(brick, stage) if brick is not None else {}
-        if not live:
-            raise ResumeStateError(
-                f"The checkpoint holds {stage.value!r} metric states of brick {path!r}, but this collection has no "
-                f"metric brick alive in {stage.value!r} there (its metric bricks: {sorted(bricks)}). Resume with the "
-                "bricks the checkpoint was trained with."
-            )
-        for name, saved in saved_metrics.items():
-            metric = live.get(name)
-            if metric is None:
-                raise ResumeStateError(
-                    f"The checkpoint holds the state of metric {name!r} of brick {path!r}, which has {sorted(live)}. "
-                    "Resume with the bricks the checkpoint was trained with."
-                )
-            _load_metric(metric, saved, where=f"{path}/{name}")
-
-
-def collect_loss_states(loss_means: LossMeans, stage: Stage = Stage.TRAIN) -> dict[str, MetricState]:
-    """This process's loss-mean states of ``stage`` by loss name, copied to the CPU (for a checkpoint).
-
-    Example:
-        >>> means = LossMeans()
-        >>> means.update(Stage.TRAIN, "ce", torch.tensor(0.5), 4.0)
-        >>> collect_loss_states(means)
-        {'ce': {'update_count': 1, 'state': {'mean_value': tensor(2.), 'weight': tensor(4.)}}}
-    """
-    return {name: _metric_state(metric) for name, metric in loss_means.metrics(stage).items()}
-
-
-def restore_loss_states(
-    loss_means: LossMeans,
-    states: Mapping[str, Mapping[str, Any]],
-    stage: Stage = Stage.TRAIN,
-    device: torch.device | str = "cpu",
-) -> None:
-    """Put states from :func:`collect_loss_states` back, making the loss means they name (on ``device``).
-
-    Raises:
-        ResumeStateError: a saved state does not fit a loss mean.
-
-    Example:
-        >>> means = LossMeans()
-        >>> means.update(Stage.TRAIN, "ce", torch.tensor(0.5), 4.0)
-        >>> fresh = LossMeans()
-        >>> restore_loss_states(fresh, collect_loss_states(means))
-        >>> fresh.update(Stage.TRAIN, "ce", torch.tensor(2.0), 1.0)
-        >>> fresh.metrics(Stage.TRAIN)["ce"].compute()
-        tensor(0.8000)
-    """
-    for name, saved in states.items():
-        _load_metric(loss_means.metric(stage, name, device), saved, where=f"loss mean {name!r}")
-
-
-def _load_metric(metric: Metric, saved: Mapping[str, Any], where: str) -> None:
-    state = saved.get("state")
-    if not isinstance(state, Mapping):
-        raise ResumeStateError(f"The checkpoint's state of metric {where!r} is malformed: {sorted(saved)}.")
-    expected = set(metric.metric_state)
-    if set(state) != expected:
-        raise ResumeStateError(
-            f"The checkpoint's metric {where!r} has the states {sorted(state)}, but the metric now has "
-            f"{sorted(expected)}. Resume with the metric the checkpoint was trained with."
-        )
-    metric.reset()
-    for name, value in state.items():
-        current = getattr(metric, name)
-        if isinstance(current, torch.Tensor):
-            if not isinstance(value, torch.Tensor) or value.shape != current.shape:
-                shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-                raise ResumeStateError(
-                    f"The checkpoint's state {name!r} of metric {where!r} is {shape}, but the metric holds "
-                    f"{tuple(current.shape)} (e.g. another number of classes). Resume with the same metric."
-                )
-            setattr(metric, name, value.to(device=current.device, dtype=current.dtype))
-        else:
-            setattr(metric, name, [item.to(device=metric.device) for item in value])
 
 
 # ------------------------------------------------------------------------------------------------ the module's hooks
@@ -398,6 +222,12 @@ def _checked(state: object) -> Mapping[str, Any]:
         for name, kind in _FIELDS.items()
         if name not in state or type(state[name]) is not kind  # exact: a bool is not a count
     ]
+    if not problems:
+        problems = [
+            f"{name!r} is {state[name]}, below {low}"
+            for name, low in (("epoch", 0), ("batches_this_epoch", 0), ("world_size", 1))
+            if state[name] < low
+        ]
     if not problems and state["mid_epoch"]:
         problems = [
             f"{name!r} does not hold the states of {state['world_size']} processes"
@@ -408,6 +238,12 @@ def _checked(state: object) -> Mapping[str, Any]:
                 or len(state[name]) != state["world_size"]
                 or not all(isinstance(entry, Mapping) for entry in state[name])
             )
+        ]
+    if not problems:
+        problems = [
+            f"the random generator states of rank {rank}: {'; '.join(found)}"
+            for rank, entry in enumerate(state["rng_states"])
+            if (found := random_state_problems(entry))
         ]
     if problems:
         problem = "; ".join(problems)
