@@ -33,7 +33,9 @@ def _inputs() -> dict[str, torch.Tensor]:
 
 # ------------------------------------------------------------------------------------------------ defaults
 @pytest.mark.parametrize(
-    "entry_point", [export_bricks_as_onnx, export_checkpoint_as_onnx, OnnxExportCallback.__init__], ids=repr
+    "entry_point",
+    [export_bricks_as_onnx, export_checkpoint_as_onnx, OnnxExportCallback.__init__],
+    ids=lambda entry_point: entry_point.__qualname__,
 )
 def test_each_entry_points_defaults_are_the_options_defaults(entry_point: Any) -> None:
     parameters = inspect.signature(entry_point).parameters
