@@ -61,6 +61,7 @@ from typing_extensions import override
 
 from torchbricks_lightning.core.atomic_files import (
     atomic_path,
+    remove_stale_temporaries,
     remove_stale_temporary_folders,
     temporary_name,
     write_atomically,
@@ -274,6 +275,8 @@ class BrickPredictionWriter(BasePredictionWriter):
         for old in folder.glob("dl*-batch*.npz"):
             if old.name not in kept:
                 old.unlink(missing_ok=True)
+        for temporary in folder.glob(".dl*-batch*.tmp.npz"):  # of a run killed in step 2, if its process is gone
+            remove_stale_temporaries(folder / f"{temporary.name[1:].partition('.')[0]}.npz")
 
     def _remove_leftovers(self, world_size: int, staging: Path) -> None:
         """Rank 0, after step 1: the folders of processes this run does not have, and killed runs' staging folders."""

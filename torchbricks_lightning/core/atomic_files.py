@@ -119,7 +119,8 @@ def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
 def remove_stale_temporary_folders(path: str | os.PathLike[str], *, keep: str | None = None) -> list[Path]:
     """Remove the temporary *folders* named after ``path`` (see :func:`temporary_name`) that killed processes of
     this host left behind, except the one named ``keep``: the staging folders of writes that publish several files
-    at once (the prediction writer's). The same rules as :func:`remove_stale_temporaries` say what is stale.
+    at once (the prediction writer's). The same rules as :func:`remove_stale_temporaries` say what is stale, but a
+    folder of this very process other than ``keep`` is stale too: an earlier write of this process that failed.
 
     Returns:
         The folders removed.
@@ -139,7 +140,9 @@ def remove_stale_temporary_folders(path: str | os.PathLike[str], *, keep: str | 
     removed = []
     for entry in entries:
         owner = _owner(entry.name, target)
-        if owner is None or entry.name == keep or owner[0] != HOST or process_is_alive(owner[1]):
+        if owner is None or entry.name == keep or owner[0] != HOST:
+            continue
+        if owner[1] != os.getpid() and process_is_alive(owner[1]):
             continue
         if entry.is_dir(follow_symlinks=False):
             shutil.rmtree(entry.path, ignore_errors=True)
