@@ -212,6 +212,7 @@ def test_two_processes_write_their_own_files_and_one_index(tmp_path: Path) -> No
     for rank in (0, 1):
         part = json.loads((preds / f"rank{rank}" / "index.json").read_text())
         assert part["rank"] == rank
+    assert not [path for path in preds.rglob("*") if ".tmp" in path.name]  # no staging folder, no temporary file
 
 
 # ------------------------------------------------------------------------------------------------ names and folders
