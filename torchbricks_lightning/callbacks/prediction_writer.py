@@ -252,8 +252,9 @@ class BrickPredictionWriter(BasePredictionWriter):
         if trainer.is_global_zero:  # 1. the new prediction is readable from its staging folder
             staged = [{**entry, "file": f"{staging.name}/{entry['file']}"} for entry in index["files"]]
             write_json_atomically(self.index_path, {**index, "files": staged}, what="prediction index")
-        self._published = True
+            self._published = True  # from here on, a failure must keep the staging folder: the index lists it
         strategy.barrier("BrickPredictionWriter.staged")
+        self._published = True
         self._put_files_in_place(rank, part)  # 2.
         if trainer.is_global_zero:
             self._remove_leftovers(trainer.world_size, staging)
@@ -325,8 +326,8 @@ def _check_output_name(name: object) -> None:
         )
 
 
-def _shortened(name: str, length: int = 40) -> str:
-    return name if len(name) <= length else f"{name[:length]}..."
+def _shortened(name: str) -> str:
+    return name if len(name) <= 40 else f"{name[:40]}..."
 
 
 def _file_in_the_way(folder: Path, file: Path) -> ConfigError:
