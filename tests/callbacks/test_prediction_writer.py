@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from torchbricks_lightning import BrickNotTrainable, BrickPredictionWriter, LightningBrickCollection, Stage
-from torchbricks_lightning.errors import BrickDefinitionError, ConfigError
+from torchbricks_lightning.errors import BrickDefinitionError, ConfigError, FileWriteError
 
 JOB = Path(__file__).parent / "prediction_jobs" / "predict_job.py"
 
@@ -210,3 +212,77 @@ def test_two_processes_write_their_own_files_and_one_index(tmp_path: Path) -> No
     for rank in (0, 1):
         part = json.loads((preds / f"rank{rank}" / "index.json").read_text())
         assert part["rank"] == rank
+    assert not [path for path in preds.rglob("*") if ".tmp" in path.name]  # no staging folder, no temporary file
+
+
+# ------------------------------------------------------------------------------------------------ names and folders
+class Named(pl.LightningModule):
+    """A module whose ``predict_step`` returns the given names: not a brick collection, so nothing checked them."""
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__()
+        self.names = names
+        self.layer = nn.Linear(N_FEATURES, 2)
+
+    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        out = self.layer(batch[0])
+        return {name: out + offset for offset, name in enumerate(self.names)}
+
+
+def test_output_names_with_nul_are_refused_not_merged(tmp_path: Path) -> None:
+    """A zip member name ends at its first NUL: the two outputs would both be read back as 'scores'."""
+    writer = BrickPredictionWriter(str(tmp_path))
+    with pytest.raises(ConfigError, match=r"Output 'scores\\x00a' holds the control character '\\x00' at position 6"):
+        _trainer(callbacks=[writer]).predict(Named(["scores\x00a", "scores\x00b"]), _loader())
+    assert not (tmp_path / "index.json").exists()
+    assert not list(tmp_path.rglob("*.npz"))
+
+
+def test_output_names_longer_than_a_zip_member_name_are_refused_with_the_limit(tmp_path: Path) -> None:
+    longest = "x" * 65_531  # plus ".npy": 65,535 bytes, the most a zip member name holds
+    _trainer(callbacks=[BrickPredictionWriter(str(tmp_path / "ok"))]).predict(
+        Named([longest]), _loader(), return_predictions=False
+    )
+    with np.load(tmp_path / "ok" / "rank0" / "dl0-batch000000.npz") as arrays:
+        assert list(arrays.keys()) == [longest]
+
+    writer = BrickPredictionWriter(str(tmp_path / "long"))
+    limit = r"is too long for a .npz file: zip member names hold at most 65,535 bytes"
+    with pytest.raises(ConfigError, match=rf"Output 'x{{40}}\.\.\.' \(100,000 characters\) {limit}"):
+        _trainer(callbacks=[writer]).predict(Named(["x" * 100_000]), _loader())
+    with pytest.raises(ConfigError, match=rf"\(32,766 characters\) {limit}.*UTF-8 plus '.npy' \(65,536 here\)"):
+        _trainer(callbacks=[writer]).predict(Named(["é" * 32_766]), _loader())  # two bytes each in UTF-8
+    assert not (tmp_path / "long" / "index.json").exists()
+
+
+def test_an_output_dir_that_is_a_file_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    file = tmp_path / "preds"
+    file.write_text("the user's file")
+    with pytest.raises(ConfigError, match=f"output_dir {re.escape(repr(str(file)))} is a file, not a folder. Give"):
+        _trainer(callbacks=[BrickPredictionWriter(str(file))]).predict(_module(), _loader())
+    below = file / "run1"
+    with pytest.raises(ConfigError, match=f"cannot be created: {re.escape(repr(str(file)))} is a file, not a folder"):
+        _trainer(callbacks=[BrickPredictionWriter(str(below))]).predict(_module(), _loader())
+    assert file.read_text() == "the user's file"
+
+
+def test_an_output_dir_on_a_read_only_filesystem_is_a_file_write_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only filesystem (simulated: this suite may run as root, which permissions do not stop)."""
+    mount, mkdir = tmp_path / "read-only", os.mkdir
+    mount.mkdir()
+
+    def read_only_mkdir(path: Any, *args: Any, **kwargs: Any) -> None:
+        if str(path).startswith(str(mount)):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", read_only_mkdir)
+    target = mount / "preds"
+    with pytest.raises(FileWriteError, match=rf"{re.escape(repr(str(target)))}: Read-only file system\..*you can") as e:
+        _trainer(callbacks=[BrickPredictionWriter(str(target))]).predict(_module(), _loader())
+    assert e.value.errno == errno.EROFS
+    monkeypatch.setattr(os, "access", lambda path, mode: not str(path).startswith(str(mount)))
+    with pytest.raises(FileWriteError, match=rf"{re.escape(repr(str(mount)))}: read-only filesystem or no write"):
+        _trainer(callbacks=[BrickPredictionWriter(str(mount))]).predict(_module(), _loader())

@@ -51,6 +51,10 @@ class BrickTrainer(pl.Trainer):
             weights_only: see ``Trainer.predict``.
             output_dir: the folder for one ``.npz`` file per batch and process, and ``index.json``.
             float_dtype: the dtype of floating outputs in those files (``"keep"`` keeps theirs).
+
+        Raises:
+            ConfigError: ``output_dir`` is a file, or lies under one.
+            FileWriteError: ``output_dir`` cannot be created or written (a read-only filesystem, no permission).
         """
         if output_dir is None:
             return super().predict(
@@ -62,6 +66,7 @@ class BrickTrainer(pl.Trainer):
                 weights_only=weights_only,
             )
         writer = self.prediction_writer = BrickPredictionWriter(output_dir, float_dtype=float_dtype)
+        writer.check_output_dir()  # a file or a read-only folder there fails now, before the model is loaded
         callbacks: list[pl.Callback] = getattr(self, "callbacks")  # noqa: B009 - set in __init__, unseen by mypy
         callbacks.append(writer)  # for this call only: the next call with output_dir brings its own writer
         try:

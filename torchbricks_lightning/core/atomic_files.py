@@ -30,6 +30,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -43,6 +44,7 @@ __all__ = [
     "check_output_path",
     "process_is_alive",
     "remove_stale_temporaries",
+    "remove_stale_temporary_folders",
     "temporary_name",
     "write_atomically",
     "write_json_atomically",
@@ -110,6 +112,40 @@ def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
             continue
         with contextlib.suppress(OSError):
             os.unlink(entry.path)
+            removed.append(Path(entry.path))
+    return removed
+
+
+def remove_stale_temporary_folders(path: str | os.PathLike[str], *, keep: str | None = None) -> list[Path]:
+    """Remove the temporary *folders* named after ``path`` (see :func:`temporary_name`) that killed processes of
+    this host left behind, except the one named ``keep``: the staging folders of writes that publish several files
+    at once (the prediction writer's). The same rules as :func:`remove_stale_temporaries` say what is stale, but a
+    folder of this very process other than ``keep`` is stale too: an earlier write of this process that failed.
+
+    Returns:
+        The folders removed.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> (folder / temporary_name(folder / "predictions", pid=2**22 + 1)).mkdir()  # no such process
+        >>> [path.name.split(".")[1] for path in remove_stale_temporary_folders(folder / "predictions")]
+        ['predictions']
+    """
+    target = Path(path)
+    try:
+        entries = list(os.scandir(target.parent))
+    except OSError:
+        return []
+    removed = []
+    for entry in entries:
+        owner = _owner(entry.name, target)
+        if owner is None or entry.name == keep or owner[0] != HOST:
+            continue
+        if owner[1] != os.getpid() and process_is_alive(owner[1]):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
             removed.append(Path(entry.path))
     return removed
 

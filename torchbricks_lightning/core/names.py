@@ -10,6 +10,7 @@ literal built with ``repr``, so no name ever reaches generated source unquoted.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 
 from torchbricks_lightning.errors import BrickDefinitionError, InvalidNameError
@@ -21,6 +22,7 @@ __all__ = [
     "InputNames",
     "check_brick_name",
     "check_data_name",
+    "first_control_character",
     "normalize_input_names",
     "normalize_output_names",
 ]
@@ -35,8 +37,38 @@ RESERVED_INPUT_NAMES = (ALL_INPUTS, STAGE_INPUT)
 InputNames = Sequence[str] | Mapping[str, str]
 
 
+def first_control_character(name: str) -> tuple[int, str] | None:
+    """The position and the character of the first control character in ``name`` (NUL, a tab, a newline, ...),
+    or None: file formats cut names at NUL (zip member names), and no name is meant to hold one.
+
+    Example:
+        >>> first_control_character("head0/logits") is None
+        True
+        >>> first_control_character("head0/logits\\x00copy")
+        (12, '\\x00')
+    """
+    for position, character in enumerate(name):
+        if unicodedata.category(character) == "Cc":
+            return position, character
+    return None
+
+
+def _control_character_error(kind: str, name: str, where: str) -> InvalidNameError | None:
+    control = first_control_character(name)
+    if control is None:
+        return None
+    shown = name if len(name) <= 60 else f"{name[:60]}..."
+    return InvalidNameError(
+        f"{kind} {shown!r}{where} holds the control character {control[1]!r}"
+        f"{' (NUL)' if control[1] == chr(0) else ''} at position {control[0]}: names may "
+        "not hold NUL, tabs, newlines or other control characters (file formats cut or mangle them, so two names "
+        "could become one). Remove it from the name."
+    )
+
+
 def check_brick_name(name: object) -> str:
-    """Return ``name`` if it can name a brick in a collection: a non-empty string without ``/`` or ``.``.
+    """Return ``name`` if it can name a brick in a collection: a non-empty string without ``/``, ``.`` or control
+    characters.
 
     Example:
         >>> check_brick_name("head0")
@@ -48,6 +80,9 @@ def check_brick_name(name: object) -> str:
     """
     if not isinstance(name, str) or not name:
         raise InvalidNameError(f"Expected brick names to be non-empty strings, but got {name!r}.")
+    control = _control_character_error("Brick name", name, "")
+    if control is not None:
+        raise control
     if "/" in name or "." in name:
         raise InvalidNameError(
             f"Brick name {name!r} contains {'/' if '/' in name else '.'!r}, which separates nested names. "
@@ -57,7 +92,8 @@ def check_brick_name(name: object) -> str:
 
 
 def check_data_name(name: object, *, role: str, where: str) -> str:
-    """Return ``name`` if it is a well-formed data name: a non-empty string with single ``/`` separators.
+    """Return ``name`` if it is a well-formed data name: a non-empty string with single ``/`` separators and no
+    control character (see :func:`first_control_character`).
 
     Example:
         >>> check_data_name("head0/logits", role="output_names", where="BrickTrainable")
@@ -74,6 +110,9 @@ def check_data_name(name: object, *, role: str, where: str) -> str:
             f"{role} of {where} has a malformed name {name!r}: names must be non-empty and "
             "use single '/' separators, e.g. 'head0/logits'."
         )
+    control = _control_character_error(f"The name in {role}", name, f" of {where}")
+    if control is not None:
+        raise control
     return name
 
 
