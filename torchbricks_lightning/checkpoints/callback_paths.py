@@ -150,7 +150,7 @@ def confine_model_checkpoint_state(
     confined = dict(state)
     if folders is None:
         dirpath = confined.get(_DIRPATH)
-        if is_clean_folder(dirpath):
+        if isinstance(dirpath, str) and is_clean_folder(dirpath):
             reference: Sequence[str | os.PathLike[str]] = [dirpath]
         else:
             reference = []
