@@ -4,7 +4,10 @@
 ``filename`` that names one (``"{epoch}-{validation/digit/accuracy:.4f}"``) writes nested folders
 (``epoch=3-validation/digit/accuracy=0.9812.ckpt``), because the key's ``/`` ends up in the path.
 :class:`KeyedModelCheckpoint` writes ``epoch=3-validation_digit_accuracy=0.9812.ckpt`` instead: in the names of the
-keys it puts ``_`` for ``/``. Everything else is Lightning's ``ModelCheckpoint`` (monitor, mode, top-k, ``last``).
+keys it puts ``_`` for ``/``. Everything else is Lightning's ``ModelCheckpoint`` (monitor, mode, top-k, ``last``),
+except that a resumed state keeps only the paths that lie inside its ``dirpath``, resolved (see
+:func:`~torchbricks_lightning.checkpoints.callback_paths.confine_model_checkpoint_state`), whatever the
+``CheckpointIO`` that read it.
 
 Example:
     >>> import torch
@@ -21,6 +24,8 @@ from typing import Any
 
 from pytorch_lightning.callbacks import ModelCheckpoint
 from typing_extensions import override
+
+from torchbricks_lightning.checkpoints.callback_paths import confine_model_checkpoint_state
 
 __all__ = ["KeyedModelCheckpoint", "flat_key"]
 
@@ -63,3 +68,10 @@ class KeyedModelCheckpoint(ModelCheckpoint):
             template = _KEY_IN_TEMPLATE.sub(lambda group: "{" + flat_key(group.group(1)), template)
             metrics = {**metrics, **{flat_key(key): value for key, value in metrics.items() if "/" in key}}
         return super().format_checkpoint_name(metrics, filename=template, ver=ver, prefix=prefix)
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Lightning's ``load_state_dict``, after dropping (with a warning) each path outside this callback's
+        ``dirpath``: a resumed ``ModelCheckpoint`` deletes the files its state names."""
+        folders = [self.dirpath] if self.dirpath else []
+        super().load_state_dict(confine_model_checkpoint_state(state_dict, folders, name=self.state_key))

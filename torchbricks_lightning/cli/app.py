@@ -14,7 +14,8 @@ What happens to a recipe, in order:
    the module alone (``LightningBrickCollection.load_from_checkpoint(path)``, ``export --ckpt_path``).
 4. The Trainer writes and reads checkpoints with
    :class:`~torchbricks_lightning.checkpoints.io.SafeCheckpointIO` (never a half-written file), unless
-   the recipe's ``trainer.plugins`` hold another ``CheckpointIO``.
+   the recipe's ``trainer.plugins`` hold another ``CheckpointIO``; it is bound to the Trainer, so the paths in a
+   resumed checkpoint's callback states are confined to the Trainer's checkpoint folders.
 5. Before ``fit``, :func:`~torchbricks_lightning.lightning.preflight.check_one_batch` runs one batch through the
    validation and training graphs, so a recipe whose bricks do not fit together fails before any log or
    checkpoint folder is written.
@@ -197,7 +198,11 @@ class TorchBricksCLI(LightningCLI):
             for plugin in plugins:
                 if isinstance(plugin, SafeCheckpointIO):
                     plugin.preload(*self._checked_ckpt)
-        return super().instantiate_trainer(**{**kwargs, "plugins": plugins})
+        trainer = super().instantiate_trainer(**{**kwargs, "plugins": plugins})
+        for plugin in plugins:
+            if isinstance(plugin, SafeCheckpointIO):  # callback states' paths confined to its checkpoint folders
+                plugin.bind(trainer)
+        return trainer
 
     @override
     def after_instantiate_classes(self) -> None:
