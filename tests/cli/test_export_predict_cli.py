@@ -149,6 +149,22 @@ def test_export_of_an_unknown_output_says_what_was_meant(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_nul_in_an_export_path_is_one_line_and_a_non_zero_exit(checkpoint: Path, tmp_path: Path) -> None:
+    """A NUL cannot come through argv, but it can through YAML: ``--config`` or ``--artefacts`` (``"\\0"``)."""
+    options = tmp_path / "export.yaml"
+    options.write_text(f'ckpt_path: {checkpoint}\noutput: "exports/m\\0.onnx"\n')
+    by_config = run_script(["export", "--config", str(options)], tmp_path)
+    by_artefacts = run_script(
+        ["export", "--ckpt_path", str(checkpoint), "--artefacts", '[{path: "a\\0b.pt2"}]'], tmp_path
+    )
+    for done, named in [(by_config, r"'exports/m\x00.onnx'"), (by_artefacts, r"'a\x00b.pt2'")]:
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.splitlines() == [
+            f"error: Artefact path {named} holds a NUL character ('\\x00'), which no file name can hold; remove it."
+        ]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["export.yaml"]
+
+
 def test_export_needs_an_output_or_artefacts(
     checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

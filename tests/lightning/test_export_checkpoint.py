@@ -93,3 +93,25 @@ def test_example_inputs_from_a_checkpoint_are_checked(
 def test_the_loss_guard_applies_to_checkpoints(checkpoint: Path, tmp_path: Path) -> None:
     with pytest.raises(ExportError, match=r"bricks are alive in it, 'loss' \(loss\), 'accuracy' \(metric\)"):
         export_checkpoint(checkpoint, tmp_path / "model.onnx", brick_collection=boring_bricks(), stage="validation")
+
+
+def test_the_manifest_names_the_checkpoint_bytes_that_were_exported(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file is replaced after the weights were loaded (while the example inputs are made), before the export."""
+    path = tmp_path / "run.ckpt"
+    path.write_bytes(checkpoint.read_bytes())
+    loaded = hashlib.sha256(path.read_bytes()).hexdigest()
+    replacement = torch.load(checkpoint, weights_only=True)
+    replacement["epoch"] += 1
+    make_inputs = LightningBrickCollection.example_named_inputs
+
+    def replace_the_file_then_make_inputs(self: LightningBrickCollection, *args: Any, **kwargs: Any) -> Any:
+        torch.save(replacement, path)
+        return make_inputs(self, *args, **kwargs)
+
+    monkeypatch.setattr(LightningBrickCollection, "example_named_inputs", replace_the_file_then_make_inputs)
+    (result,) = export_checkpoint(path, tmp_path / "model.pt2", brick_collection=boring_bricks())
+    assert hashlib.sha256(path.read_bytes()).hexdigest() != loaded  # the file did change meanwhile
+    assert result.manifest["checkpoint"] == {"path": str(path), "sha256": loaded}
+    assert json.loads(Path(f"{result.path}.json").read_text())["checkpoint"]["sha256"] == loaded

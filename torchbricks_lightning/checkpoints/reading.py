@@ -42,6 +42,7 @@ __all__ = [
     "load_state_into",
     "read_checkpoint",
     "read_checkpoint_bytes",
+    "read_checkpoint_file",
 ]
 
 _BRICKS_PREFIX = "brick_collection."
@@ -71,18 +72,11 @@ def read_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
     return read_checkpoint_bytes(path, map_location)[0]
 
 
-def read_checkpoint_bytes(path: str | os.PathLike[str], map_location: Any = "cpu") -> tuple[dict[str, Any], bytes]:
-    """Read a checkpoint file once, and load it from those bytes with ``weights_only=True``.
-
-    Whoever needs the file again (Lightning, to rebuild a module) gets the same bytes, so the file cannot change
-    between the check and the load.
-
-    Returns:
-        ``(checkpoint, data)``: the checkpoint dict, and the bytes it was loaded from.
+def read_checkpoint_file(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of a local checkpoint file, read once (nothing is unpickled).
 
     Raises:
-        CheckpointError: the path is a URL, or the file is missing, truncated or not a checkpoint.
-        UntrustedCheckpointError: the file holds pickled objects other than tensors and plain values.
+        CheckpointError: the path is a URL, or the file is missing or unreadable.
     """
     if is_remote(path):
         raise CheckpointError(
@@ -95,9 +89,34 @@ def read_checkpoint_bytes(path: str | os.PathLike[str], map_location: Any = "cpu
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {str(path)!r} is not a file.")
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as err:
         raise CheckpointError(f"Could not read checkpoint {str(path)!r}: {err}.") from err
+
+
+def read_checkpoint_bytes(
+    path: str | os.PathLike[str], map_location: Any = "cpu", *, data: bytes | None = None
+) -> tuple[dict[str, Any], bytes]:
+    """Read a checkpoint file once, and load it from those bytes with ``weights_only=True``.
+
+    Whoever needs the file again (Lightning, to rebuild a module) gets the same bytes, so the file cannot change
+    between the check and the load.
+
+    Args:
+        path: the checkpoint file (named in messages).
+        map_location: where to load the tensors.
+        data: the file's bytes, read already (:func:`read_checkpoint_file`); then the file is not read again.
+
+    Returns:
+        ``(checkpoint, data)``: the checkpoint dict, and the bytes it was loaded from.
+
+    Raises:
+        CheckpointError: the path is a URL, or the file is missing, truncated or not a checkpoint.
+        UntrustedCheckpointError: the file holds pickled objects other than tensors and plain values.
+    """
+    if data is None:
+        data = read_checkpoint_file(path)
+    path = Path(path)
     try:
         checkpoint = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -261,6 +280,7 @@ def load_module_checkpoint(
     strict: bool | None = None,
     trusted_class_prefixes: Sequence[str] = (),
     owner: type | None = None,
+    checkpoint_bytes: bytes | None = None,
     **kwargs: Any,
 ) -> ModuleT:
     """The body of ``LightningBrickCollection.load_from_checkpoint``: read and check the file, then let Lightning
@@ -278,6 +298,8 @@ def load_module_checkpoint(
         strict: check that the checkpoint and the bricks hold the same names (default: yes).
         trusted_class_prefixes: packages, beyond torch and friends, whose classes the checkpoint may use.
         owner: the module class, whose signature types the hyperparameters.
+        checkpoint_bytes: the file's bytes, read already (:func:`read_checkpoint_file`) by a caller that must know
+            what was loaded (the export hashes them); then the file is not read again.
         kwargs: constructor arguments that override the saved ones, such as ``brick_collection``.
 
     Raises:
@@ -291,7 +313,7 @@ def load_module_checkpoint(
             "load_from_checkpoint(hparams_file=...) is not supported: the hyperparameters are read from the "
             "checkpoint itself, where they are checked. Pass the values to change as keyword arguments instead."
         )
-    checkpoint, data = read_checkpoint_bytes(checkpoint_path)
+    checkpoint, data = read_checkpoint_bytes(checkpoint_path, data=checkpoint_bytes)
     source = str(checkpoint_path)
     if owner is not None:
         hyper_parameters = check_checkpoint(checkpoint, owner, trusted_class_prefixes)

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from torchbricks_lightning.errors import ExportError, FileWriteError, TorchBricksError
+from torchbricks_lightning.errors import ConfigError, ExportError, FileWriteError, TorchBricksError
 
 __all__ = [
     "HOST",
@@ -151,7 +151,8 @@ def remove_stale_temporary_folders(path: str | os.PathLike[str], *, keep: str | 
 
 
 def check_output_path(path: str | os.PathLike[str], *, what: str = "output") -> Path:
-    """Raise :class:`ExportError` unless a file can be written at ``path`` (its folder is created if needed).
+    """Raise :class:`ExportError` unless a file can be written at ``path`` (its folder is created if needed), and
+    :class:`ConfigError` if no file can have that name (a NUL character in it).
 
     The export's check of its argument before any work: the message says what is wrong with the path given (a
     folder, a read-only file, a folder that cannot be created or written). :func:`atomic_path` does not call it:
@@ -165,6 +166,10 @@ def check_output_path(path: str | os.PathLike[str], *, what: str = "output") -> 
         torchbricks_lightning.errors.ExportError: The output path '...' is a directory; give a file path ...
     """
     target = Path(path)
+    if "\0" in os.fspath(target):  # the OS cuts names at NUL: Python refuses them with a bare ValueError
+        raise ConfigError(
+            f"The {what} path {str(target)!r} holds a NUL character ('\\x00'), which no file name can hold; remove it."
+        )
     if target.is_dir():
         raise ExportError(f"The {what} path {str(target)!r} is a directory; give a file path inside it instead.")
     if target.exists() and (not target.stat().st_mode & 0o222 or not os.access(target, os.W_OK)):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Unpack
 
 import torch
 
+from torchbricks_lightning.checkpoints.reading import read_checkpoint_file
 from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.core.export import (
     Artefacts,
@@ -38,7 +40,8 @@ def export_checkpoint(
     """Rebuild a model from a checkpoint once and write one or several checked artefacts from it.
 
     Each artefact holds the outputs it names (pruned graph) and gets a manifest that records the checkpoint's
-    SHA-256 (see :func:`~torchbricks_lightning.core.export.export_artefacts`). A path with ``{head}`` writes one
+    SHA-256 (see :func:`~torchbricks_lightning.core.export.export_artefacts`): that of the bytes the weights were
+    loaded from, the file being read once. A path with ``{head}`` writes one
     artefact per head.
 
     Args:
@@ -67,8 +70,13 @@ def export_checkpoint(
     chosen = with_overrides(options, overrides, where="export_checkpoint")
     artefact_specs(artefacts, chosen)  # a bad file name fails before the checkpoint is read
     kwargs: dict[str, Any] = {} if brick_collection is None else {"brick_collection": brick_collection}
+    data = read_checkpoint_file(checkpoint_path)  # the bytes loaded are the bytes hashed, whatever the file becomes
     module = LightningBrickCollection.load_from_checkpoint(
-        checkpoint_path, map_location="cpu", trusted_class_prefixes=trusted_class_prefixes, **kwargs
+        checkpoint_path,
+        map_location="cpu",
+        trusted_class_prefixes=trusted_class_prefixes,
+        checkpoint_bytes=data,
+        **kwargs,
     )
     return export_artefacts(
         artefacts,
@@ -76,6 +84,7 @@ def export_checkpoint(
         module.example_named_inputs() if named_inputs is None else named_inputs,
         chosen,
         checkpoint_path=checkpoint_path,
+        checkpoint_sha256=hashlib.sha256(data).hexdigest(),
         inputs_from=None if named_inputs is not None else "the checkpoint's example inputs",
     )
 

@@ -7,6 +7,8 @@
 * :mod:`~torchbricks_lightning.core.export.formats`: writing and loading ONNX and ``.pt2``;
 * :mod:`~torchbricks_lightning.core.export.verify`: the comparison with eager PyTorch;
 * :mod:`~torchbricks_lightning.core.export.manifest`: the manifest's fields;
+* :mod:`~torchbricks_lightning.core.export.publishing`: how an artefact and its manifest go into place, and
+  :func:`check_artefact`, the reader that takes only a pair that matches;
 * :mod:`~torchbricks_lightning.core.export.specs`: several artefacts at once (one per head);
 * :mod:`~torchbricks_lightning.core.export.exporting`: :func:`export_bricks`, one artefact, which runs them in order;
 * :mod:`~torchbricks_lightning.core.export.artefacts`: :func:`export_artefacts`, several, the path every entry point
@@ -18,6 +20,7 @@ from torchbricks_lightning.core.export.exporting import ExportResult, export_bri
 from torchbricks_lightning.core.export.formats import FORMATS, ExportFormat
 from torchbricks_lightning.core.export.manifest import MANIFEST_VERSION, manifest_path
 from torchbricks_lightning.core.export.options import DTYPES, ExportOptions
+from torchbricks_lightning.core.export.publishing import check_artefact
 from torchbricks_lightning.core.export.specs import Artefacts, ExportSpec, artefact_specs, expand_specs
 
 __all__ = [
@@ -31,6 +34,7 @@ __all__ = [
     "ExportSpec",
     "PlannedArtefact",
     "artefact_specs",
+    "check_artefact",
     "expand_specs",
     "export_artefacts",
     "export_bricks",

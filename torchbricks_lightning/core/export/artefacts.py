@@ -11,6 +11,7 @@ from typing import Any
 
 from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.core.export.exporting import ExportResult, export_bricks
+from torchbricks_lightning.core.export.manifest import checkpoint_record
 from torchbricks_lightning.core.export.options import ExportOptions
 from torchbricks_lightning.core.export.selection import select_export_graph
 from torchbricks_lightning.core.export.specs import Artefacts, artefact_specs, expand_specs, spec_options
@@ -68,6 +69,7 @@ def export_artefacts(
     *,
     folder: str | os.PathLike[str] | None = None,
     checkpoint_path: str | os.PathLike[str] | None = None,
+    checkpoint_sha256: str | None = None,
     inputs_from: str | None = None,
 ) -> list[ExportResult]:
     """Write each artefact of ``artefacts`` with :func:`~torchbricks_lightning.core.export.export_bricks`, in order.
@@ -81,6 +83,8 @@ def export_artefacts(
             (see :class:`~torchbricks_lightning.core.export.ExportOptions`).
         folder: relative paths are relative to it.
         checkpoint_path: the checkpoint the weights came from, recorded in each manifest.
+        checkpoint_sha256: the SHA-256 of the bytes the weights were loaded from; default: that of the file at
+            ``checkpoint_path``, read once before the first artefact is written.
         inputs_from: where ``named_inputs`` came from, when the caller did not pass them (said in errors).
 
     Returns:
@@ -101,6 +105,8 @@ def export_artefacts(
         >>> [(result.path.name, result.dtype, result.manifest["inputs"][0]["shape"]) for result in results]
         [('net.onnx', 'float32', ['batch', 4]), ('net.pt2', 'float16', ['batch', 4])]
     """
+    planned = plan_artefacts(artefacts, brick_collection, options, folder=folder)
+    checkpoint = checkpoint_record(checkpoint_path, checkpoint_sha256)  # one file, one hash for every artefact
     return [
         export_bricks(
             each.path,
@@ -108,7 +114,8 @@ def export_artefacts(
             named_inputs,
             each.options,
             checkpoint_path=checkpoint_path,
+            checkpoint_sha256=None if checkpoint is None else checkpoint["sha256"],
             inputs_from=inputs_from,
         )
-        for each in plan_artefacts(artefacts, brick_collection, options, folder=folder)
+        for each in planned
     ]

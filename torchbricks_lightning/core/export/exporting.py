@@ -13,11 +13,12 @@ from typing import Any, Unpack
 import torch
 from torch import nn
 
-from torchbricks_lightning.core.atomic_files import atomic_path, check_output_path, write_json_atomically
+from torchbricks_lightning.core.atomic_files import check_output_path
 from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.core.export.formats import ExportFormat, format_of, load_runner, write_artefact
 from torchbricks_lightning.core.export.manifest import (
     MANIFEST_VERSION,
+    checkpoint_record,
     class_names_of,
     file_sha256,
     manifest_path,
@@ -26,6 +27,7 @@ from torchbricks_lightning.core.export.manifest import (
 )
 from torchbricks_lightning.core.export.options import ExportOptionFields, ExportOptions, with_overrides
 from torchbricks_lightning.core.export.program import export_program
+from torchbricks_lightning.core.export.publishing import publishing
 from torchbricks_lightning.core.export.selection import ExportGraph, select_export_graph
 from torchbricks_lightning.core.export.shapes import dynamic_dims, second_shape_inputs
 from torchbricks_lightning.core.export.verify import (
@@ -165,6 +167,7 @@ def export_bricks(
     options: ExportOptions | None = None,
     *,
     checkpoint_path: str | os.PathLike[str] | None = None,
+    checkpoint_sha256: str | None = None,
     export_kwargs: Mapping[str, Any] | None = None,
     inputs_from: str | None = None,
     **overrides: Unpack[ExportOptionFields],
@@ -177,7 +180,9 @@ def export_bricks(
     ``torch.export.load``). Before the artefact is moved into place it is loaded back and compared with eager
     PyTorch at the example inputs and, when a dimension is dynamic, at a second shape (one more sample, twice the
     spatial size). A failed export leaves nothing behind and keeps an earlier file. The manifest
-    (``model.onnx.json``, see :mod:`~torchbricks_lightning.core.export.manifest`) is written atomically after it.
+    (``model.onnx.json``, see :mod:`~torchbricks_lightning.core.export.manifest`) goes into place before the
+    artefact, so that a reader (:func:`~torchbricks_lightning.core.export.check_artefact`) never takes a mismatched
+    pair (see :mod:`~torchbricks_lightning.core.export.publishing`).
     The collection runs in eval mode and no random generator moves.
 
     Args:
@@ -187,6 +192,8 @@ def export_bricks(
         options: the outputs, format, dtype, dynamic dimensions, opset and check; default: ``ExportOptions()``
             (see :class:`~torchbricks_lightning.core.export.ExportOptions` for each field and its default).
         checkpoint_path: the checkpoint the weights came from, recorded with its SHA-256 in the manifest.
+        checkpoint_sha256: the SHA-256 of the bytes the weights were loaded from; default: that of the file at
+            ``checkpoint_path``, read before the export starts (pass it when the file may change meanwhile).
         export_kwargs: more arguments for ``torch.onnx.export``.
         inputs_from: where ``named_inputs`` came from when the caller did not give them (e.g. "the checkpoint's
             example inputs"); a missing input's message then says so.
@@ -197,7 +204,8 @@ def export_bricks(
 
     Raises:
         BrickDefinitionError: ``brick_collection`` is not a collection, or ``named_inputs`` not a dict of tensors.
-        ConfigError: an unknown option or output name, a bad option value, or a suffix that does not fit the format.
+        ConfigError: an unknown option or output name, a bad option value, a suffix that does not fit the format,
+            or a NUL character in the path.
         MissingInputError: ``named_inputs`` lacks a name the pruned graph needs.
         ExportError: a loss or metric brick would be exported unasked, the output path cannot be written, tracing
             or writing failed, or the artefact disagrees with eager PyTorch.
@@ -235,6 +243,7 @@ def export_bricks(
     examples = _example_tensors(graph, named_inputs, inputs_from)
     check_output_path(target)
     check_output_path(manifest_path(target), what="manifest")
+    checkpoint = checkpoint_record(checkpoint_path, checkpoint_sha256)
     tolerance = default_tolerance(dtype)
     atol, rtol = chosen_options.atol, chosen_options.rtol
     tolerance = Tolerance(tolerance.atol if atol is None else atol, tolerance.rtol if rtol is None else rtol)
@@ -262,9 +271,9 @@ def export_bricks(
         expected = [[eager[name] for name in graph.output_names]]
         expected += [_eager_at(model, parsed_stage, other, graph.output_names) for other in shapes[1:]]
 
-        with atomic_path(target) as temporary:
+        with publishing(target) as publication:
             format_info = write_artefact(
-                temporary,
+                publication.temporary,
                 artefact_format,
                 traced.program,
                 list(inputs.values()),
@@ -276,36 +285,36 @@ def export_bricks(
             )
             differences: dict[str, float] = {}
             if verify:
-                differences = _check(temporary, artefact_format, graph, shapes, expected, tolerance)
-            artefact_sha256 = file_sha256(temporary)
-            size = temporary.stat().st_size
-
-    manifest: dict[str, Any] = {
-        "manifest_version": MANIFEST_VERSION,
-        "artefact": {"file": target.name, "format": artefact_format, "sha256": artefact_sha256, "bytes": size}
-        | format_info,
-        "stage": parsed_stage.value,
-        "dtype": precision,
-        "inputs": traced.inputs,
-        "outputs": traced.outputs,
-        "bricks": [node.path for node in graph.nodes],
-        "preprocessing": preprocessing_of(graph.nodes, dict(graph.collection.named_bricks())),
-        "class_names": class_names_of(graph.nodes, dict(graph.collection.named_bricks())),
-        "checkpoint": None
-        if checkpoint_path is None
-        else {"path": str(checkpoint_path), "sha256": file_sha256(checkpoint_path)},
-        "verification": None
-        if not verify
-        else {
-            "runtime": "onnxruntime" if artefact_format == "onnx" else "torch.export.load",
-            "atol": tolerance.atol,
-            "rtol": tolerance.rtol,
-            "input_shapes": [{name: list(t.shape) for name, t in each.items()} for each in shapes],
-            "max_abs_diff": differences,
-        },
-        "versions": versions(artefact_format),
-    }
-    written = write_json_atomically(manifest_path(target), manifest, what="manifest")
+                differences = _check(publication.temporary, artefact_format, graph, shapes, expected, tolerance)
+            manifest: dict[str, Any] = {
+                "manifest_version": MANIFEST_VERSION,
+                "artefact": {
+                    "file": target.name,
+                    "format": artefact_format,
+                    "sha256": file_sha256(publication.temporary),
+                    "bytes": publication.temporary.stat().st_size,
+                }
+                | format_info,
+                "stage": parsed_stage.value,
+                "dtype": precision,
+                "inputs": traced.inputs,
+                "outputs": traced.outputs,
+                "bricks": [node.path for node in graph.nodes],
+                "preprocessing": preprocessing_of(graph.nodes, dict(graph.collection.named_bricks())),
+                "class_names": class_names_of(graph.nodes, dict(graph.collection.named_bricks())),
+                "checkpoint": checkpoint,
+                "verification": None
+                if not verify
+                else {
+                    "runtime": "onnxruntime" if artefact_format == "onnx" else "torch.export.load",
+                    "atol": tolerance.atol,
+                    "rtol": tolerance.rtol,
+                    "input_shapes": [{name: list(t.shape) for name, t in each.items()} for each in shapes],
+                    "max_abs_diff": differences,
+                },
+                "versions": versions(artefact_format),
+            }
+            publication.announce(manifest)
     return ExportResult(
         path=target,
         input_names=list(graph.input_names),
@@ -313,7 +322,7 @@ def export_bricks(
         max_abs_diff=differences,
         format=artefact_format,
         dtype=precision,
-        manifest_path=written,
+        manifest_path=manifest_path(target),
         manifest=manifest,
     )
 

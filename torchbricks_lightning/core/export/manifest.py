@@ -1,7 +1,8 @@
 """The manifest written beside each artefact: what it takes and returns, what it expects, and where it came from.
 
-``model.onnx`` gets ``model.onnx.json`` (``model.pt2`` gets ``model.pt2.json``), written atomically after the
-artefact. Its fields (``MANIFEST_VERSION`` 1):
+``model.onnx`` gets ``model.onnx.json`` (``model.pt2`` gets ``model.pt2.json``), put into place before the
+artefact (see :mod:`~torchbricks_lightning.core.export.publishing`, whose ``check_artefact`` reads it). Its
+fields (``MANIFEST_VERSION`` 1):
 
 * ``manifest_version``: 1.
 * ``artefact``: ``file`` (the artefact's name, in the same folder), ``format`` (``onnx`` or ``pt2``), ``sha256`` and
@@ -15,7 +16,10 @@ artefact. Its fields (``MANIFEST_VERSION`` 1):
   "formula"}``. It runs inside the artefact: feed it raw values.
 * ``class_names``: per brick whose module (or the brick itself) has a ``class_names`` attribute:
   ``{"outputs": [...], "names": [...]}``.
-* ``checkpoint``: ``{"path", "sha256"}`` of the checkpoint the weights came from, or ``null``.
+* ``checkpoint``: ``{"path", "sha256"}`` of the checkpoint the weights came from, or ``null``; ``export_checkpoint``
+  hashes the bytes it loaded the weights from, not the file again after the export.
+* ``previous``: only while the artefact is published (and after a kill then): the manifest of the artefact it
+  replaces, or ``null`` (see :mod:`~torchbricks_lightning.core.export.publishing`).
 * ``verification``: how the artefact was checked (``runtime``, ``atol``, ``rtol``, the ``input_shapes`` run, the
   ``max_abs_diff`` per output), or ``null`` when it was not.
 * ``versions``: of torchbricks_lightning, torch, and for ONNX, onnx and onnxruntime.
@@ -35,8 +39,17 @@ from torch import nn
 
 from torchbricks_lightning.core.bricks import BrickInterface, BrickModule
 from torchbricks_lightning.core.graph import BrickNode
+from torchbricks_lightning.errors import ConfigError, ExportError
 
-__all__ = ["MANIFEST_VERSION", "class_names_of", "file_sha256", "manifest_path", "preprocessing_of", "versions"]
+__all__ = [
+    "MANIFEST_VERSION",
+    "checkpoint_record",
+    "class_names_of",
+    "file_sha256",
+    "manifest_path",
+    "preprocessing_of",
+    "versions",
+]
 
 MANIFEST_VERSION = 1
 
@@ -59,6 +72,35 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: stream.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def checkpoint_record(
+    checkpoint_path: str | os.PathLike[str] | None, checkpoint_sha256: str | None
+) -> dict[str, str] | None:
+    """The manifest's ``checkpoint`` field: the checkpoint's path and the SHA-256 of its bytes (by default, those
+    of the file now).
+
+    Raises:
+        ConfigError: ``checkpoint_sha256`` without ``checkpoint_path``.
+        ExportError: the file cannot be read.
+
+    Example:
+        >>> checkpoint_record("runs/last.ckpt", "ab12")
+        {'path': 'runs/last.ckpt', 'sha256': 'ab12'}
+    """
+    if checkpoint_path is None:
+        if checkpoint_sha256 is not None:
+            raise ConfigError("checkpoint_sha256 was given without checkpoint_path; pass the checkpoint's path too.")
+        return None
+    if checkpoint_sha256 is None:
+        try:
+            checkpoint_sha256 = file_sha256(checkpoint_path)
+        except OSError as err:
+            raise ExportError(
+                f"Could not read the checkpoint {str(checkpoint_path)!r} to record its SHA-256 in the manifest: "
+                f"{err.strerror or err}. Pass the path of the checkpoint the weights came from."
+            ) from err
+    return {"path": str(checkpoint_path), "sha256": checkpoint_sha256}
 
 
 def _wrapped(brick: BrickInterface) -> list[Any]:

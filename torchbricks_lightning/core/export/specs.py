@@ -54,8 +54,8 @@ def artefact_specs(artefacts: Artefacts, options: ExportOptions) -> list[ExportS
 
     Raises:
         BrickDefinitionError: ``artefacts`` is neither a path nor ``ExportSpec`` items.
-        ConfigError: a path that does not end with its format's suffix, or ``{head}`` in a path together with
-            ``options.output_names``.
+        ConfigError: a path that does not end with its format's suffix or holds a NUL character, or ``{head}`` in a
+            path together with ``options.output_names``.
 
     Example:
         >>> artefact_specs("exports/{head}.onnx", ExportOptions())
@@ -75,6 +75,10 @@ def artefact_specs(artefacts: Artefacts, options: ExportOptions) -> list[ExportS
                 f"{artefacts!r}."
             )
     for spec in specs:
+        if "\0" in spec.path:  # refused before anything is read or traced, rather than by the first write
+            raise ConfigError(
+                f"Artefact path {spec.path!r} holds a NUL character ('\\x00'), which no file name can hold; remove it."
+            )
         format_of(Path(spec.path.replace(HEAD_PLACEHOLDER, "head")), spec.format or options.format)
         if HEAD_PLACEHOLDER in spec.path and spec.output_names is None and options.output_names is not None:
             raise ConfigError(
