@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any, Literal
@@ -10,7 +11,7 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 from typing_extensions import override
 
-from torchbricks_lightning.checkpoints.reading import load_brick_collection_weights
+from torchbricks_lightning.checkpoints.reading import brick_state_dict, load_state_into, read_checkpoint_bytes
 from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.core.export import (
     ExportOptions,
@@ -124,13 +125,22 @@ class OnnxExportCallback(pl.Callback):
         """
         module = _brick_module(pl_module)
         collection: BrickCollection = module.brick_collection
-        if checkpoint_path is not None:
+        checkpoint_sha256 = None
+        if checkpoint_path is not None:  # the bytes loaded are the bytes hashed, whatever the file becomes
             collection = copy.deepcopy(collection).cpu()
-            load_brick_collection_weights(collection, checkpoint_path)
+            checkpoint, data = read_checkpoint_bytes(checkpoint_path)
+            load_state_into(collection, brick_state_dict(checkpoint, source=checkpoint_path), True, checkpoint_path)
+            checkpoint_sha256 = hashlib.sha256(data).hexdigest()
         device = next((p.device for p in collection.parameters()), pl_module.device)
         inputs = {name: tensor.to(device) for name, tensor in module.example_named_inputs().items()}
         self.last_results = export_artefacts(
-            self.specs, collection, inputs, self.options, folder=self._folder(trainer), checkpoint_path=checkpoint_path
+            self.specs,
+            collection,
+            inputs,
+            self.options,
+            folder=self._folder(trainer),
+            checkpoint_path=checkpoint_path,
+            checkpoint_sha256=checkpoint_sha256,
         )
         source = f"the weights of {checkpoint_path}" if checkpoint_path else "the current weights"
         for result in self.last_results:
