@@ -10,8 +10,9 @@ LightningBrickCollection` does not run the bricks on one at all: no loss mean an
 in training the step is skipped (``training_step`` returns None, which Lightning's automatic optimisation skips),
 with a warning naming the batch.
 
-With several processes (DDP), a step skipped on one process only leaves the others waiting for its gradients:
-there, give every process a non-empty batch (e.g. ``drop_last=True``, or a sampler that never yields an empty one).
+With several processes (DDP), a step skipped on one process only does not leave the others waiting: the processes'
+collectives no longer match, and Lightning (torch's DDP reducer) raises within seconds. There, give every process a
+non-empty batch (e.g. ``drop_last=True``, or a sampler that never yields an empty one).
 
 **Errors.** An error raised while the bricks run on a batch gets context: which brick failed, and how a tuple
 batch was named.
