@@ -21,7 +21,7 @@ from torchbricks_lightning.core.graph import (
 from torchbricks_lightning.core.names import check_brick_name
 from torchbricks_lightning.core.results import LossesAndMetrics
 from torchbricks_lightning.core.stages import ALL_STAGES, Stage, StageLike, parse_stage
-from torchbricks_lightning.core.structure import StructureNode
+from torchbricks_lightning.core.structure import MAX_NESTING, StructureNode, check_nesting, nesting_error
 from torchbricks_lightning.errors import (
     BrickDefinitionError,
     InvalidNameError,
@@ -57,10 +57,11 @@ class BrickCollection(LossesAndMetrics, StructureNode, nn.ModuleDict):
     (a brick's names, alive stages, losses or returned metrics, or the collection's members).
 
     Args:
-        bricks: a dict of bricks, collections or nested dicts of them.
+        bricks: a dict of bricks, collections or nested dicts of them, at most ``MAX_NESTING`` (64) levels deep.
 
     Raises:
-        BrickDefinitionError: a value is not a brick (or a dict of bricks).
+        BrickDefinitionError: a value is not a brick (or a dict of bricks), or the dicts are nested more than
+            ``MAX_NESTING`` (64) levels deep (the message names the path where the limit is passed).
         InvalidNameError: a brick name contains '/' or '.', or a relative name climbs above the root.
         DuplicateOutputError: two bricks alive in the same stage produce the same name.
         CycleError: the bricks alive in a stage form a cycle.
@@ -123,6 +124,8 @@ class BrickCollection(LossesAndMetrics, StructureNode, nn.ModuleDict):
             raise InvalidNameError(
                 f"Brick name {name!r} clashes with the BrickCollection attribute of that name. Rename the brick."
             )
+        if isinstance(value, (Mapping, BrickCollection)):
+            check_nesting(name, value)  # before building: the nested collections are built recursively
         if isinstance(value, Mapping) and not isinstance(value, BrickCollection):
             value = BrickCollection._nested(value)
         if not isinstance(value, (BrickInterface, BrickCollection)):
@@ -190,13 +193,24 @@ class BrickCollection(LossesAndMetrics, StructureNode, nn.ModuleDict):
 
     # ----------------------------------------------------------------------------------------- graph
     def named_bricks(self) -> Iterator[tuple[str, BrickInterface]]:
-        """Every brick with its path (``'head0/classify'``), depth first in declaration order."""
-        for name, module in self.items():
-            if isinstance(module, BrickCollection):
-                for sub_path, brick in module.named_bricks():
-                    yield f"{name}/{sub_path}", brick
-            elif isinstance(module, BrickInterface):
-                yield name, module
+        """Every brick with its path (``'head0/classify'``), depth first in declaration order.
+
+        Raises:
+            BrickDefinitionError: members added later nest the bricks more than ``MAX_NESTING`` (64) levels deep.
+        """
+        stack: list[tuple[str, Iterator[tuple[str, nn.Module]]]] = [("", iter(self.items()))]
+        while stack:
+            prefix, members = stack[-1]
+            for name, module in members:
+                if isinstance(module, BrickCollection):
+                    if len(stack) > MAX_NESTING:
+                        raise nesting_error(f"{prefix}{name}")
+                    stack.append((f"{prefix}{name}/", iter(module.items())))
+                    break
+                if isinstance(module, BrickInterface):
+                    yield f"{prefix}{name}", module
+            else:
+                stack.pop()
 
     def brick_nodes(self) -> tuple[BrickNode, ...]:
         """The bricks as :class:`BrickNode` records, with relative names resolved to absolute ones."""

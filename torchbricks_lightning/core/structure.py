@@ -9,16 +9,66 @@ A call therefore pays nothing to find out whether its plan is still valid.
 
 Owners are held weakly and are not pickled or deep-copied; a collection re-registers itself with its members when
 it is unpickled or copied.
+
+How deep collections may nest is part of the structure too: at most :data:`MAX_NESTING` levels, checked by
+:func:`check_nesting` before a nested dict is built, so a deeper tree is refused with a clear error.
 """
 
 from __future__ import annotations
 
 import weakref
+from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["StructureNode"]
+from torch import nn
+
+from torchbricks_lightning.errors import BrickDefinitionError
+
+__all__ = ["MAX_NESTING", "StructureNode", "check_nesting", "nesting_error"]
 
 _OWNERS = "_structure_owners"
+
+MAX_NESTING = 64
+"""How many levels of dicts (or collections) bricks may be nested in below a collection's root. Deeper trees are
+refused when they are built: torch walks modules recursively (``copy.deepcopy``, pickling, ``state_dict``), and a few
+hundred levels exhaust Python's stack there; 64 leaves room for the frames of Lightning's loops and callbacks."""
+
+
+def nesting_error(path: str) -> BrickDefinitionError:
+    """The error of a tree nested past :data:`MAX_NESTING` levels; ``path`` is the level where the limit is passed."""
+    return BrickDefinitionError(
+        f"Bricks are nested more than {MAX_NESTING} levels deep: {path!r} is level {MAX_NESTING + 1}. A "
+        f"BrickCollection takes at most {MAX_NESTING} levels of dicts (or collections) below its root; flatten the "
+        "dict, e.g. name a brick 'block3_conv' rather than giving each part a level of its own."
+    )
+
+
+def check_nesting(name: str, value: Any) -> None:
+    """Refuse ``value`` (a dict or collection to put at ``name``) if it nests more than :data:`MAX_NESTING` levels.
+
+    Each dict and each ``nn.ModuleDict`` (a collection) is a level. The tree is walked with a stack, so one of any
+    depth, or a dict that holds itself, is refused with a clear error, never a ``RecursionError``.
+
+    Raises:
+        BrickDefinitionError: the tree is too deep; the message names the path where the limit is passed.
+
+    Example:
+        >>> tree = {"leaf": None}
+        >>> for level in range(MAX_NESTING):
+        ...     tree = {f"d{level}": tree}
+        >>> check_nesting("top", tree)
+        Traceback (most recent call last):
+        ...
+        torchbricks_lightning.errors.BrickDefinitionError: Bricks are nested more than 64 levels deep: 'top/d63/.../d0' is level 65. ...
+    """  # noqa: E501 - a doctest's expected output is one line
+    stack: list[tuple[str, Any, int]] = [(name, value, 1)]
+    while stack:
+        path, members, depth = stack.pop()
+        if depth > MAX_NESTING:
+            raise nesting_error(path)
+        for member_name, member in members.items():
+            if isinstance(member, (Mapping, nn.ModuleDict)):
+                stack.append((f"{path}/{member_name}", member, depth + 1))
 
 
 class StructureNode:

@@ -10,7 +10,7 @@ from this module.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sized
+from collections.abc import Iterator, Mapping, Sized
 from typing import Any, cast
 
 import torch
@@ -209,19 +209,17 @@ class ResumableDataLoader(DataLoader[Any]):
 
         A pass over another epoch (Lightning moves on when the checkpoint closed its epoch) starts at the beginning.
 
+        Every field is checked (its type and range) before anything is restored.
+
         Raises:
-            LoaderStateError: the state is not a ResumableDataLoader state, or the saved position cannot be found in
-                this loader's order because the dataset length, batch size, seed, shuffling, number of processes or
+            LoaderStateError: the state is not a ResumableDataLoader state, a field has the wrong type or range (a
+                negative batch count, more batches than an epoch has, a batch size that is not an integer; the
+                message names the field and its value), or the saved position cannot be found in this loader's
+                order because the dataset length, batch size, seed, shuffling, number of processes or
                 the sampler's order parameters (a mixture's sampling mode, temperature or dataset sizes) changed. A
                 state written before the order parameters were saved (version 1) has none to check.
         """
-        required = ("epoch", "batches", "batch_size", "seed", "num_samples", "num_replicas", "shuffle")
-        missing = [key for key in required if key not in state_dict]
-        if missing:
-            raise LoaderStateError(
-                f"Expected a ResumableDataLoader state with {list(required)}, but {missing} are missing. The "
-                "checkpoint was written with another train loader: resume with that loader."
-            )
+        saved = _checked_state(state_dict)
         sampler = self.resumable_sampler
         sampler.refresh()
         current = {
@@ -231,20 +229,91 @@ class ResumableDataLoader(DataLoader[Any]):
             "num_replicas": sampler.num_replicas,
             "shuffle": int(sampler.shuffle),
         }
-        changed = {
-            key: f"{int(state_dict[key])} -> {value}" for key, value in current.items() if int(state_dict[key]) != value
-        }
+        changed = {key: f"{saved[key]} -> {value}" for key, value in current.items() if saved[key] != value}
         changed.update(_changed_order(state_dict.get("order"), sampler.order_parameters()))
-        if changed and int(state_dict["batches"]) > 0:
+        if changed and saved["batches"] > 0:
             described = ", ".join(f"{key} {change}" for key, change in changed.items())
             raise LoaderStateError(
-                f"The checkpoint stopped after batch {int(state_dict['batches'])} of epoch {int(state_dict['epoch'])}, "
+                f"The checkpoint stopped after batch {saved['batches']} of epoch {saved['epoch']}, "
                 f"but the train loader changed since ({described}), so that position does not exist in the new "
                 "order. Resume with the same data, mixture (sampling, temperature), batch size, seed and number of "
                 "processes as the checkpoint (the values before '->'), or from a checkpoint written at the end of an "
                 "epoch."
             )
-        self._resume = {"epoch": int(state_dict["epoch"]), "batches": int(state_dict["batches"])}
+        if not changed and saved["batches"] > len(self):
+            raise LoaderStateError(
+                f"The checkpoint's train loader state has batches={saved['batches']}, but an epoch of this loader has "
+                f"{len(self)} batches (batch_size {saved['batch_size']}, drop_last {self.drop_last}). Resume with the "
+                "drop_last the checkpoint was written with; otherwise the loader state is damaged: resume from "
+                "another checkpoint."
+            )
+        self._resume = {"epoch": saved["epoch"], "batches": saved["batches"]}
+
+
+_DAMAGED = (
+    "The loader state in the checkpoint is damaged or was not written by ResumableDataLoader: resume from another "
+    "checkpoint."
+)
+_FIELDS: dict[str, tuple[int | None, str]] = {
+    "epoch": (0, "an integer >= 0"),
+    "batches": (0, "an integer >= 0 (the batches already trained on in that epoch)"),
+    "batch_size": (1, "an integer >= 1"),
+    "seed": (None, "an integer"),
+    "num_samples": (0, "an integer >= 0"),
+    "num_replicas": (1, "an integer >= 1"),
+    "shuffle": (0, "0 or 1"),
+}
+"""The integer fields of a loader state: the smallest value each may take (None: any) and how that is said."""
+
+
+def _shown_value(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
+
+
+def _checked_state(state: object) -> dict[str, int]:
+    """The integer fields of a saved loader state, each checked for its type and range before anything is restored.
+
+    Raises:
+        LoaderStateError: the state is not a dict, lacks a field, or a field has the wrong type or range (the message
+            names the field and its value).
+
+    Example:
+        >>> _checked_state({"epoch": 0, "batches": -1, "batch_size": 2, "seed": 0, "num_samples": 4,
+        ...                 "num_replicas": 1, "shuffle": 1})
+        Traceback (most recent call last):
+        ...
+        torchbricks_lightning.errors.LoaderStateError: The checkpoint's train loader state has batches=-1, but ...
+    """
+    if not isinstance(state, Mapping):
+        raise LoaderStateError(
+            f"Expected a ResumableDataLoader state (a dict of {list(_FIELDS)}), but got {type(state).__name__}. "
+            + _DAMAGED
+        )
+    missing = [key for key in _FIELDS if key not in state]
+    if missing:
+        raise LoaderStateError(
+            f"Expected a ResumableDataLoader state with {list(_FIELDS)}, but {missing} are missing. The "
+            "checkpoint was written with another train loader: resume with that loader."
+        )
+    version = state.get("version", 1)
+    if type(version) is not int or not 1 <= version <= _STATE_VERSION:
+        raise LoaderStateError(
+            f"The checkpoint's train loader state has version={_shown_value(version)}, but this ResumableDataLoader "
+            f"reads versions 1 to {_STATE_VERSION}. A newer torchbricks-lightning wrote it, or it is damaged: resume "
+            "with the version that wrote the checkpoint, or from another checkpoint."
+        )
+    checked: dict[str, int] = {}
+    for key, (lowest, expected) in _FIELDS.items():
+        value = state[key]
+        integer = type(value) is int or (key == "shuffle" and type(value) is bool)
+        if not integer or (lowest is not None and value < lowest) or (key == "shuffle" and value > 1):
+            raise LoaderStateError(
+                f"The checkpoint's train loader state has {key}={_shown_value(value)}, but {key} must be {expected}. "
+                + _DAMAGED
+            )
+        checked[key] = int(value)
+    return checked
 
 
 def _changed_order(saved: object, current: dict[str, Any]) -> dict[str, str]:
@@ -256,12 +325,25 @@ def _changed_order(saved: object, current: dict[str, Any]) -> dict[str, str]:
             f"Expected the 'order' of a ResumableDataLoader state to be a dict of order parameters, but got "
             f"{type(saved).__name__}. The checkpoint's loader state is damaged: resume from another checkpoint."
         )
+    for name, value in saved.items():
+        if not isinstance(name, str) or not _plain(value):
+            raise LoaderStateError(
+                f"The checkpoint's train loader state has the order parameter {_shown_value(name)} = "
+                f"{_shown_value(value)}, but order parameters are named by strings and hold numbers, strings, None or "
+                f"lists of them. {_DAMAGED}"
+            )
     names = [*current, *(name for name in saved if name not in current)]
     return {
         str(name): f"{_shown(saved, name)} -> {_shown(current, name)}"
         for name in names
         if name not in saved or name not in current or saved[name] != current[name]
     }
+
+
+def _plain(value: object) -> bool:
+    """Whether ``value`` is what an order parameter holds: a number, a string, None, or a list or tuple of them."""
+    scalars = value if isinstance(value, (list, tuple)) else [value]
+    return all(each is None or isinstance(each, (bool, int, float, str)) for each in scalars)
 
 
 def _shown(values: dict[Any, Any], name: object) -> str:

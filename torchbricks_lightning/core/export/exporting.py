@@ -32,6 +32,7 @@ from torchbricks_lightning.core.export.selection import ExportGraph, select_expo
 from torchbricks_lightning.core.export.shapes import dynamic_dims, second_shape_inputs
 from torchbricks_lightning.core.export.verify import (
     Tolerance,
+    as_float32,
     compare_outputs,
     default_tolerance,
     raise_on_failures,
@@ -270,6 +271,11 @@ def export_bricks(
             shapes.append(second_shape_inputs(inputs, dims))
         expected = [[eager[name] for name in graph.output_names]]
         expected += [_eager_at(model, parsed_stage, other, graph.output_names) for other in shapes[1:]]
+        full_precision = None  # a float16 artefact is also checked against the float32 model (overflows)
+        if verify and precision != "float32":
+            full_precision = [
+                _eager_at(graph.collection, parsed_stage, as_float32(each), graph.output_names) for each in shapes
+            ]
 
         with publishing(target) as publication:
             format_info = write_artefact(
@@ -285,7 +291,9 @@ def export_bricks(
             )
             differences: dict[str, float] = {}
             if verify:
-                differences = _check(publication.temporary, artefact_format, graph, shapes, expected, tolerance)
+                differences = _check(
+                    publication.temporary, artefact_format, graph, shapes, expected, tolerance, full_precision
+                )
             manifest: dict[str, Any] = {
                 "manifest_version": MANIFEST_VERSION,
                 "artefact": {
@@ -349,12 +357,14 @@ def _check(
     shapes: Sequence[Mapping[str, torch.Tensor]],
     expected: Sequence[Sequence[torch.Tensor]],
     tolerance: Tolerance,
+    full_precision: Sequence[Sequence[torch.Tensor]] | None = None,
 ) -> dict[str, float]:
     """Run the written artefact at every shape and compare it with eager PyTorch; raise on a disagreement."""
     runtime = "onnxruntime" if artefact_format == "onnx" else "torch.export.load"
     run = load_runner(path, artefact_format, graph.input_names)
     worst: dict[str, float] = {}
-    for inputs, wanted in zip(shapes, expected, strict=True):
+    wide: Sequence[Sequence[torch.Tensor] | None] = full_precision or [None] * len(shapes)
+    for inputs, wanted, full in zip(shapes, expected, wide, strict=True):
         shape = ", ".join(f"{name}{tuple(t.shape)}" for name, t in inputs.items())
         try:
             actual = run(list(inputs.values()))
@@ -365,7 +375,7 @@ def _check(
                 "probably depends on a size made dynamic (e.g. a reshape to a fixed batch size); export with "
                 "dynamic_batch_size=False or dynamic_spatial=False."
             ) from err
-        differences, failures = compare_outputs(graph.output_names, actual, wanted, tolerance)
+        differences, failures = compare_outputs(graph.output_names, actual, wanted, tolerance, full)
         raise_on_failures(failures, runtime=runtime, shape=shape)
         for name, value in differences.items():
             worst[name] = max(worst.get(name, 0.0), value)
