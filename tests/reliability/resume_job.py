@@ -43,7 +43,8 @@ torch.set_num_threads(1)
 
 class KillAtStep(pl.Callback):
     """SIGKILL this process when the training batch after global step ``step`` starts; with ``whole_group``, its
-    whole process group (every DDP rank that Lightning started from it, as a cluster's scheduler kills a job)."""
+    whole process group (every DDP rank that Lightning started from it, as a cluster's scheduler kills a job): start
+    such a job in a session of its own (``test_distributed.Job``), or the group is the caller's too."""
 
     def __init__(self, step: int, whole_group: bool = False) -> None:
         self.step = step

@@ -71,7 +71,7 @@ class PartlyLabelledImages(SyntheticImageDataModule):
 
 def build_module() -> LightningBrickCollection:
     torch.manual_seed(0)  # the same initial weights in every process and run
-    bricks = {
+    bricks: dict[str, Any] = {
         "backbone": BrickTrainable(
             nn.Sequential(nn.Flatten(), nn.Linear(3 * IMAGE_SIZE * IMAGE_SIZE, FEATURES), nn.ReLU(), nn.Dropout(0.3)),
             input_names=["raw"],
