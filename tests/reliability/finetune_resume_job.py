@@ -19,8 +19,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
-from pytorch_lightning.loggers import CSVLogger
-from resume_job import KillAtStep, build_module
+from resume_job import KillAtStep, build_module, make_trainer
 
 from torchbricks_lightning.datamodules import DigitsDataModule
 from torchbricks_lightning.lightning import LightningBrickCollection
@@ -57,17 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     ]
     if args.kill_at_step is not None:
         callbacks.append(KillAtStep(args.kill_at_step))
-    trainer = pl.Trainer(
-        max_epochs=args.max_epochs,
-        accelerator="cpu",
-        logger=CSVLogger(args.out, name="logs", version="resumed" if args.resume else "first"),
-        callbacks=callbacks,
-        log_every_n_steps=1,
-        num_sanity_val_steps=0,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        deterministic=True,
-    )
+    trainer = make_trainer(args.out, args.resume, callbacks, max_epochs=args.max_epochs)
     datamodule = DigitsDataModule(batch_size=64, seed=3)
     trainer.fit(module, datamodule=datamodule, ckpt_path="last" if args.resume else None)
     torch.save(module.state_dict(), args.out / "final.pt")

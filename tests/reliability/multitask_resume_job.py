@@ -20,8 +20,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.loggers import CSVLogger
-from resume_job import KillAtStep
+from resume_job import KillAtStep, make_trainer
 from torch import nn
 
 from torchbricks_lightning import BrickTrainable
@@ -80,17 +79,7 @@ def main() -> None:
     if args.kill_at_step is not None:
         callbacks.append(KillAtStep(args.kill_at_step))
     module = build_module()
-    trainer = pl.Trainer(
-        max_epochs=args.max_epochs,
-        accelerator="cpu",
-        logger=CSVLogger(args.out, name="logs", version="resumed" if args.resume else "first"),
-        callbacks=callbacks,
-        log_every_n_steps=1,
-        num_sanity_val_steps=0,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        deterministic=True,
-    )
+    trainer = make_trainer(args.out, args.resume, callbacks, max_epochs=args.max_epochs)
     trainer.fit(module, datamodule=build_datamodule(), ckpt_path="last" if args.resume else None)
     torch.save(module.state_dict(), args.out / "final.pt")
 

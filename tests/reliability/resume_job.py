@@ -42,15 +42,21 @@ torch.set_num_threads(1)
 
 
 class KillAtStep(pl.Callback):
-    """SIGKILL this process when the training batch after global step ``step`` starts."""
+    """SIGKILL this process when the training batch after global step ``step`` starts; with ``whole_group``, its
+    whole process group (every DDP rank that Lightning started from it, as a cluster's scheduler kills a job): start
+    such a job in a session of its own (``test_distributed.Job``), or the group is the caller's too."""
 
-    def __init__(self, step: int) -> None:
+    def __init__(self, step: int, whole_group: bool = False) -> None:
         self.step = step
+        self.whole_group = whole_group
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
         if trainer.global_step == self.step:
             sys.stdout.flush()
-            os.kill(os.getpid(), signal.SIGKILL)
+            if self.whole_group:
+                os.killpg(os.getpgrp(), signal.SIGKILL)  # this process included
+            else:
+                os.kill(os.getpid(), signal.SIGKILL)
 
 
 def build_module(dropout: float) -> LightningBrickCollection:
@@ -66,6 +72,22 @@ def build_module(dropout: float) -> LightningBrickCollection:
         ),
     }
     return LightningBrickCollection(bricks, optimizer=functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9))
+
+
+def make_trainer(out: Path, resume: bool, callbacks: list[pl.Callback], **kwargs: Any) -> pl.Trainer:
+    """A resume job's Trainer: on CPU, a ``CSVLogger`` row every step under ``out/logs/first`` (``resumed`` when
+    ``resume``), no sanity validation, no progress bar or model summary, deterministic; ``kwargs`` add the rest."""
+    return pl.Trainer(
+        accelerator="cpu",
+        logger=CSVLogger(out, name="logs", version="resumed" if resume else "first"),
+        callbacks=callbacks,
+        log_every_n_steps=1,
+        num_sanity_val_steps=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
+        **kwargs,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -97,18 +119,9 @@ def main(argv: list[str] | None = None) -> None:
     ]
     if args.kill_at_step is not None:
         callbacks.append(KillAtStep(args.kill_at_step))
-    trainer = pl.Trainer(
-        max_epochs=args.max_epochs,
-        accelerator="cpu",
-        devices=args.devices,
-        strategy="ddp" if args.devices > 1 else "auto",
-        logger=CSVLogger(args.out, name="logs", version="resumed" if args.resume else "first"),
-        callbacks=callbacks,
-        log_every_n_steps=1,
-        num_sanity_val_steps=0,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        deterministic=True,
+    strategy = "ddp" if args.devices > 1 else "auto"
+    trainer = make_trainer(
+        args.out, args.resume, callbacks, max_epochs=args.max_epochs, devices=args.devices, strategy=strategy
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path="last" if args.resume else None)
     if trainer.is_global_zero:

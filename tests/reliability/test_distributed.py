@@ -82,11 +82,12 @@ def _job_env() -> dict[str, str]:
 
 
 class Job:
-    """One ``ddp_job.py`` run, in a session of its own so that Lightning's child process can be killed with it."""
+    """One run of ``job`` (default: ``ddp_job.py``), in a session of its own so that Lightning's child process can
+    be killed with it."""
 
-    def __init__(self, devices: int, out: Path, *extra: str) -> None:
+    def __init__(self, devices: int, out: Path, *extra: str, job: Path = JOB) -> None:
         self.devices, self.out = devices, out
-        command = [sys.executable, str(JOB), "--devices", str(devices), "--out", str(out), *extra]
+        command = [sys.executable, str(job), "--devices", str(devices), "--out", str(out), *extra]
         self.command = " ".join(command)
         self.started = time.monotonic()
         self.process = subprocess.Popen(

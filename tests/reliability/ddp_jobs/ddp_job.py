@@ -386,11 +386,15 @@ def main() -> None:
         (out / "result.json").write_text(json.dumps(_plain(shared)))
 
 
+def leave_process_group() -> None:
+    """Join gloo's threads before the interpreter exits; without it, a process may abort at exit with "terminate
+    called without an active exception" after a successful fit."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 if __name__ == "__main__":
     try:
         main()
     finally:
-        # Join gloo's threads before the interpreter exits; without it, a process may abort at exit with
-        # "terminate called without an active exception" after a successful fit.
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        leave_process_group()
