@@ -245,7 +245,7 @@ class Echo(nn.Module):
 HOSTILE = [
     "quote'",
     'double"quote',
-    "new\nline",
+    "new\\nline",  # a backslash and an n: a newline if it reached the source unquoted (real newlines are refused)
     "brace}{",
     "class",
     "def f(): pass",
@@ -285,7 +285,7 @@ def test_stage_as_a_keyword_of_a_metric_brick_is_a_clear_error() -> None:
 
 
 def test_every_name_reaches_the_source_quoted() -> None:
-    name = "a'b\nc"
+    name = "a'b\\nc"  # a quote, a backslash and an n (a real newline is refused at build: tests/core/test_names.py)
     collection = BrickCollection({"echo": BrickTrainable(Echo(), input_names={name: name}, output_names=[name + "/y"])})
     source = collection.stage_source(Stage.INFERENCE)
     assert repr(name) in source
