@@ -66,17 +66,20 @@ def test_a_state_that_is_not_a_dict_is_refused() -> None:
         _loader().load_state_dict([1, 2, 3])  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("version", [0, 3, "2", None])
+@pytest.mark.parametrize("version", [0, 1, 3, "2", None])
 def test_an_unknown_version_is_refused(version: object) -> None:
-    with pytest.raises(LoaderStateError, match=rf"version={version!r}, but .* reads versions 1 to 2"):
+    with pytest.raises(LoaderStateError, match=rf"version={version!r}, but .* reads version 2"):
         _loader().load_state_dict({**_loader().state_dict(), "version": version})
 
 
-def test_a_state_without_a_version_is_read_as_version_1() -> None:
+def test_a_state_without_a_version_or_an_order_is_refused() -> None:
+    """Version 1 (no order parameters) was never released: only this version's states are read."""
     loader = _loader()
     state = {key: value for key, value in loader.state_dict().items() if key not in ("version", "order")}
-    loader.load_state_dict({**state, "batches": 2})
-    assert len(list(loader)) == 1
+    with pytest.raises(LoaderStateError, match=r"version=None, but .* reads version 2"):
+        loader.load_state_dict({**state, "batches": 2})
+    with pytest.raises(LoaderStateError, match=r"'order' of a ResumableDataLoader state to be a dict"):
+        loader.load_state_dict({**loader.state_dict(), "order": None})
 
 
 def test_more_batches_than_an_epoch_has_are_refused() -> None:

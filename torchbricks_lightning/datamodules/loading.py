@@ -216,8 +216,7 @@ class ResumableDataLoader(DataLoader[Any]):
                 negative batch count, more batches than an epoch has, a batch size that is not an integer; the
                 message names the field and its value), or the saved position cannot be found in this loader's
                 order because the dataset length, batch size, seed, shuffling, number of processes or
-                the sampler's order parameters (a mixture's sampling mode, temperature or dataset sizes) changed. A
-                state written before the order parameters were saved (version 1) has none to check.
+                the sampler's order parameters (a mixture's sampling mode, temperature or dataset sizes) changed..
         """
         saved = _checked_state(state_dict)
         sampler = self.resumable_sampler
@@ -280,7 +279,7 @@ def _checked_state(state: object) -> dict[str, int]:
 
     Example:
         >>> _checked_state({"epoch": 0, "batches": -1, "batch_size": 2, "seed": 0, "num_samples": 4,
-        ...                 "num_replicas": 1, "shuffle": 1})
+        ...                 "num_replicas": 1, "shuffle": 1, "version": 2})
         Traceback (most recent call last):
         ...
         torchbricks_lightning.errors.LoaderStateError: The checkpoint's train loader state has batches=-1, but ...
@@ -296,12 +295,12 @@ def _checked_state(state: object) -> dict[str, int]:
             f"Expected a ResumableDataLoader state with {list(_FIELDS)}, but {missing} are missing. The "
             "checkpoint was written with another train loader: resume with that loader."
         )
-    version = state.get("version", 1)
-    if type(version) is not int or not 1 <= version <= _STATE_VERSION:
+    version = state.get("version")
+    if type(version) is not int or version != _STATE_VERSION:
         raise LoaderStateError(
             f"The checkpoint's train loader state has version={_shown_value(version)}, but this ResumableDataLoader "
-            f"reads versions 1 to {_STATE_VERSION}. A newer torchbricks-lightning wrote it, or it is damaged: resume "
-            "with the version that wrote the checkpoint, or from another checkpoint."
+            f"reads version {_STATE_VERSION}. Another torchbricks-lightning version wrote it, or it is damaged: "
+            "resume with the version that wrote the checkpoint, or from another checkpoint."
         )
     checked: dict[str, int] = {}
     for key, (lowest, expected) in _FIELDS.items():
@@ -317,9 +316,7 @@ def _checked_state(state: object) -> dict[str, int]:
 
 
 def _changed_order(saved: object, current: dict[str, Any]) -> dict[str, str]:
-    """``{name: 'saved -> current'}`` for each order parameter that differs (none for a version-1 state)."""
-    if saved is None:
-        return {}
+    """``{name: 'saved -> current'}`` for each order parameter that differs."""
     if not isinstance(saved, dict):
         raise LoaderStateError(
             f"Expected the 'order' of a ResumableDataLoader state to be a dict of order parameters, but got "
