@@ -100,16 +100,8 @@ def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
     Returns:
         The files removed.
     """
-    target = Path(path)
-    try:
-        entries = list(os.scandir(target.parent))
-    except OSError:
-        return []
     removed = []
-    for entry in entries:
-        owner = _owner(entry.name, target)
-        if owner is None or owner[0] != HOST or process_is_alive(owner[1]):
-            continue
+    for entry in _stale_entries(Path(path)):
         with contextlib.suppress(OSError):
             os.unlink(entry.path)
             removed.append(Path(entry.path))
@@ -132,22 +124,29 @@ def remove_stale_temporary_folders(path: str | os.PathLike[str], *, keep: str | 
         >>> [path.name.split(".")[1] for path in remove_stale_temporary_folders(folder / "predictions")]
         ['predictions']
     """
-    target = Path(path)
+    removed = []
+    for entry in _stale_entries(Path(path), this_process_is_stale=True):
+        if entry.name != keep and entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(Path(entry.path))
+    return removed
+
+
+def _stale_entries(target: Path, this_process_is_stale: bool = False) -> list[os.DirEntry[str]]:
+    """The entries beside ``target`` named as its temporaries by a process of this host that no longer runs (or,
+    with ``this_process_is_stale``, by this very process): never another host's, which may be writing them."""
     try:
         entries = list(os.scandir(target.parent))
     except OSError:
         return []
-    removed = []
+    stale = []
     for entry in entries:
         owner = _owner(entry.name, target)
-        if owner is None or entry.name == keep or owner[0] != HOST:
+        if owner is None or owner[0] != HOST:
             continue
-        if owner[1] != os.getpid() and process_is_alive(owner[1]):
-            continue
-        if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.path, ignore_errors=True)
-            removed.append(Path(entry.path))
-    return removed
+        if (this_process_is_stale and owner[1] == os.getpid()) or not process_is_alive(owner[1]):
+            stale.append(entry)
+    return stale
 
 
 def check_output_path(path: str | os.PathLike[str], *, what: str = "output") -> Path:
