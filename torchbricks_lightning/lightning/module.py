@@ -98,7 +98,7 @@ class LightningBrickCollection(pl.LightningModule):
             ``DynamicWeightAverage()``, ``PCGrad(shared_name="features")``. Its weights are logged as
             ``train/balance/...``; validation and test totals keep the static weights.
         delta_m: a :class:`~torchbricks_lightning.multitask.DeltaM` with per-metric baselines, logged as
-            ``validation/delta_m`` at each validation epoch end.
+            ``validation/delta_m`` at each validation epoch end and ``test/delta_m`` at the end of a test.
         predict_output_names: what ``predict_step`` returns; default: the inference stage's terminal outputs (the
             values no alive brick reads, such as ``head/probabilities``), not the inputs and intermediate tensors.
 
@@ -319,7 +319,8 @@ class LightningBrickCollection(pl.LightningModule):
         self.multitask.log_delta_m(self, metrics)
 
     def on_test_epoch_end(self) -> None:
-        self.loss_logging.end_epoch(self, self.trainer, self.brick_collection, Stage.TEST)
+        metrics = self.loss_logging.end_epoch(self, self.trainer, self.brick_collection, Stage.TEST)
+        self.multitask.log_delta_m(self, metrics, Stage.TEST)
 
     # ---------------------------------------------------------------------------------------- optimisers
     def configure_optimizers(self) -> Any:

@@ -4,7 +4,7 @@ loss balancer, Δm and the labelled counts.
 The logic lives in :mod:`torchbricks_lightning.multitask` (which never imports Lightning); this module holds the
 steps the LightningModule's hooks call: checking the constructor arguments, finding each loss's labelled count in
 a step's outputs, the optimised total, handing the balancer the epoch means of its losses, and logging
-``train/balance/...`` and ``validation/delta_m``.
+``train/balance/...``, ``validation/delta_m`` and ``test/delta_m``.
 """
 
 from __future__ import annotations
@@ -26,11 +26,12 @@ from torchbricks_lightning.lightning.logging.losses import LossMeans
 from torchbricks_lightning.lightning.logging.steps import step_values_needed
 from torchbricks_lightning.multitask.balancers import LossBalancer
 from torchbricks_lightning.multitask.labels import labelled_count_names, scale_to_global_counts
-from torchbricks_lightning.multitask.score import DeltaM
+from torchbricks_lightning.multitask.score import DeltaM, metric_directions
 
 __all__ = [
     "BALANCE_PREFIX",
     "DELTA_M_KEY",
+    "TEST_DELTA_M_KEY",
     "LabelledCounts",
     "MultiTask",
     "check_multitask_arguments",
@@ -41,6 +42,8 @@ _BALANCER_PREFIX = "loss_balancer."
 BALANCE_PREFIX = "train/balance/"
 """The balancer's values are logged as ``train/balance/{name}``."""
 DELTA_M_KEY = "validation/delta_m"
+TEST_DELTA_M_KEY = "test/delta_m"
+"""Δm of the test metrics, from the same baselines, logged at the end of ``trainer.test``."""
 
 
 def check_multitask_arguments(
@@ -49,11 +52,13 @@ def check_multitask_arguments(
     loss_balancer: LossBalancer | None,
     delta_m: DeltaM | None,
 ) -> None:
-    """Check the types, set the balancer up on the collection's training losses and check Δm's metric keys.
+    """Check the types, set the balancer up on the collection's training losses and check Δm's metric keys and
+    their directions (taken from the metric objects).
 
     Raises:
         BrickDefinitionError: an argument has the wrong type.
-        ConfigError: the balancer names an unknown loss or shared tensor, or Δm an unknown metric key.
+        ConfigError: the balancer names an unknown loss or shared tensor, or Δm an unknown metric key, a direction
+            that disagrees with its metric's, or a metric whose direction neither its metric nor the user gives.
     """
     if loss_balancer is not None and not isinstance(loss_balancer, LossBalancer):
         raise BrickDefinitionError(
@@ -68,6 +73,7 @@ def check_multitask_arguments(
         loss_balancer.setup(collection, merge_loss_weights(collection.loss_weights(), loss_weights))
     if delta_m is not None:
         delta_m.check_keys(collection.metric_keys())
+        delta_m.check_directions(metric_directions(collection))
 
 
 class LabelledCounts:
@@ -102,11 +108,13 @@ class MultiTask:
         collection: the bricks (the balancer is set up on their training losses, Δm's keys checked against them).
         loss_weights: the module's weights by loss name that override the bricks' own.
         balancer: None for the static weights, or a :class:`~torchbricks_lightning.multitask.LossBalancer`.
-        delta_m: a :class:`~torchbricks_lightning.multitask.DeltaM`, logged as ``validation/delta_m``.
+        delta_m: a :class:`~torchbricks_lightning.multitask.DeltaM`, logged as ``validation/delta_m`` and
+            ``test/delta_m``.
 
     Raises:
         BrickDefinitionError: an argument has the wrong type.
-        ConfigError: the balancer names an unknown loss or shared tensor, or Δm an unknown metric key.
+        ConfigError: the balancer names an unknown loss or shared tensor, or Δm an unknown metric key or a wrong
+            or unknown direction.
     """
 
     def __init__(
@@ -182,10 +190,16 @@ class MultiTask:
         for name, value in balancer.logged_values().items():
             log.log(f"{BALANCE_PREFIX}{name}", value, on_step=True, on_epoch=False)
 
-    def log_delta_m(self, log: Logs, metrics: Mapping[str, torch.Tensor] | None) -> None:
-        """Log Δm of a validation epoch's (synced) metrics."""
-        if self.delta_m is not None and metrics:
-            log.log(DELTA_M_KEY, self.delta_m(metrics), sync_dist=False)
+    def log_delta_m(
+        self, log: Logs, metrics: Mapping[str, torch.Tensor] | None, stage: Stage = Stage.VALIDATION
+    ) -> None:
+        """Log Δm of a validation or test epoch's (synced) metrics, as ``{stage}/delta_m``."""
+        if self.delta_m is None or not metrics:
+            return
+        key = TEST_DELTA_M_KEY if stage is Stage.TEST else DELTA_M_KEY
+        if stage is Stage.TEST:
+            warning_filters.install([key])  # synced metrics: no advice to sync (validation's is installed at setup)
+        log.log(key, self.delta_m(metrics), sync_dist=False)
 
     def drop_unused_state(self, checkpoint: dict[str, Any]) -> None:
         """Without a balancer, drop a checkpoint's balancer weights (see :func:`drop_balancer_state`)."""

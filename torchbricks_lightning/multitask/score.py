@@ -5,6 +5,12 @@
 better (an error), 0 when higher is better (an accuracy). Positive: better than the baselines on average, in
 percent.
 
+The direction of a metric the model reports comes from the metric object itself, torchmetrics' ``higher_is_better``
+(:func:`metric_directions`), so an error metric is never scored as an accuracy because its direction was left out.
+A direction given by the user must agree with it. A dict-valued metric whose values go different ways says so per
+value name in ``value_higher_is_better`` (a ``{value name: bool or None}`` attribute, read before
+``higher_is_better``).
+
 A metric that is NaN is missing (the metrics of the bag of bricks report NaN for a task without a labelled element
 in the epoch): Δm leaves it out, so ``T`` counts the metrics that have a value, and warns once per metric, naming it.
 Counting such a task as an accuracy of 0 would add -100% for it.
@@ -15,24 +21,76 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterable, Mapping
+from typing import cast
 
 import torch
+from torchmetrics import MetricCollection
 
+from torchbricks_lightning.core.collection import BrickCollection
+from torchbricks_lightning.core.metric_bricks import BrickMetrics
 from torchbricks_lightning.errors import BrickDefinitionError, ConfigError, did_you_mean
 
-__all__ = ["DeltaM"]
+__all__ = ["DeltaM", "metric_directions"]
+
+
+def metric_directions(collection: BrickCollection) -> dict[str, bool | None]:
+    """Whether higher is better for each metric key the collection reports, read from its metric objects.
+
+    A metric's torchmetrics ``higher_is_better`` gives the direction of its key; a dict-valued metric (one declaring
+    ``value_names``) gives it for each of its keys, or per value name in a ``value_higher_is_better`` mapping. None:
+    the metric does not say.
+
+    Example:
+        >>> from torchmetrics.classification import MulticlassAccuracy
+        >>> from torchbricks_lightning.bag_of_bricks.metrics import RegressionMetrics
+        >>> from torchbricks_lightning.core.metric_bricks import BrickMetricSingle
+        >>> metric_directions(BrickCollection({
+        ...     "accuracy": BrickMetricSingle(MulticlassAccuracy(3), input_names=["preds", "targets"]),
+        ...     "age": BrickMetricSingle(RegressionMetrics(), input_names=["age", "age_targets"]),
+        ... }))
+        {'accuracy': True, 'mae': False, 'mse': False}
+    """
+    directions: dict[str, bool | None] = {}
+    for path, brick in collection.named_bricks():
+        if not isinstance(brick, BrickMetrics):
+            continue
+        # Every stage holds a copy of the same metrics.
+        metrics = cast(MetricCollection, next(iter(brick.metrics_per_stage.values())))
+        by_report_name: dict[str, bool | None] = {}
+        for name, metric in metrics.items(keep_base=False, copy_state=False):
+            value_names = getattr(metric, "value_names", None)
+            if value_names is None:
+                by_report_name[name] = _direction(getattr(metric, "higher_is_better", None))
+                continue
+            per_value = getattr(metric, "value_higher_is_better", None) or {}
+            for value in (value_names,) if isinstance(value_names, str) else value_names:
+                given = per_value.get(value, metric.higher_is_better) if isinstance(per_value, Mapping) else None
+                by_report_name[value] = _direction(given)
+        for report_name, key in zip(brick.report_names, brick.metric_keys(path), strict=True):
+            directions[key] = by_report_name.get(report_name)
+    return directions
+
+
+def _direction(value: object) -> bool | None:
+    return value if isinstance(value, bool) else None
 
 
 class DeltaM:
     """Δm of metric values against per-metric baselines, for ``LightningBrickCollection(delta_m=...)``.
 
-    The module logs it as ``validation/delta_m`` at each validation epoch end, from the metric keys of the
-    collection's summary (``'digit/accuracy'``, ``'age/mae'``, ...); call it on test metrics with the baselines'
-    test values for a test figure.
+    The module logs it as ``validation/delta_m`` at each validation epoch end and as ``test/delta_m`` at the end of
+    ``trainer.test``, from the metric keys of the collection's summary (``'digit/accuracy'``, ``'age/mae'``, ...) and
+    the same baselines.
+
+    In a module, each metric's direction comes from its metric object (:func:`metric_directions`, checked when the
+    module is built by :meth:`check_directions`): ``higher_is_better`` is needed only for a metric that does not say
+    (torchmetrics' ``higher_is_better=None``), and must agree with the metrics that do. Called on its own, before
+    any check against a model, a key without a given direction counts as higher-is-better: give every error
+    metric's direction there.
 
     Args:
         baselines: the baseline value of each metric, by metric key.
-        higher_is_better: the direction of each metric, by metric key (default: higher is better for every key).
+        higher_is_better: the direction of each metric, by metric key (default: the metric object's).
 
     Raises:
         ConfigError: a baseline is zero or not finite, or a direction names a key without a baseline.
@@ -67,7 +125,9 @@ class DeltaM:
                 f"higher_is_better names {unknown}, which have no baseline; the baselines are {list(baselines)}."
             )
         self.baselines = {str(key): float(value) for key, value in baselines.items()}
-        self.higher_is_better = {key: bool(directions.get(key, True)) for key in self.baselines}
+        self.given_higher_is_better = {str(key): bool(value) for key, value in directions.items()}
+        """The directions the user gave; :attr:`higher_is_better` holds those in use."""
+        self.higher_is_better = {key: self.given_higher_is_better.get(key, True) for key in self.baselines}
         self.warned: set[str] = set()  # the missing metrics already named in a warning
 
     def check_keys(self, metric_keys: Iterable[str]) -> None:
@@ -80,6 +140,31 @@ class DeltaM:
                     f"Δm has a baseline for the metric {key!r}, which the bricks do not report.{hint} Metric keys: "
                     f"{known}."
                 )
+
+    def check_directions(self, directions: Mapping[str, bool | None]) -> None:
+        """Take each metric's direction from ``directions`` (:func:`metric_directions` of the model).
+
+        Raises:
+            ConfigError: a given direction disagrees with the metric's, or neither the metric nor the user says which
+                way a baselined metric goes; the message names the key and the fix.
+        """
+        resolved = dict(self.higher_is_better)
+        for key in self.baselines:
+            given = self.given_higher_is_better.get(key)
+            known = directions.get(key)
+            if known is not None and given is not None and given != known:
+                raise ConfigError(
+                    f"Δm is told higher_is_better={{{key!r}: {given}}}, but the metric behind {key!r} says "
+                    f"higher_is_better={known}. Drop {key!r} from DeltaM's higher_is_better: the metric's own "
+                    "direction is used."
+                )
+            if known is None and given is None:
+                raise ConfigError(
+                    f"Δm cannot tell which way the metric {key!r} goes: its metric has higher_is_better=None. Give "
+                    f"it, e.g. DeltaM(..., higher_is_better={{{key!r}: False}}) for an error, True for a score."
+                )
+            resolved[key] = bool(known if known is not None else given)
+        self.higher_is_better = resolved
 
     def __call__(self, metrics: Mapping[str, torch.Tensor | float]) -> torch.Tensor:
         """Δm in percent over the metrics named by the baselines (those present in ``metrics`` and not NaN; NaN if
