@@ -1,6 +1,6 @@
 """What the module does with a raw batch before and after the bricks run on it: naming it (:func:`name_batch`), its
-number of samples (:func:`samples_in`), skipping an empty one (:func:`is_empty_batch`), and the note added to an
-error raised on it (:func:`add_batch_names_note`).
+number of samples (:func:`samples_in`; a batch of 0 samples is skipped), and the note added to an error raised on it
+(:func:`add_batch_names_note`).
 
 **Empty batches.** A batch with no samples adds nothing to a stage's losses or metrics, and is not trained on.
 
@@ -49,7 +49,6 @@ __all__ = [
     "add_batch_names_note",
     "batch_names_note",
     "failing_brick",
-    "is_empty_batch",
     "name_batch",
     "no_training_loss_error",
     "samples_in",
@@ -168,20 +167,6 @@ def samples_in(named_inputs: dict[str, object]) -> float:
 
 class EmptyBatchWarning(UserWarning):
     """A batch with no samples was skipped."""
-
-
-def is_empty_batch(named_inputs: Mapping[str, object]) -> bool:
-    """Whether a batch has no samples: its first tensor with a batch dimension has length 0 (the batch's weight in
-    the epoch means, :func:`~torchbricks_lightning.lightning.logging.losses.samples_in`, is then 0).
-
-    Example:
-        >>> import torch
-        >>> is_empty_batch({"raw": torch.zeros(0, 3), "targets": torch.zeros(0)})
-        True
-        >>> is_empty_batch({"raw": torch.zeros(2, 3)}), is_empty_batch({"scale": 2.0})
-        (False, False)
-    """
-    return samples_in(dict(named_inputs)) == 0
 
 
 def warn_empty_batch(stage: Stage, batch_idx: int) -> None:
