@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
+import pytorch_lightning as pl
 import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
@@ -61,6 +65,20 @@ def boring_bricks() -> dict[str, object]:
             MulticlassAccuracy(num_classes=NUM_CLASSES), input_names=["class_prediction", "targets"]
         ),
     }
+
+
+def quiet_trainer(folder: Path, **kwargs: Any) -> pl.Trainer:
+    """A CPU Trainer that writes and prints nothing of its own (no logger, progress bar, summary or checkpoints) in
+    ``folder``; ``kwargs`` override or add Trainer arguments."""
+    settings: dict[str, Any] = {
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+        "default_root_dir": folder,
+    }
+    return pl.Trainer(**(settings | kwargs))
 
 
 @pytest.fixture(autouse=True)

@@ -9,8 +9,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
+from conftest import quiet_trainer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy
@@ -50,15 +50,7 @@ def test_a_user_s_own_epoch_value_still_gets_lightning_s_sync_advice(tmp_path: P
         }
     )
     data = DataLoader(TensorDataset(torch.randn(16, 4), torch.arange(16) % 3), batch_size=8)
-    trainer = pl.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, max_epochs=1)
     # A process group of one: Lightning gives its advice only when one is initialised.
     torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'group'}", rank=0, world_size=1)
     try:

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import pytorch_lightning as pl
 import torch
+from conftest import quiet_trainer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -44,15 +44,7 @@ def test_a_second_trainer_call_does_not_override_the_module_s_own_callbacks(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     module = _module()
-    trainer = pl.Trainer(
-        max_epochs=2,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, max_epochs=2)
     with caplog.at_level(logging.INFO):
         trainer.fit(module, train_dataloaders=_loader(), val_dataloaders=_loader())
         trainer.test(module, dataloaders=_loader())
@@ -69,16 +61,7 @@ def test_a_user_s_own_callback_of_the_same_kind_is_still_reported(
 ) -> None:
     """Lightning's notice stays for what it is meant for: a Trainer callback the module's own replaces."""
     module = _module()
-    trainer = pl.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        default_root_dir=tmp_path,
-        callbacks=[UnfreezeSchedule({}, module.brick_collection)],
-    )
+    trainer = quiet_trainer(tmp_path, max_epochs=1, callbacks=[UnfreezeSchedule({}, module.brick_collection)])
     with caplog.at_level(logging.INFO):
         trainer.fit(module, train_dataloaders=_loader())
     assert any(OVERRIDE_NOTICE in record.getMessage() for record in caplog.records)
