@@ -27,10 +27,13 @@ from torchbricks_lightning.datamodules import DigitsDataModule
 from torchbricks_lightning.errors import ConfigError
 from torchbricks_lightning.lightning import LightningBrickCollection
 from torchbricks_lightning.multitask import (
+    FAMO,
     DeltaM,
     DynamicWeightAverage,
+    GeometricLossStrategy,
     LossBalancer,
     PCGrad,
+    RandomLossWeighting,
     StaticWeights,
     UncertaintyWeighting,
 )
@@ -211,6 +214,9 @@ BALANCERS: dict[str, Callable[[], LossBalancer]] = {
     "uncertainty": UncertaintyWeighting,
     "dwa": DynamicWeightAverage,
     "pcgrad": lambda: PCGrad("features"),
+    "famo": FAMO,
+    "rlw": RandomLossWeighting,
+    "gls": GeometricLossStrategy,
 }
 
 

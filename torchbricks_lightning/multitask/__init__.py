@@ -4,6 +4,8 @@
   loss brick that reports how many elements were labelled;
 - :mod:`~torchbricks_lightning.multitask.balancers`: :class:`StaticWeights`, :class:`UncertaintyWeighting`,
   :class:`DynamicWeightAverage`;
+- :mod:`~torchbricks_lightning.multitask.loss_level`: :class:`FAMO`, :class:`RandomLossWeighting`,
+  :class:`GeometricLossStrategy`;
 - :mod:`~torchbricks_lightning.multitask.gradient`: :class:`PCGrad` on a shared tensor, in a single backward pass;
 - :mod:`~torchbricks_lightning.multitask.score`: :class:`DeltaM`.
 
@@ -24,15 +26,19 @@ from torchbricks_lightning.multitask.labels import (
     labelled_count_names,
     scale_to_global_counts,
 )
+from torchbricks_lightning.multitask.loss_level import FAMO, GeometricLossStrategy, RandomLossWeighting
 from torchbricks_lightning.multitask.score import DeltaM
 
 __all__ = [
+    "FAMO",
     "IGNORE_INDEX",
     "BrickLabelledLoss",
     "DeltaM",
     "DynamicWeightAverage",
+    "GeometricLossStrategy",
     "LossBalancer",
     "PCGrad",
+    "RandomLossWeighting",
     "StaticWeights",
     "UncertaintyWeighting",
     "check_ignore_index",

@@ -1,0 +1,418 @@
+"""The cheap loss-level balancers: FAMO, random loss weighting (RLW) and the geometric loss strategy (GLS).
+
+Each reads only the values of the training losses, so a step costs a few operations on a vector of ``T`` numbers
+(``T`` the number of balanced losses) and, under DDP, one ``all_reduce`` of ``2T`` numbers. ``w_i`` is a task's
+static weight (its loss brick's ``loss_weight`` or the module's ``loss_weights``), 1 unless set: with every
+``w_i = 1`` each formula below is its paper's.
+
+**A task without labels.** The masked losses give exactly 0 for a batch without their labels; a balanced loss of
+exactly 0, or missing from the step's losses, is *unlabelled* in that step. It takes no part: its weight is 0, the
+others' weights are computed over the labelled tasks alone, and nothing divides by it or takes its logarithm, so
+no NaN comes from it. (A labelled loss that is exactly 0 is treated the same, as in
+:class:`~torchbricks_lightning.multitask.balancers.UncertaintyWeighting`: its gradient is 0 anyway.)
+
+**DDP.** The weights must be the same on every process, and must be the ones a single process would compute on
+the whole batch. So the values a weight reads are all-reduced first: the losses, averaged over the processes
+(the module has already rescaled each counted loss by the labelled count of all processes, see
+:func:`~torchbricks_lightning.multitask.labels.scale_to_global_counts`, so their average is the mean over every
+labelled element), and the labelled mask, a task being labelled when any process has its labels. The weights are
+then detached factors ``a_i``, and the total is ``sum_i a_i L_i`` with this process's losses: DDP averages the
+gradients ``sum_i a_i grad L_i`` of the processes, which is the single-process gradient. One process: no
+``all_reduce``, the losses are used as they are.
+
+Every weight is logged as ``train/balance/{loss}`` at the steps where its task takes part (a step without a task's
+labels leaves a gap in its curve, rather than a 0 that would read as the method's choice).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from torchbricks_lightning.core.collection import BrickCollection
+from torchbricks_lightning.core.distributed import world_size
+from torchbricks_lightning.errors import ConfigError, did_you_mean
+from torchbricks_lightning.multitask.balancers import LossBalancer, format_values
+
+__all__ = ["FAMO", "GeometricLossStrategy", "RandomLossWeighting", "global_losses"]
+
+_FAMO_EPSILON = 1e-8
+"""The official code's ``1e-8`` in ``log(L - L_min + 1e-8)``."""
+
+
+def global_losses(values: torch.Tensor, labelled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The losses averaged over the DDP processes, and whether each task is labelled on any process.
+
+    One ``all_reduce`` of ``2T`` numbers under DDP; without a process group ``(values, labelled)`` unchanged. Every
+    process must call it at the same step (training steps are).
+
+    Args:
+        values: ``(T,)`` detached float losses of this process (unlabelled tasks: 0).
+        labelled: ``(T,)`` bool, whether this process has labels of each task.
+
+    Example:
+        >>> global_losses(torch.tensor([0.5, 0.0]), torch.tensor([True, False]))
+        (tensor([0.5000, 0.0000]), tensor([ True, False]))
+    """
+    world = world_size()
+    if world == 1:
+        return values, labelled
+    packed = torch.cat([values.float(), labelled.float()])
+    torch.distributed.all_reduce(packed)
+    count = values.numel()
+    return packed[:count] / world, packed[count:] > 0
+
+
+class _LossLevelBalancer(LossBalancer):
+    """What the three share: the labelled mask, the all-reduced losses, the last step's weights and their logging."""
+
+    log_every_step: ClassVar[bool] = True
+    last_weights: torch.Tensor
+    last_labelled: torch.Tensor
+
+    def __init__(self, loss_names: Sequence[str] | None = None) -> None:
+        super().__init__(loss_names)
+        self.register_buffer("last_weights", torch.zeros(0))
+        self.register_buffer("last_labelled", torch.zeros(0, dtype=torch.bool))
+
+    def setup_tasks(self, collection: BrickCollection) -> None:
+        count = len(self.loss_names)
+        if self.last_weights.numel() != count:
+            static: torch.Tensor = self.__dict__["_balanced_weights"]
+            self.last_weights = static.float() / count
+            self.last_labelled = torch.ones(count, dtype=torch.bool)
+
+    def _stack(self, losses: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(stacked losses, labelled mask)``: a loss missing from ``losses`` is a 0 without labels."""
+        if not self.loss_names:
+            self._check_set_up(losses)  # the error that says how to set it up
+        like = next((losses[name] for name in self.loss_names if name in losses), None)
+        if like is None:
+            raise ConfigError(
+                f"{type(self).__name__} balances {list(self.loss_names)}, but the step's losses hold none of them: "
+                f"{sorted(losses)}. Check that the loss bricks are alive in the training stage."
+            )
+        zero = torch.zeros((), dtype=like.dtype, device=like.device)
+        stacked = torch.stack([losses.get(name, zero) for name in self.loss_names])
+        return stacked, stacked.detach() != 0
+
+    def _finish(
+        self, factors: torch.Tensor, labelled: torch.Tensor, stacked: torch.Tensor, losses: Mapping[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """Remember the step's weights and return ``sum_i a_i L_i`` plus the unbalanced losses."""
+        self.last_weights.copy_(factors.detach())
+        self.last_labelled.copy_(labelled)
+        return self._add_others((factors.to(stacked.dtype) * stacked).sum(), losses)
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The last step's factor of each loss (0 for a task that took no part)."""
+        return dict(zip(self.loss_names, self.last_weights.detach().unbind(), strict=True))
+
+    def logged_values(self) -> dict[str, torch.Tensor]:
+        """The weights of the tasks that took part in the last step (see the module's docstring)."""
+        labelled = self.last_labelled.tolist()
+        return {
+            name: value
+            for (name, value), taking_part in zip(self.weights().items(), labelled, strict=True)
+            if taking_part
+        }
+
+    def _labelled_details(self, separator: str = ", ") -> str:
+        """Which tasks had no labels in the last step, after ``separator`` (nothing when every task had some)."""
+        labelled = self.last_labelled.tolist()
+        absent = [name for name, taking_part in zip(self.loss_names, labelled, strict=True) if not taking_part]
+        return f"{separator}unlabelled in the last step: {absent}" if absent else ""
+
+
+class FAMO(_LossLevelBalancer):
+    """Fast adaptive multitask optimisation (Liu, Liu, Jin, Stone and Liu, "FAMO: Fast Adaptive Multitask
+    Optimization", NeurIPS 2023): task weights that make every loss fall at the same rate, in O(1) per step.
+
+    **The weighting** (the official code's ``get_weighted_loss``). Learnable logits ``xi`` (a buffer, not trained by
+    the model's optimizer), ``z = softmax(xi)``, ``D_i = L_i - L_i^min + 1e-8``. The paper's objective is
+    ``sum_i z_i log(D_i) / c`` with ``c = sum_i z_i / D_i`` held constant; its gradient is ``sum_i a_i grad L_i``
+    with ``a_i = z_i / (c D_i)``. The total optimised here is that linearisation,
+    ``total = sum_{i in P_t} a_i L_i`` with ``a_i = w_i z_i / (c D_i)``, ``c = sum_{j in P_t} w_j z_j / D_j``
+    (``a`` detached, read from the all-reduced losses; ``P_t`` the tasks labelled in step ``t``): the same gradient
+    (for ``w_i = 1``), a value that is a weighted mean of the losses (the ``a_i`` sum to 1 for ``w_i = 1``, so the
+    total is about ``1 / T`` of the static sum: scale the learning rate accordingly), and one formula under DDP. The
+    logged weight is ``a_i``.
+
+    **The update** (the official code's ``update``). ``delta_i = log D_i(t-1) - log D_i(t)``, how much task ``i``'s
+    loss fell over the last optimizer step, for the tasks ``U = P_{t-1} ∩ P_t`` labelled in both steps. The
+    gradient of ``delta . softmax(xi)`` over ``U``: ``g_i = z^U_i (delta_i - sum_{j in U} z^U_j delta_j)`` with
+    ``z^U = softmax(xi_U)``, plus the weight decay ``gamma xi_i``, then an Adam step (``torch.optim.Adam``'s rule:
+    betas 0.9 and 0.999, eps 1e-8, ``lr``): ``m_i <- b1 m_i + (1 - b1) g_i``, ``v_i <- b2 v_i + (1 - b2) g_i^2``,
+    ``xi_i <- xi_i - lr (m_i / (1 - b1^n_i)) / (sqrt(v_i / (1 - b2^n_i)) + eps)``, where ``n_i`` counts task
+    ``i``'s updates. Only the tasks in ``U`` move (their logits, moments and counts): a task without labels in
+    this step or the previous one takes no part. With every task labelled it is exactly the official code's
+    ``Adam([xi], lr, weight_decay=gamma)`` step.
+
+    **Which losses the update reads.** The official code (and LibMTL's trainer) recomputes the losses on the same
+    batch after the optimizer step, an extra forward pass. Under Lightning's automatic optimization the balancer
+    sees the losses once, before the backward pass, and a second forward would cost about a third of a step and
+    run dropout and batch-norm statistics again. So ``delta`` compares the loss of step ``t - 1`` (before that
+    step's update) with the loss of step ``t`` (after it), on two batches, as FAMO's own toy does: the update is
+    one step late and reads batch-to-batch noise, which Adam's moments average out. With gradient accumulation two
+    successive batches can lie within one optimizer step; their ``delta`` is noise only.
+
+    **Defaults**: ``lr = 0.025`` and ``gamma = 0.01``, the official code's (``famo.py``; ``experiments/utils.py``:
+    ``--method-params-lr 0.025``, ``--gamma 0.01``); LibMTL and torchjd default to ``gamma = 1e-3``. The official
+    runs also clip the model's gradient norm to 1 (``max_norm``): ``Trainer(gradient_clip_val=1.0)``.
+
+    **State**: the logits, Adam's moments and counts, the last step's all-reduced losses and labelled mask, and the
+    step count are buffers: checkpoints carry them, and a resumed run updates as the uninterrupted one would.
+
+    Args:
+        loss_names: the losses to balance (default: every training loss).
+        lr: the step size of the logits' Adam update, >= 0.
+        gamma: the weight decay of the logits (``weight_decay`` of the official code's Adam), >= 0.
+        min_losses: ``L_i^min`` by loss name (default 0): a lower bound of each loss, which it must stay above.
+
+    Example:
+        >>> from torch import nn
+        >>> from torchbricks_lightning import BrickCollection, BrickLoss
+        >>> collection = BrickCollection({
+        ...     "a": BrickLoss(nn.L1Loss(), input_names=["x", "y"], output_names=["l1"]),
+        ...     "b": BrickLoss(nn.MSELoss(), input_names=["x", "y"], output_names=["l2"]),
+        ... })
+        >>> balancer = FAMO()
+        >>> balancer.setup(collection, collection.loss_weights())
+        >>> balancer({"l1": torch.tensor(1.0), "l2": torch.tensor(3.0)})  # z = (1/2, 1/2): a = (3/4, 1/4)
+        tensor(1.5000)
+        >>> {name: round(float(weight), 4) for name, weight in balancer.weights().items()}
+        {'l1': 0.75, 'l2': 0.25}
+        >>> _ = balancer({"l1": torch.tensor(0.5), "l2": torch.tensor(3.0)})  # l1 fell: l2's logit goes up
+        >>> [round(logit, 4) for logit in balancer.logits.tolist()]  # Adam's first step: lr times the sign
+        [-0.025, 0.025]
+        >>> _ = balancer({"l1": torch.tensor(0.0), "l2": torch.tensor(2.0)})  # no label for l1: l2 alone
+        >>> {name: float(weight) for name, weight in balancer.weights().items()}
+        {'l1': 0.0, 'l2': 1.0}
+    """
+
+    logits: torch.Tensor
+    exp_avg: torch.Tensor
+    exp_avg_sq: torch.Tensor
+    update_counts: torch.Tensor
+    previous_losses: torch.Tensor
+    previous_labelled: torch.Tensor
+    steps: torch.Tensor
+    min_loss_values: torch.Tensor
+
+    betas: ClassVar[tuple[float, float]] = (0.9, 0.999)
+    adam_eps: ClassVar[float] = 1e-8
+
+    def __init__(
+        self,
+        loss_names: Sequence[str] | None = None,
+        lr: float = 0.025,
+        gamma: float = 0.01,
+        min_losses: Mapping[str, float] | None = None,
+    ) -> None:
+        super().__init__(loss_names)
+        for name, value in (("lr", lr), ("gamma", gamma)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ConfigError(f"Expected FAMO's {name} to be a finite number >= 0, but got {value!r}.")
+        self.lr, self.gamma = float(lr), float(gamma)
+        self.min_losses = dict(min_losses or {})
+        for name, value in self.min_losses.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"Expected FAMO's min_losses[{name!r}] to be a finite number, but got {value!r}.")
+        for name in ("logits", "exp_avg", "exp_avg_sq", "previous_losses"):
+            self.register_buffer(name, torch.zeros(0))
+        self.register_buffer("update_counts", torch.zeros(0, dtype=torch.int64))
+        self.register_buffer("previous_labelled", torch.zeros(0, dtype=torch.bool))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("min_loss_values", torch.zeros(0), persistent=False)  # configuration, not state
+
+    def setup_tasks(self, collection: BrickCollection) -> None:
+        super().setup_tasks(collection)
+        unknown = [name for name in self.min_losses if name not in self.loss_names]
+        if unknown:
+            raise ConfigError(
+                f"FAMO has min_losses for {unknown}, which it does not balance."
+                f"{did_you_mean(unknown[0], self.loss_names)} Balanced losses: {list(self.loss_names)}."
+            )
+        count = len(self.loss_names)
+        self.min_loss_values = torch.tensor([float(self.min_losses.get(name, 0.0)) for name in self.loss_names])
+        if self.logits.numel() != count:
+            for name in ("logits", "exp_avg", "exp_avg_sq", "previous_losses"):
+                setattr(self, name, torch.zeros(count))
+            self.update_counts = torch.zeros(count, dtype=torch.int64)
+            self.previous_labelled = torch.zeros(count, dtype=torch.bool)
+
+    def forward(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        stacked, labelled = self._stack(losses)
+        with torch.no_grad():
+            values, labelled = global_losses(stacked.detach().float(), labelled)
+            shifted = values - self.min_loss_values + _FAMO_EPSILON
+            self._update(torch.log(shifted), labelled)
+            z = torch.softmax(self.logits, dim=0)
+            ratios = torch.where(labelled, self._weights_tensor(z) * z / shifted, 0.0)
+            normaliser = ratios.sum()
+            factors = ratios / torch.where(normaliser > 0, normaliser, 1.0)
+            self.previous_losses.copy_(values)
+            self.previous_labelled.copy_(labelled)
+            self.steps.add_(1)
+        return self._finish(factors, labelled, stacked, losses)
+
+    def _update(self, log_shifted: torch.Tensor, labelled: torch.Tensor) -> None:
+        """One Adam step of the logits from the fall of the log-losses since the last step, over the tasks in U."""
+        taking_part = labelled & self.previous_labelled
+        previous = torch.log(self.previous_losses - self.min_loss_values + _FAMO_EPSILON)
+        delta = torch.where(taking_part, previous - log_shifted, 0.0)
+        z = torch.where(taking_part, torch.softmax(torch.where(taking_part, self.logits, -torch.inf), dim=0), 0.0)
+        grad = z * (delta - (z * delta).sum()) + self.gamma * self.logits
+        beta1, beta2 = self.betas
+        exp_avg = torch.where(taking_part, beta1 * self.exp_avg + (1 - beta1) * grad, self.exp_avg)
+        exp_avg_sq = torch.where(taking_part, beta2 * self.exp_avg_sq + (1 - beta2) * grad * grad, self.exp_avg_sq)
+        counts = self.update_counts + taking_part.long()
+        correction1 = 1 - torch.pow(beta1, counts.float())
+        correction2 = 1 - torch.pow(beta2, counts.float())
+        denominator = (exp_avg_sq.sqrt() / torch.where(taking_part, correction2, 1.0).sqrt()) + self.adam_eps
+        step = self.lr / torch.where(taking_part, correction1, 1.0) * exp_avg / denominator
+        self.logits.copy_(torch.where(taking_part, self.logits - step, self.logits))
+        self.exp_avg.copy_(exp_avg)
+        self.exp_avg_sq.copy_(exp_avg_sq)
+        self.update_counts.copy_(counts)
+
+    def state_details(self) -> str:
+        names = self.loss_names
+        z = format_values(dict(zip(names, torch.softmax(self.logits.float(), 0).tolist(), strict=True)))
+        logits = format_values(dict(zip(names, self.logits.tolist(), strict=True)))
+        previous = format_values(dict(zip(names, self.previous_losses.tolist(), strict=True)))
+        updates = dict(zip(names, self.update_counts.tolist(), strict=True))
+        return (
+            f"; z = softmax(logits) {z}, logits {logits}, last step's losses {previous}, updates {updates}, "
+            f"{int(self.steps)} steps, lr {self.lr:g}, gamma {self.gamma:g}{self._labelled_details()}"
+        )
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, lr={self.lr:g}, gamma={self.gamma:g}"
+
+
+class RandomLossWeighting(_LossLevelBalancer):
+    """Random loss weighting (Lin, Ye, Xu, Shi, Zhang and Kwok, "Reasonable Effectiveness of Random Weighting: A
+    Litmus Test for Multi-Task Learning", TMLR 2022): new random weights at every step.
+
+    ``eps ~ N(0, I_T)`` (the paper's default distribution, LibMTL's ``dist='Normal'``), ``lambda = softmax(eps_P)``
+    over the tasks ``P`` labelled in the step (renormalised over them; an unlabelled task's weight is 0), and
+    ``total = sum_{i in P} w_i lambda_i L_i``. The weights sum to 1, as in the paper and LibMTL (not scaled by the
+    number of tasks): the total is about ``1 / T`` of the static sum. The draws come from a generator seeded with
+    ``(seed, step)``, the step count being a buffer: the same on every DDP process (whose labelled mask is
+    all-reduced), reproducible, and continued exactly by a resumed run. The ``T`` numbers are drawn for every task
+    each step, so a task's draw does not depend on which others are labelled. The logged weight is ``w_i lambda_i``.
+
+    Args:
+        loss_names: the losses to balance (default: every training loss).
+        seed: the seed of the draws.
+
+    Example:
+        >>> from torch import nn
+        >>> from torchbricks_lightning import BrickCollection, BrickLoss
+        >>> collection = BrickCollection({
+        ...     "a": BrickLoss(nn.L1Loss(), input_names=["x", "y"], output_names=["l1"]),
+        ...     "b": BrickLoss(nn.MSELoss(), input_names=["x", "y"], output_names=["l2"]),
+        ... })
+        >>> balancer = RandomLossWeighting(seed=0)
+        >>> balancer.setup(collection, collection.loss_weights())
+        >>> total = balancer({"l1": torch.tensor(1.0), "l2": torch.tensor(3.0)})
+        >>> round(float(sum(balancer.weights().values())), 6)
+        1.0
+        >>> _ = balancer({"l1": torch.tensor(0.0), "l2": torch.tensor(3.0)})  # no label for l1
+        >>> {name: float(weight) for name, weight in balancer.weights().items()}
+        {'l1': 0.0, 'l2': 1.0}
+        >>> int(balancer.steps)
+        2
+    """
+
+    steps: torch.Tensor
+
+    def __init__(self, loss_names: Sequence[str] | None = None, seed: int = 0) -> None:
+        super().__init__(loss_names)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ConfigError(f"Expected RandomLossWeighting's seed to be an int, but got {seed!r}.")
+        self.seed = seed
+        self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
+        self._step = 0  # the buffer's value on the host (no device sync per step), refreshed when a state is loaded
+        self.register_load_state_dict_post_hook(_read_step)
+
+    def draws(self, step: int) -> torch.Tensor:
+        """The ``T`` normal draws of step ``step`` (on the CPU; the same on every machine and process)."""
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        return torch.randn(len(self.loss_names), generator=generator)
+
+    def forward(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        stacked, labelled = self._stack(losses)
+        with torch.no_grad():
+            _, labelled = global_losses(stacked.detach().float(), labelled)
+            draws = self.draws(self._step).to(stacked.device, non_blocking=True)
+            lambdas = torch.where(labelled, torch.softmax(torch.where(labelled, draws, -torch.inf), dim=0), 0.0)
+            factors = self._weights_tensor(lambdas) * lambdas
+            self._step += 1
+            self.steps.fill_(self._step)
+        return self._finish(factors, labelled, stacked, losses)
+
+    def state_details(self) -> str:
+        return f"; {self._step} steps drawn, seed {self.seed}{self._labelled_details()}"
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, seed={self.seed}"
+
+
+def _read_step(module: nn.Module, incompatible_keys: Any) -> None:
+    if isinstance(module, RandomLossWeighting):
+        module._step = int(module.steps)
+
+
+class GeometricLossStrategy(_LossLevelBalancer):
+    """The geometric loss strategy, GLS (Chennupati, Sistu, Yogamani and Rawashdeh, "MultiNet++: Multi-Stream
+    Feature Aggregation and Geometric Loss Strategy for Multi-Task Learning", CVPR Workshops 2019).
+
+    ``total = (prod_i L_i)^(1/T)``, the geometric mean of the losses, computed as ``G = exp(sum_{i in P} w_i log L_i
+    / sum_{i in P} w_i)`` over the tasks ``P`` labelled in the step (for ``w_i = 1``, ``exp(mean_{i in P} log L_i)``:
+    no product to under- or overflow, and an unlabelled task's 0 neither makes the total 0 nor enters a logarithm).
+    The logged weight is the effective factor of each loss, ``a_i = dG / dL_i = G w_i / (W L_i)`` with ``W =
+    sum_{j in P} w_j`` (``G / (T L_i)`` for ``w_i = 1``). The total is ``sum_{i in P} a_i L_i`` with detached
+    ``a_i``: its value is ``G`` and its gradient ``grad G`` in one process, and under DDP the ``a_i`` come from the
+    all-reduced losses. The losses must be positive (a negative one has no logarithm).
+
+    Args:
+        loss_names: the losses to balance (default: every training loss).
+
+    Example:
+        >>> from torch import nn
+        >>> from torchbricks_lightning import BrickCollection, BrickLoss
+        >>> collection = BrickCollection({
+        ...     "a": BrickLoss(nn.L1Loss(), input_names=["x", "y"], output_names=["l1"]),
+        ...     "b": BrickLoss(nn.MSELoss(), input_names=["x", "y"], output_names=["l2"]),
+        ... })
+        >>> balancer = GeometricLossStrategy()
+        >>> balancer.setup(collection, collection.loss_weights())
+        >>> balancer({"l1": torch.tensor(1.0), "l2": torch.tensor(4.0)})  # sqrt(1 * 4)
+        tensor(2.)
+        >>> {name: float(weight) for name, weight in balancer.weights().items()}  # G / (2 L_i)
+        {'l1': 1.0, 'l2': 0.25}
+        >>> balancer({"l1": torch.tensor(0.0), "l2": torch.tensor(4.0)})  # no label for l1: not a total of 0
+        tensor(4.)
+    """
+
+    def forward(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        stacked, labelled = self._stack(losses)
+        with torch.no_grad():
+            values, labelled = global_losses(stacked.detach().float(), labelled)
+            weights = torch.where(labelled, self._weights_tensor(values), 0.0)
+            total_weight = weights.sum()
+            logs = torch.where(labelled, torch.log(torch.where(labelled, values, 1.0)), 0.0)
+            geometric = torch.exp((weights * logs).sum() / torch.where(total_weight > 0, total_weight, 1.0))
+            factors = torch.where(
+                labelled, geometric * weights / (total_weight * torch.where(labelled, values, 1.0)), 0.0
+            )
+        return self._finish(factors, labelled, stacked, losses)
+
+    def state_details(self) -> str:
+        return self._labelled_details("; ")
