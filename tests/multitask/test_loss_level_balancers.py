@@ -142,6 +142,15 @@ def test_famo_leaves_a_task_without_labels_out_of_the_update_and_the_total() -> 
     assert "unlabelled in the last step: ['loss_a', 'loss_b', 'loss_c']" in balancer.describe_state()
 
 
+def test_famo_keeps_its_logits_finite_through_a_nan_loss_and_a_loss_below_its_bound() -> None:
+    balancer = set_up(FAMO(min_losses={"loss_c": 1.0}))
+    balancer(losses(1.0, 2.0, 3.0))
+    total = balancer(losses(float("nan"), 1.0, 0.5))  # c is below its bound: D_c = 1e-8, not log(-0.5)
+    assert math.isnan(float(total.detach())), "the module's finite-loss check reports the NaN step"
+    assert torch.isfinite(balancer.logits).all(), "but the NaN never reaches the logits"
+    assert balancer.update_counts.tolist() == [0, 1, 1]
+
+
 def test_famo_reads_only_all_reduced_losses_under_ddp(monkeypatch: pytest.MonkeyPatch) -> None:
     # Two processes: this one has no label for a and other losses than its peer; the peer's share comes in through
     # the all-reduce. The weights and logits must be those of one process fed the processes' mean losses.

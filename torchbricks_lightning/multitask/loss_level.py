@@ -171,7 +171,9 @@ class FAMO(_LossLevelBalancer):
         loss_names: the losses to balance (default: every training loss).
         lr: the step size of the logits' Adam update, >= 0.
         gamma: the weight decay of the logits (``weight_decay`` of the official code's Adam), >= 0.
-        min_losses: ``L_i^min`` by loss name (default 0): a lower bound of each loss, which it must stay above.
+        min_losses: ``L_i^min`` by loss name (default 0), a lower bound of each loss. A loss at or below its bound
+            gives ``D_i = 1e-8`` (``L_i - L_i^min`` is clamped at 0, so no logarithm of a negative number), and a
+            non-finite loss takes no part in the update (the module's finite-loss check reports it).
 
     Example:
         >>> from torch import nn
@@ -249,7 +251,7 @@ class FAMO(_LossLevelBalancer):
         stacked, labelled = self._stack(losses)
         with torch.no_grad():
             values, labelled = global_losses(stacked.detach().float(), labelled)
-            shifted = values - self.min_loss_values + _FAMO_EPSILON
+            shifted = (values - self.min_loss_values).clamp_min(0.0) + _FAMO_EPSILON
             self._update(torch.log(shifted), labelled)
             z = torch.softmax(self.logits, dim=0)
             ratios = torch.where(labelled, self._weights_tensor(z) * z / shifted, 0.0)
@@ -262,9 +264,10 @@ class FAMO(_LossLevelBalancer):
 
     def _update(self, log_shifted: torch.Tensor, labelled: torch.Tensor) -> None:
         """One Adam step of the logits from the fall of the log-losses since the last step, over the tasks in U."""
-        taking_part = labelled & self.previous_labelled
-        previous = torch.log(self.previous_losses - self.min_loss_values + _FAMO_EPSILON)
-        delta = torch.where(taking_part, previous - log_shifted, 0.0)
+        previous = torch.log((self.previous_losses - self.min_loss_values).clamp_min(0.0) + _FAMO_EPSILON)
+        change = previous - log_shifted
+        taking_part = labelled & self.previous_labelled & torch.isfinite(change)  # a NaN loss never reaches xi
+        delta = torch.where(taking_part, change, 0.0)
         z = torch.where(taking_part, torch.softmax(torch.where(taking_part, self.logits, -torch.inf), dim=0), 0.0)
         grad = z * (delta - (z * delta).sum()) + self.gamma * self.logits
         beta1, beta2 = self.betas
