@@ -6,7 +6,8 @@ trained by ``LightningBrickCollection`` with AdamW in a real ``Trainer`` (no log
 Each variant trains the same steps from the same initial weights:
 
 - ``static``: ``loss_balancer=None`` (the baseline);
-- ``uncertainty``, ``dwa``: the loss-level balancers (target: at most 1.02x the static step);
+- ``uncertainty``, ``dwa``, ``famo``, ``rlw``, ``gls``: the loss-level balancers (target: at most 1.02x the static
+  step);
 - ``pcgrad``: the gradient-level balancer on ``features`` (target: at most 1.15x): a branch per task in the forward
   pass, a 3x3 Gram matrix and the projection in the backward pass.
 
@@ -43,7 +44,15 @@ from torchbricks_lightning.bag_of_bricks import (
 )
 from torchbricks_lightning.datamodules import DigitsDataModule
 from torchbricks_lightning.lightning import LightningBrickCollection
-from torchbricks_lightning.multitask import DynamicWeightAverage, LossBalancer, PCGrad, UncertaintyWeighting
+from torchbricks_lightning.multitask import (
+    FAMO,
+    DynamicWeightAverage,
+    GeometricLossStrategy,
+    LossBalancer,
+    PCGrad,
+    RandomLossWeighting,
+    UncertaintyWeighting,
+)
 
 __all__ = ["TARGETS", "VARIANTS", "demo_bricks", "run", "step_periods"]
 
@@ -52,8 +61,11 @@ VARIANTS: dict[str, Callable[[], LossBalancer | None]] = {
     "uncertainty": UncertaintyWeighting,
     "dwa": DynamicWeightAverage,
     "pcgrad": partial(PCGrad, shared_name="features"),
+    "famo": FAMO,
+    "rlw": RandomLossWeighting,
+    "gls": GeometricLossStrategy,
 }
-TARGETS = {"uncertainty": 1.02, "dwa": 1.02, "pcgrad": 1.15}
+TARGETS = {"uncertainty": 1.02, "dwa": 1.02, "pcgrad": 1.15, "famo": 1.02, "rlw": 1.02, "gls": 1.02}
 WARMUP_STEPS = 5
 
 
