@@ -21,7 +21,9 @@ def test_balancer_benchmark_quick() -> None:
     data = result.as_dict()
     json.dumps(data, allow_nan=False)
     figures = {figure["name"]: figure for figure in data["figures"]}
-    assert set(figures) == {f"balancers: {name} step vs static weights" for name in ("uncertainty", "dwa", "pcgrad")}
+    assert set(figures) == {
+        f"balancers: {name} step vs static weights" for name in ("uncertainty", "dwa", "pcgrad", "famo", "rlw", "gls")
+    }
     for name, figure in figures.items():
         assert figure["benchmark"] == "balancers"
         assert figure["target"] == ("<= 1.15x" if "pcgrad" in name else "<= 1.02x")
