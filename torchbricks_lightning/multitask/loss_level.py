@@ -11,14 +11,11 @@ others' weights are computed over the labelled tasks alone, and nothing divides 
 no NaN comes from it. (A labelled loss that is exactly 0 is treated the same, as in
 :class:`~torchbricks_lightning.multitask.balancers.UncertaintyWeighting`: its gradient is 0 anyway.)
 
-**DDP.** The weights must be the same on every process, and must be the ones a single process would compute on
-the whole batch. So the values a weight reads are all-reduced first: the losses, averaged over the processes
-(the module has already rescaled each counted loss by the labelled count of all processes, see
-:func:`~torchbricks_lightning.multitask.labels.scale_to_global_counts`, so their average is the mean over every
-labelled element), and the labelled mask, a task being labelled when any process has its labels. The weights are
-then detached factors ``a_i``, and the total is ``sum_i a_i L_i`` with this process's losses: DDP averages the
-gradients ``sum_i a_i grad L_i`` of the processes, which is the single-process gradient. One process: no
-``all_reduce``, the losses are used as they are.
+**DDP.** The weights must be those one process would compute on the whole batch, on every process. So what they
+read is all-reduced first (:func:`global_losses`): the losses averaged over the processes (each counted loss is
+already rescaled by the labelled count of all processes, :func:`~.labels.scale_to_global_counts`) and the labelled
+mask (labelled on any process). The total is ``sum_i a_i L_i`` with detached factors ``a_i`` and this process's
+losses: DDP averages the gradients ``sum_i a_i grad L_i``, the single-process gradient.
 
 Every weight is logged as ``train/balance/{loss}`` at the steps where its task takes part (a step without a task's
 labels leaves a gap in its curve, rather than a 0 that would read as the method's choice).
@@ -40,19 +37,14 @@ from torchbricks_lightning.multitask.balancers import LossBalancer, format_value
 
 __all__ = ["FAMO", "GeometricLossStrategy", "RandomLossWeighting", "global_losses"]
 
-_FAMO_EPSILON = 1e-8
-"""The official code's ``1e-8`` in ``log(L - L_min + 1e-8)``."""
+_FAMO_EPSILON = 1e-8  # the official code's, in log(L - L_min + 1e-8)
 
 
 def global_losses(values: torch.Tensor, labelled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The losses averaged over the DDP processes, and whether each task is labelled on any process.
 
-    One ``all_reduce`` of ``2T`` numbers under DDP; without a process group ``(values, labelled)`` unchanged. Every
-    process must call it at the same step (training steps are).
-
-    Args:
-        values: ``(T,)`` detached float losses of this process (unlabelled tasks: 0).
-        labelled: ``(T,)`` bool, whether this process has labels of each task.
+    ``values``: ``(T,)`` detached float losses of this process; ``labelled``: ``(T,)`` bool. One ``all_reduce`` of
+    ``2T`` numbers under DDP (every process calls it at the same step); without a process group, both unchanged.
 
     Example:
         >>> global_losses(torch.tensor([0.5, 0.0]), torch.tensor([True, False]))
@@ -153,19 +145,18 @@ class FAMO(_LossLevelBalancer):
     ``Adam([xi], lr, weight_decay=gamma)`` step.
 
     **Which losses the update reads.** The official code (and LibMTL's trainer) recomputes the losses on the same
-    batch after the optimizer step, an extra forward pass. Under Lightning's automatic optimization the balancer
-    sees the losses once, before the backward pass, and a second forward would cost about a third of a step and
-    run dropout and batch-norm statistics again. So ``delta`` compares the loss of step ``t - 1`` (before that
-    step's update) with the loss of step ``t`` (after it), on two batches, as FAMO's own toy does: the update is
-    one step late and reads batch-to-batch noise, which Adam's moments average out. With gradient accumulation two
-    successive batches can lie within one optimizer step; their ``delta`` is noise only.
+    batch after the optimizer step: an extra forward pass, which Lightning's automatic optimization has no place for
+    (and which would run dropout and batch-norm statistics again). So ``delta`` compares step ``t - 1``'s loss
+    (before its update) with step ``t``'s (after it), on two batches, as FAMO's toy does: one step late, with
+    batch-to-batch noise that Adam's moments average. Under gradient accumulation two successive batches can lie
+    within one optimizer step: their ``delta`` is noise only.
 
     **Defaults**: ``lr = 0.025`` and ``gamma = 0.01``, the official code's (``famo.py``; ``experiments/utils.py``:
     ``--method-params-lr 0.025``, ``--gamma 0.01``); LibMTL and torchjd default to ``gamma = 1e-3``. The official
     runs also clip the model's gradient norm to 1 (``max_norm``): ``Trainer(gradient_clip_val=1.0)``.
 
-    **State**: the logits, Adam's moments and counts, the last step's all-reduced losses and labelled mask, and the
-    step count are buffers: checkpoints carry them, and a resumed run updates as the uninterrupted one would.
+    **State** (buffers, in checkpoints: a resumed run goes on as the uninterrupted one): the logits, Adam's moments
+    and counts, the last step's all-reduced losses and labelled mask, the step count.
 
     Args:
         loss_names: the losses to balance (default: every training loss).
@@ -306,9 +297,9 @@ class RandomLossWeighting(_LossLevelBalancer):
     over the tasks ``P`` labelled in the step (renormalised over them; an unlabelled task's weight is 0), and
     ``total = sum_{i in P} w_i lambda_i L_i``. The weights sum to 1, as in the paper and LibMTL (not scaled by the
     number of tasks): the total is about ``1 / T`` of the static sum. The draws come from a generator seeded with
-    ``(seed, step)``, the step count being a buffer: the same on every DDP process (whose labelled mask is
-    all-reduced), reproducible, and continued exactly by a resumed run. The ``T`` numbers are drawn for every task
-    each step, so a task's draw does not depend on which others are labelled. The logged weight is ``w_i lambda_i``.
+    ``(seed, step)`` (the step count is a buffer): the same on every DDP process (whose labelled mask is
+    all-reduced), continued exactly by a resumed run. All ``T`` are drawn each step, whichever tasks are labelled.
+    The logged weight is ``w_i lambda_i``.
 
     Args:
         loss_names: the losses to balance (default: every training loss).
@@ -329,8 +320,6 @@ class RandomLossWeighting(_LossLevelBalancer):
         >>> _ = balancer({"l1": torch.tensor(0.0), "l2": torch.tensor(3.0)})  # no label for l1
         >>> {name: float(weight) for name, weight in balancer.weights().items()}
         {'l1': 0.0, 'l2': 1.0}
-        >>> int(balancer.steps)
-        2
     """
 
     steps: torch.Tensor
