@@ -39,14 +39,19 @@ from digits_multitask import (
 )
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
-from weight_curves import read_curves, render_curves
+from weight_curves import read_curves
 
 from torchbricks_lightning import Stage, create_mermaid_dag_graph
 from torchbricks_lightning.callbacks import BrickGraphLogger
 from torchbricks_lightning.lightning import LightningBrickCollection, SafeCheckpointIO
 from torchbricks_lightning.lightning.export import export_checkpoint_as_onnx
 from torchbricks_lightning.multitask import DeltaM
-from torchbricks_lightning.pictures import render_brick_graph, render_confusion_matrix, render_prediction_grid
+from torchbricks_lightning.pictures import (
+    render_brick_graph,
+    render_confusion_matrix,
+    render_line_chart,
+    render_prediction_grid,
+)
 
 REQUIRED = {"digit": 0.95, "parity": 0.95, "foreground": 0.80}
 """The least test figure of each task (digit and parity accuracy, foreground mean IoU)."""
@@ -133,13 +138,12 @@ def main() -> int:
         ),
         "graph/train": render_brick_graph(restored.brick_collection, Stage.TRAIN),
     }
-    weights_picture = render_curves(weights, "Uncertainty weighting: the weight of each task's loss, exp(-s)/2")
+    weights_picture = render_line_chart(
+        weights, "Uncertainty weighting: the weight of each task's loss, exp(-s)/2", y_label="weight of the loss"
+    )
     for tag, picture in {**pictures, "train/balance_weights": weights_picture}.items():
         tensorboard.experiment.add_image(tag, picture, global_step=trainer.global_step)
-        torchvision.utils.save_image(
-            picture.float() / 255 if picture.dtype == torch.uint8 else picture,
-            args.output / f"{tag.replace('/', '_')}.png",
-        )
+        torchvision.utils.save_image(picture, args.output / f"{tag.replace('/', '_')}.png")
     (args.output / "graph_train.mermaid").write_text(create_mermaid_dag_graph(restored.brick_collection, Stage.TRAIN))
     tensorboard.experiment.flush()
 

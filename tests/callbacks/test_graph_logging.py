@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +101,19 @@ def test_graph_logger_ignores_loggers_without_tensorboard(tmp_path: Path) -> Non
     csv = CSVLogger(tmp_path, name="csv")
     _fit(tmp_path, BrickGraphLogger(), [csv])  # must not fail
     assert not list(Path(csv.log_dir).glob("events.out.tfevents.*"))
+
+
+def test_graph_logger_falls_back_to_the_mermaid_text_when_drawing_is_impossible(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "grandalf.layouts", None)  # as if grandalf were not installed
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    with pytest.warns(UserWarning, match=r"mermaid text only: drawing it needs grandalf.*pip install"):
+        _fit(tmp_path, BrickGraphLogger(), [logger])
+    events = _events(logger.log_dir)
+    assert not [tag for tag in events.Tags()["images"] if tag.startswith("graph/")]
+    for stage in ("train", "inference"):
+        assert "flowchart LR" in _text(events, f"graph/{stage}/text_summary")
 
 
 def test_graph_logger_rejects_unknown_stages() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import pytorch_lightning as pl
@@ -20,6 +21,7 @@ class BrickGraphLogger(pl.Callback):
     """At the start of fit, log each stage's brick graph to every TensorBoard logger.
 
     The mermaid text goes under the Text tab (``graph/{stage}``), the drawing under Images (``graph/{stage}``).
+    The drawing needs matplotlib and grandalf; without them, the mermaid text is logged alone, with one warning.
 
     Args:
         stages: the stages to draw (training and inference by default).
@@ -38,6 +40,14 @@ class BrickGraphLogger(pl.Callback):
             for stage in self.stages:
                 mermaid = create_mermaid_dag_graph(pl_module.brick_collection, stage=stage)
                 logger.experiment.add_text(f"graph/{stage.value}", f"```mermaid\n{mermaid}\n```", global_step=0)
-                logger.experiment.add_image(
-                    f"graph/{stage.value}", render_brick_graph(pl_module.brick_collection, stage), global_step=0
-                )
+                try:
+                    picture = render_brick_graph(pl_module.brick_collection, stage)
+                except ImportError as error:  # drawing is impossible: the mermaid text above is the graph
+                    warnings.warn(
+                        f"BrickGraphLogger logs the brick graph as mermaid text only: drawing it needs {error.name} "
+                        f"({error}). Install it (pip install matplotlib grandalf) to see the picture too.",
+                        UserWarning,
+                        stacklevel=2,
+                    )
+                    continue
+                logger.experiment.add_image(f"graph/{stage.value}", picture, global_step=0)

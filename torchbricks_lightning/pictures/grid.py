@@ -2,24 +2,28 @@
 
 Example:
     >>> import torch
-    >>> picture = draw_prediction_grid(torch.rand(2, 1, 8, 8), [3, 5], [3, 1], columns=2)
-    >>> picture.texts()
-    ['caption: predicted / true', 'right', 'wrong (boxed in red)', '3 / 3', '5 / 1']
+    >>> figure = draw_prediction_grid(torch.rand(2, 1, 8, 8), [3, 5], [3, 1], columns=2)
+    >>> [text.get_text() for text in figure.texts], [axes.get_xlabel() for axes in figure.axes]
+    (['caption: predicted / true', 'right', 'wrong (boxed in red)'], ['3 / 3', '5 / 1'])
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
-from torchbricks_lightning.pictures.canvas import Canvas, Color, Picture, text_size
+from torchbricks_lightning.pictures.figures import FONT_SIZE, figure_to_tensor, new_figure, text_size
 
-__all__ = ["draw_prediction_grid", "render_prediction_grid"]
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-RIGHT = (0, 140, 0)
-WRONG = (200, 0, 0)
-_PAD = 4
+__all__ = ["RIGHT", "WRONG", "draw_prediction_grid", "render_prediction_grid"]
+
+RIGHT = "#008c00"
+WRONG = "#c80000"
+_PAD = 6.0
 
 
 def draw_prediction_grid(
@@ -29,7 +33,7 @@ def draw_prediction_grid(
     columns: int = 8,
     scale: int = 8,
     class_names: Sequence[str] | None = None,
-) -> Picture:
+) -> Figure:
     """A grid of images, each captioned ``predicted / true``: green when right, red and boxed in red when wrong.
 
     A legend on top says so. Each image is stretched to the full grey (or colour) range and enlarged ``scale`` times;
@@ -44,8 +48,6 @@ def draw_prediction_grid(
         scale: how many pixels each image pixel becomes.
         class_names: names of the classes, used in the captions instead of their indices.
     """
-    from PIL import Image
-
     pictures = images.detach().float().cpu()
     if pictures.shape[1] == 1:
         pictures = pictures.repeat(1, 3, 1, 1)
@@ -59,45 +61,45 @@ def draw_prediction_grid(
     pairs = [(int(predictions[index]), int(targets[index])) for index in range(len(pictures))]
     phrases = [(f"{name(predicted)} /", name(target)) for predicted, target in pairs]
     column_width = max([width, *(text_size(phrase)[0] for pair in phrases for phrase in pair)]) + 2 * _PAD
-    wrapped = [_lines(pair, column_width - 2 * _PAD) for pair in phrases]
+    captions = [_caption(pair, column_width - 2 * _PAD) for pair in phrases]
     line = text_size("Hg")[1]
-    caption_height = max((len(lines) for lines in wrapped), default=1) * line + 4
+    caption_height = max((caption.count("\n") + 1 for caption in captions), default=1) * line + 6
     cell_height = height + caption_height + 2 * _PAD
-    legend: list[tuple[str, Color]] = [
-        ("caption: predicted / true", "black"),
-        ("right", RIGHT),
-        ("wrong (boxed in red)", WRONG),
-    ]
-    legend_width = sum(text_size(text)[0] + 16 for text, _ in legend)
+    legend = [("caption: predicted / true", "black"), ("right", RIGHT), ("wrong (boxed in red)", WRONG)]
+    legend_width = sum(text_size(text)[0] + 16 for text, _ in legend) + _PAD
     rows = (len(pictures) + columns - 1) // columns
-    legend_height = line + 8
-    canvas = Canvas(
-        max(min(columns, len(pictures)) * column_width, legend_width, 1), legend_height + rows * cell_height
-    )
+    legend_height = line + 10
+    figure_width = max(min(columns, len(pictures)) * column_width, legend_width, 1.0)
+    figure_height = legend_height + rows * cell_height
+    figure = new_figure(figure_width, figure_height)
     x = _PAD
     for text, color in legend:
-        x = canvas.text((x, 4), text, fill=color).box[2] + 16
+        figure.text(x / figure_width, 1 - 5 / figure_height, text, color=color, fontsize=FONT_SIZE, va="top")
+        x += text_size(text)[0] + 16
     for index, picture in enumerate(pictures):
         r, c = divmod(index, columns)
-        left, top = c * column_width, legend_height + r * cell_height
-        tile = Image.fromarray((picture.permute(1, 2, 0).numpy() * 255).astype("uint8"))
-        image_left = left + (column_width - width) // 2
-        canvas.image.paste(tile.resize((width, height), Image.Resampling.NEAREST), (image_left, top + _PAD))
+        left = c * column_width + (column_width - width) / 2
+        top = legend_height + r * cell_height + _PAD
+        axes = figure.add_axes(
+            (left / figure_width, 1 - (top + height) / figure_height, width / figure_width, height / figure_height)
+        )
+        axes.imshow(picture.permute(1, 2, 0).numpy(), interpolation="nearest", aspect="auto")
+        axes.set_xticks([])
+        axes.set_yticks([])
         predicted, target = pairs[index]
         color = RIGHT if predicted == target else WRONG
-        if predicted != target:
-            box = [image_left - 3, top + _PAD - 3, image_left + width + 2, top + _PAD + height + 2]
-            canvas.shape("rectangle", box, outline=WRONG, width=3)
-        for number, text in enumerate(wrapped[index]):
-            y = top + _PAD + height + 3 + number * line
-            canvas.text((left + column_width // 2, y), text, fill=color, anchor="ma")
-    return canvas.picture()
+        axes.set_xlabel(captions[index], color=color, fontsize=FONT_SIZE, labelpad=3, linespacing=1.0)
+        for spine in axes.spines.values():
+            spine.set_visible(predicted != target)
+            spine.set_color(WRONG)
+            spine.set_linewidth(3.0)
+    return figure
 
 
-def _lines(phrases: tuple[str, str], width: int) -> list[str]:
+def _caption(phrases: tuple[str, str], width: float) -> str:
     """``predicted / true`` on one line when it fits, else ``predicted /`` over ``true``."""
     joined = " ".join(phrases)
-    return [joined] if text_size(joined)[0] <= width else list(phrases)
+    return joined if text_size(joined)[0] <= width else "\n".join(phrases)
 
 
 def render_prediction_grid(
@@ -115,4 +117,4 @@ def render_prediction_grid(
         >>> render_prediction_grid(torch.rand(3, 1, 8, 8), [1, 2, 3], [1, 2, 0], columns=2, scale=2).shape[0]
         3
     """
-    return draw_prediction_grid(images, predictions, targets, columns, scale, class_names).tensor()
+    return figure_to_tensor(draw_prediction_grid(images, predictions, targets, columns, scale, class_names))

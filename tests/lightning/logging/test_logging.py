@@ -333,8 +333,9 @@ def test_tensorboard_scalars_and_confusion_images(tmp_path: Path) -> None:
     assert len(events.Images("validation/classwise/confusion")) == 2  # one per epoch, none from the sanity check
     assert len(events.Images("train/classwise/confusion")) == 2
     (test_image,) = events.Images("test/classwise/confusion")
-    # The picture is the test confusion matrix, counted by hand, titled with its key and the epoch (2 after fit).
-    expected_picture = render_confusion_matrix(result["test"]["confusion"], title="test/classwise/confusion, epoch 2")
+    # The picture is the test confusion matrix, counted by hand, titled with its key and the epoch of the weights
+    # (epochs 0 and 1 ran: epoch 1).
+    expected_picture = render_confusion_matrix(result["test"]["confusion"], title="test/classwise/confusion, epoch 1")
     assert (test_image.height, test_image.width) == tuple(expected_picture.shape[1:])
     torch.testing.assert_close(decode_png(test_image.encoded_image_string), expected_picture, rtol=0, atol=1.5 / 255)
     (last_validation, *_) = events.Images("validation/classwise/confusion")[::-1]
@@ -399,9 +400,8 @@ def test_image_datamodule_with_conv_backbone_logs_to_tensorboard(tmp_path: Path)
     events = read_events(logger.log_dir)
     assert {"validation/metrics/accuracy", "test/metrics/accuracy", "test/loss"} <= set(events.Tags()["scalars"])
     (image,) = events.Images("test/metrics/confusion")
-    assert (image.width, image.height) == draw_confusion_matrix(
-        torch.ones(4, 4), "test/metrics/confusion, epoch 1"
-    ).size
+    figure = draw_confusion_matrix(torch.ones(4, 4), "test/metrics/confusion, epoch 0")
+    assert (image.width, image.height) == (round(figure.bbox.width), round(figure.bbox.height))
 
 
 # --------------------------------------------------------------------------------------------------- split_metrics

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.trainer.states import TrainerFn
 
 from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.core.metric_bricks import BrickMetrics
@@ -23,6 +24,7 @@ __all__ = [
     "render_matrix",
     "split_metrics",
     "warn_once",
+    "weights_epoch",
 ]
 
 
@@ -96,6 +98,25 @@ def metric_class_names(collection: BrickCollection, stage: Stage) -> dict[str, l
     return names
 
 
+def weights_epoch(trainer: pl.Trainer) -> int | None:
+    """The epoch (counted from 0, as Lightning counts) whose training gave the module's weights; None when unknown.
+
+    - In ``trainer.fit``: the epoch being trained (``trainer.current_epoch``); its validation runs at its end.
+    - Otherwise, weights read from a checkpoint (``ckpt_path=`` or ``load_from_checkpoint``) and not trained since:
+      that checkpoint's epoch.
+    - Otherwise, after this trainer's fit: the last epoch it finished, ``trainer.current_epoch - 1`` (the count of
+      finished epochs less one: ``trainer.validate`` after 30 epochs, 0 to 29, gives 29).
+    - Otherwise (a trainer that never trained the module, weights not read from a checkpoint): None.
+    """
+    if trainer.state.fn == TrainerFn.FITTING:
+        return trainer.current_epoch
+    state = getattr(trainer.lightning_module, "checkpoint_state", None)  # the module's CheckpointState
+    loaded = getattr(state, "loaded_epoch", None)
+    if isinstance(loaded, int):
+        return loaded
+    return trainer.current_epoch - 1 if trainer.current_epoch > 0 else None
+
+
 def log_matrices(
     trainer: pl.Trainer,
     collection: BrickCollection,
@@ -105,15 +126,17 @@ def log_matrices(
 ) -> None:
     """Draw each matrix (``{stage}/{key}``) for the trainer's TensorBoard loggers, on rank 0, at the current step.
 
-    A square matrix is drawn as a confusion matrix, titled with its key and the epoch, its rows and columns named by
+    A square matrix is drawn as a confusion matrix, titled with its key and the epoch of the weights (see
+    :func:`weights_epoch`; the key alone when that is unknown), its rows and columns named by
     the metric's ``class_names`` when it has them (see :func:`metric_class_names`). Without a TensorBoard logger,
     a warning, once per key, says that the matrix is not logged and how to see it.
     """
     image_loggers = [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
     class_names = metric_class_names(collection, stage) if image_loggers else {}
+    epoch = weights_epoch(trainer) if image_loggers else None
     for name, matrix in matrices.items():
         if image_loggers and trainer.is_global_zero:
-            title = f"{name}, epoch {trainer.current_epoch}"
+            title = name if epoch is None else f"{name}, epoch {epoch}"
             names = class_names.get(name.partition("/")[2])
             square = matrix.ndim == 2 and matrix.shape[0] == matrix.shape[1]
             if square and (names is None or len(names) == matrix.shape[0]):

@@ -47,9 +47,12 @@ class CheckpointState:
         self.example_inputs: ExampleInputs = {}
         self.batches_this_epoch = 0
         """The training batches run in the current epoch, empty ones included (as Lightning counts them)."""
+        self.loaded_epoch: int | None = None
+        """The epoch of the checkpoint the weights were last read from; None once training goes on (or never read)."""
 
     def start_train_epoch(self) -> None:
         self.batches_this_epoch = 0
+        self.loaded_epoch = None
 
     def see_batch(self, collection: BrickCollection, named_inputs: Mapping[str, Any] | None, training: bool) -> None:
         """Count a training batch, and record the example inputs from the first batch with samples (``named_inputs``;
@@ -92,5 +95,7 @@ class CheckpointState:
             source = str(trainer.ckpt_path or "ckpt_path")
             check_state_fits(collection, brick_state_dict(checkpoint), strict=strict, source=source)
         self.example_inputs = stored_example_inputs(checkpoint)
+        epoch = checkpoint.get("epoch")
+        self.loaded_epoch = epoch if isinstance(epoch, int) else None
         if trainer is not None and trainer.state.fn == TrainerFn.FITTING:
             self.batches_this_epoch = load_resume_state(trainer, collection, checkpoint, loss_means, device)
