@@ -142,7 +142,7 @@ def test_the_functional_core_of_normals_has_the_exact_median() -> None:
     batch = _normals_batches(1)[0]
     assert _values(normal_errors(*batch)) == pytest.approx(_normals_reference([batch]), rel=1e-5)
     angles, labelled = normal_angles(*batch)
-    np.testing.assert_allclose(angles[labelled].numpy(), _reference_angles([batch]), atol=1e-6)
+    np.testing.assert_allclose(angles[labelled].numpy(), _reference_angles([batch]), atol=1e-4)
 
 
 @pytest.mark.parametrize("count", [1, 2, 5, 6, 1001], ids=lambda count: f"n{count}")

@@ -18,7 +18,10 @@ that is not positive is never within a threshold.
 the shares of pixels within 11.25, 22.5 and 30 degrees (shares in [0, 1], like ``delta_k``: multiply by 100 for the
 percent of the NYUv2 tables).
 
-Computations run in float64, so the sums of an epoch of pixels stay exact to about 1e-12.
+Each pixel's values are computed in float32 (or the predictions' dtype where wider; float64 costs 4x on a CPU)
+and summed in float64: an angle is exact to 1e-4 degrees (2e-5 measured against float64 near 0, 90 and 180
+degrees: ``atan2`` keeps small angles accurate where ``acos`` of a rounded cosine would not), and the sums of an
+epoch of pixels do not drift.
 
 Example:
     >>> preds = torch.tensor([[[1.0, 2.0], [4.0, 1.0]]])
@@ -147,6 +150,12 @@ def check_normals_pair(preds: torch.Tensor, targets: torch.Tensor, where: str = 
         raise _spatial_fix(preds, targets, where)
 
 
+def _working(preds: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both detached, in float32 or the predictions' dtype where wider (float16 / bfloat16 predictions widened)."""
+    dtype = torch.promote_types(preds.dtype, torch.float32)
+    return preds.detach().to(dtype), targets.detach().to(dtype)
+
+
 # ------------------------------------------------------------------------------------------------ depth
 def depth_error_sums(preds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """The sums of one batch, float64 ``(6,)``: ``[sum |p - g| / g, sum (p - g)^2, n_delta1, n_delta2, n_delta3,
@@ -156,14 +165,13 @@ def depth_error_sums(preds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
         >>> depth_error_sums(torch.tensor([[2.0, 1.0]]), torch.tensor([[1.0, float("nan")]])).tolist()
         [1.0, 1.0, 0.0, 0.0, 0.0, 1.0]
     """
-    preds = preds.detach().double()
-    targets = targets.detach().double()
+    preds, targets = _working(preds, targets)
     labelled = targets > 0  # False for NaN
     gt = torch.where(labelled, targets, 1.0)
     difference = torch.where(labelled, preds - gt, 0.0)
     ratio = torch.maximum(preds / gt, gt / preds)
     ratio = torch.where(labelled & (preds > 0), ratio, math.inf)  # a non-positive prediction is within nothing
-    sums = [(difference.abs() / gt).sum(), difference.square().sum()]
+    sums = [(difference.abs() / gt).sum(dtype=torch.float64), difference.square().sum(dtype=torch.float64)]
     sums += [(ratio < threshold).sum().double() for threshold in _DELTA_THRESHOLDS]
     sums.append(labelled.sum().double())
     return torch.stack(sums)
@@ -190,9 +198,9 @@ def depth_errors(preds: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.
 
 # ------------------------------------------------------------------------------------------------ normals
 def normal_angles(preds: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(angles, labelled)``: the angle in degrees ``(N, H, W)`` (float64) between the vectors of ``(N, 3, H, W)``
-    maps, and where the target is labelled (no NaN component, not the zero vector). Angles of missing pixels are
-    undefined (may be NaN); mask them with ``labelled``.
+    """``(angles, labelled)``: the angle in degrees ``(N, H, W)`` (float32 or wider) between the vectors of
+    ``(N, 3, H, W)`` maps, and where the target is labelled (no NaN component, not the zero vector). Angles of
+    missing pixels are undefined (may be NaN); mask them with ``labelled``.
 
     Example:
         >>> angles, labelled = normal_angles(torch.tensor([[1.0, 0.0, 0.0]]).view(1, 3, 1, 1),
@@ -200,11 +208,12 @@ def normal_angles(preds: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Ten
         >>> float(angles), bool(labelled)
         (90.0, True)
     """
-    preds = preds.detach().double()
-    targets = targets.detach().double()
+    preds, targets = _working(preds, targets)
     labelled = targets.square().sum(dim=1) > 0  # a NaN component makes the sum NaN: False
-    cross = torch.linalg.cross(preds, targets, dim=1).norm(dim=1)
-    dot = (preds * targets).sum(dim=1)
+    (px, py, pz), (tx, ty, tz) = preds.unbind(dim=1), targets.unbind(dim=1)
+    # Component by component: about 20x faster on a CPU than linalg.cross and norm over the channel dimension.
+    cross = ((py * tz - pz * ty).square() + (pz * tx - px * tz).square() + (px * ty - py * tx).square()).sqrt()
+    dot = px * tx + py * ty + pz * tz
     return torch.rad2deg(torch.atan2(cross, dot)), labelled
 
 
@@ -216,8 +225,8 @@ def normal_error_sums(angles: torch.Tensor, labelled: torch.Tensor) -> torch.Ten
         >>> normal_error_sums(torch.tensor([10.0, 25.0, 90.0]), torch.tensor([True, True, False])).tolist()
         [35.0, 2.0, 1.0, 1.0, 2.0]
     """
-    angles = torch.where(labelled, angles.double(), 0.0)
-    sums = [angles.sum(), labelled.sum().double()]
+    angles = torch.where(labelled, angles, 0.0)
+    sums = [angles.sum(dtype=torch.float64), labelled.sum().double()]
     sums += [((angles < threshold) & labelled).sum().double() for threshold in ANGLE_THRESHOLDS]
     return torch.stack(sums)
 
@@ -247,7 +256,7 @@ def angle_histogram(angles: torch.Tensor, labelled: torch.Tensor, bin_width: flo
         tensor([2, 1])
     """
     bins = histogram_bins(bin_width)
-    position = (angles.double() / bin_width).floor().clamp(min=0, max=bins - 1)
+    position = (angles / bin_width).floor().clamp(min=0, max=bins - 1)
     index = torch.where(labelled, position, float(bins)).long()  # missing pixels in an extra bin, dropped
     return torch.bincount(index.reshape(-1), minlength=bins + 1)[:bins]
 
@@ -258,7 +267,8 @@ def histogram_median(histogram: torch.Tensor, bin_width: float = 0.01) -> torch.
     Each of the two middle order statistics (the same one for an odd count) is placed inside its bin by linear
     interpolation, as if the bin's ``h`` angles were spread evenly (the ``j``-th at ``(j - 0.5) / h`` of the width),
     and the median is their mean. Each estimate lies in the bin of the angle it stands for, so **the estimate is
-    within ``bin_width`` of the exact median** (numpy's, the mean of the two middle angles for an even count).
+    within ``bin_width`` of the exact median** (numpy's, the mean of the two middle angles for an even count) of the
+    angles binned (float32 angles, 1e-4 degrees from exact ones, may fall into the neighbouring bin at an edge).
 
     Example:
         >>> float(histogram_median(torch.tensor([1, 0, 3, 0]), 45.0))  # angles in [0, 45) once, [90, 135) 3 times

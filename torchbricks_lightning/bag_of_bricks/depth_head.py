@@ -103,7 +103,8 @@ class MaskedDepthLoss(nn.Module):
 
     def forward(self, preds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         check_depth_pair(preds, targets, self.where)
-        targets = targets.to(preds.dtype)
+        dtype = torch.promote_types(preds.dtype, torch.float32)  # float16 / bfloat16 predictions: a float32 loss
+        preds, targets = preds.to(dtype), targets.to(dtype)
         labelled = targets > 0  # False for NaN
         if self.kind == "l1":
             errors = torch.where(labelled, preds - torch.where(labelled, targets, 0.0), 0.0).abs()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F  # noqa: N812
 
 from torchbricks_lightning.bag_of_bricks.dense_functional import check_normals_pair
 from torchbricks_lightning.bag_of_bricks.dense_metrics import NormalsMetrics
@@ -19,7 +18,7 @@ __all__ = ["CosineNormalLoss", "NormalsHead", "NormalsRegressor", "create_normal
 
 class NormalsRegressor(nn.Module):
     """Unit normals ``(N, 3, H * upsample, W * upsample)`` from feature maps: a :class:`DenseRegressor` of three
-    channels, L2-normalised over the channels (``F.normalize``; a zero vector stays zero).
+    channels, L2-normalised over the channels (as ``F.normalize``; a zero vector stays zero).
 
     Args:
         n_features: the channels of the feature maps.
@@ -37,7 +36,9 @@ class NormalsRegressor(nn.Module):
         self.regressor = DenseRegressor(3, n_features, upsample=upsample, hidden_channels=hidden_channels)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.regressor(features), dim=1)
+        values = self.regressor(features)
+        # As F.normalize(values, dim=1) (eps 1e-12), without its norm over the channels (10x slower on a CPU).
+        return values * values.square().sum(dim=1, keepdim=True).clamp(min=1e-24).rsqrt()
 
 
 class CosineNormalLoss(nn.Module):
@@ -69,10 +70,13 @@ class CosineNormalLoss(nn.Module):
 
     def forward(self, preds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         check_normals_pair(preds, targets, self.where)
-        targets = targets.to(preds.dtype)
+        dtype = torch.promote_types(preds.dtype, torch.float32)  # float16 / bfloat16 predictions: a float32 loss
+        preds, targets = preds.to(dtype), targets.to(dtype)
         labelled = targets.square().sum(dim=1) > 0  # a NaN component makes the sum NaN: False
         clean = torch.where(labelled.unsqueeze(1), targets, 0.0)
-        cosine = F.cosine_similarity(preds, clean, dim=1)
+        # As F.cosine_similarity(preds, clean, dim=1) (eps 1e-8), without its norms (10x slower on a CPU).
+        lengths = (preds.square().sum(dim=1) * clean.square().sum(dim=1)).clamp(min=1e-16).sqrt()
+        cosine = (preds * clean).sum(dim=1) / lengths
         errors = torch.where(labelled, 1.0 - cosine, 0.0)
         count = labelled.sum().to(torch.float32)
         loss = errors.sum() / count.clamp(min=1.0).to(errors.dtype)
