@@ -36,6 +36,7 @@ from torchbricks_lightning.bag_of_bricks import (
 from torchbricks_lightning.core.export import export_bricks
 from torchbricks_lightning.errors import ConfigError
 from torchbricks_lightning.lightning import LightningBrickCollection
+from torchbricks_lightning.multitask.score import metric_directions
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytorch_lightning.utilities.warnings.PossibleUserWarning")
 
@@ -235,6 +236,18 @@ def test_the_heads_are_usable_from_yaml_by_class_path() -> None:
     ]
     assert collection.input_names(Stage.EXPORT) == ["raw"]
     assert collection.output_names(Stage.EXPORT) == ["features", "depth/depth", "normals/normals"]
+
+
+def test_each_metric_says_its_direction_for_delta_m() -> None:
+    directions = metric_directions(_bricks())
+    assert {key: directions[f"depth/{key}"] for key in DEPTH_KEYS} == {
+        "abs_rel": False,
+        "rmse": False,
+        "delta1": True,
+        "delta2": True,
+        "delta3": True,
+    }
+    assert [directions[f"normals/{key}"] for key in NORMALS_KEYS] == [False, False, True, True, True]
 
 
 # ------------------------------------------------------------------------------------------------ bad input
