@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import onnxruntime
 import pytest
+import pytorch_lightning as pl
 import torch
 import yaml
 from jsonargparse import ArgumentParser
@@ -34,8 +35,9 @@ from torchbricks_lightning.bag_of_bricks import (
     create_normals_head,
 )
 from torchbricks_lightning.core.export import export_bricks
-from torchbricks_lightning.errors import ConfigError
+from torchbricks_lightning.errors import ConfigError, RecipeError
 from torchbricks_lightning.lightning import LightningBrickCollection
+from torchbricks_lightning.lightning.preflight import check_one_batch
 from torchbricks_lightning.multitask.score import metric_directions
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytorch_lightning.utilities.warnings.PossibleUserWarning")
@@ -310,6 +312,29 @@ def test_bad_targets_name_the_head_and_the_fix(head: str, targets: torch.Tensor,
         with pytest.raises(ConfigError, match=expected) as caught:
             collection({"raw": torch.rand(2, 3, 8, 8), head: targets}, stage)
         assert HEAD[head] in str(caught.value)
+
+
+class _ChannelDepth(pl.LightningDataModule):
+    """Depth maps with a channel dimension, (N, 1, H, W): the mistake a recipe's data most often makes."""
+
+    def train_dataloader(self) -> DataLoader[dict[str, torch.Tensor]]:
+        samples = [{"raw": torch.rand(3, 8, 8), "depth": torch.rand(1, 8, 8)} for _ in range(4)]
+        return DataLoader(samples, batch_size=2)  # type: ignore[arg-type]
+
+    def val_dataloader(self) -> DataLoader[dict[str, torch.Tensor]]:
+        return self.train_dataloader()
+
+
+def test_the_check_before_fit_names_the_brick_path_and_the_fix() -> None:
+    collection = BrickCollection(
+        {
+            "backbone": BrickTrainable(nn.Conv2d(3, 4, 2, stride=2), input_names=["raw"], output_names=["features"]),
+            "depth": create_depth_head(4, "features", "depth", upsample=2),
+        }
+    )
+    with pytest.raises(RecipeError, match=r"targets of shape \(N, H, W\).*pass targets\[:, 0\]") as caught:
+        check_one_batch(LightningBrickCollection(collection), _ChannelDepth())
+    assert "While running brick 'depth/metrics' in stage 'validation'" in str(caught.value)
 
 
 @pytest.mark.parametrize(
