@@ -6,6 +6,9 @@ from torchbricks_lightning.bag_of_bricks.backbones import (
     TorchvisionBackbone,
     resnet_to_brick,
 )
+from torchbricks_lightning.bag_of_bricks.dense_metrics import DepthMetrics, NormalsMetrics
+from torchbricks_lightning.bag_of_bricks.dense_regressor import DenseRegressor
+from torchbricks_lightning.bag_of_bricks.depth_head import DepthHead, DepthRegressor, MaskedDepthLoss, create_depth_head
 from torchbricks_lightning.bag_of_bricks.heads import (
     ClassificationHead,
     ImageClassifier,
@@ -13,6 +16,12 @@ from torchbricks_lightning.bag_of_bricks.heads import (
 )
 from torchbricks_lightning.bag_of_bricks.losses import MaskedCrossEntropyLoss, MaskedRegressionLoss
 from torchbricks_lightning.bag_of_bricks.metrics import ConfusionMatrixMetrics, RegressionMetrics
+from torchbricks_lightning.bag_of_bricks.normals_head import (
+    CosineNormalLoss,
+    NormalsHead,
+    NormalsRegressor,
+    create_normals_head,
+)
 from torchbricks_lightning.bag_of_bricks.preprocessors import Preprocessor
 from torchbricks_lightning.bag_of_bricks.regression_head import RegressionHead, Regressor, create_regression_head
 from torchbricks_lightning.bag_of_bricks.segmentation_head import (
@@ -25,9 +34,18 @@ __all__ = [
     "BackboneResnet",
     "ClassificationHead",
     "ConfusionMatrixMetrics",
+    "CosineNormalLoss",
+    "DenseRegressor",
+    "DepthHead",
+    "DepthMetrics",
+    "DepthRegressor",
     "ImageClassifier",
     "MaskedCrossEntropyLoss",
+    "MaskedDepthLoss",
     "MaskedRegressionLoss",
+    "NormalsHead",
+    "NormalsMetrics",
+    "NormalsRegressor",
     "PixelClassifier",
     "Preprocessor",
     "RegressionHead",
@@ -36,7 +54,9 @@ __all__ = [
     "SegmentationHead",
     "SmallConvNet",
     "TorchvisionBackbone",
+    "create_depth_head",
     "create_image_classification_head",
+    "create_normals_head",
     "create_regression_head",
     "create_segmentation_head",
     "resnet_to_brick",
