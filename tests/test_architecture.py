@@ -29,7 +29,7 @@ ALLOWED: dict[str, set[str]] = {
     "core": {"errors", "random_state"},
     # task code on top of the core
     "multitask": {"core", "errors"},
-    "bag_of_bricks": {"core", "multitask", "errors"},
+    "bag_of_bricks": {"core", "multitask", "errors", "pictures"},  # pictures: the visualisers draw on its Canvas
     "pictures": {"core", "errors"},
     "datamodules": {"core", "multitask", "errors", "random_state"},
     # what a checkpoint may ask to build, and reading and writing checkpoints safely

@@ -20,11 +20,20 @@ from torchbricks_lightning.bag_of_bricks.segmentation_head import (
     SegmentationHead,
     create_segmentation_head,
 )
+from torchbricks_lightning.bag_of_bricks.visualizers import (
+    ClassificationVisualizer,
+    DepthVisualizer,
+    DetectionVisualizer,
+    SegmentationVisualizer,
+)
 
 __all__ = [
     "BackboneResnet",
     "ClassificationHead",
+    "ClassificationVisualizer",
     "ConfusionMatrixMetrics",
+    "DepthVisualizer",
+    "DetectionVisualizer",
     "ImageClassifier",
     "MaskedCrossEntropyLoss",
     "MaskedRegressionLoss",
@@ -34,6 +43,7 @@ __all__ = [
     "RegressionMetrics",
     "Regressor",
     "SegmentationHead",
+    "SegmentationVisualizer",
     "SmallConvNet",
     "TorchvisionBackbone",
     "create_image_classification_head",
