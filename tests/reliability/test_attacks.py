@@ -508,6 +508,9 @@ TEMPLATES: dict[str, dict[str, Any]] = {
     "torchbricks_lightning.bag_of_bricks.heads.ClassificationHead": {"num_classes": 4, "in_channels": 8},
     "torchbricks_lightning.bag_of_bricks.regression_head.RegressionHead": {"num_outputs": 2, "in_channels": 8},
     "torchbricks_lightning.bag_of_bricks.segmentation_head.SegmentationHead": {"num_classes": 3, "in_channels": 8},
+    "torchbricks_lightning.core.visualization.BrickVisualization": {
+        "visualizer": _spec("torchbricks_lightning.bag_of_bricks.visualizers.classification.ClassificationVisualizer")
+    },
     # modules, planted as the model of a brick never alive
     "torch.nn.Conv2d": {"in_channels": 3, "out_channels": 8, "kernel_size": 3},
     "torch.nn.CrossEntropyLoss": {},
@@ -523,6 +526,10 @@ TEMPLATES: dict[str, dict[str, Any]] = {
     "torchbricks_lightning.bag_of_bricks.segmentation_head.PixelClassifier": {"num_classes": 3, "n_features": 8},
     "torchbricks_lightning.bag_of_bricks.losses.MaskedCrossEntropyLoss": {},
     "torchbricks_lightning.bag_of_bricks.losses.MaskedRegressionLoss": {},
+    "torchbricks_lightning.bag_of_bricks.visualizers.classification.ClassificationVisualizer": {},
+    "torchbricks_lightning.bag_of_bricks.visualizers.segmentation.SegmentationVisualizer": {"num_classes": 3},
+    "torchbricks_lightning.bag_of_bricks.visualizers.detection.DetectionVisualizer": {},
+    "torchbricks_lightning.bag_of_bricks.visualizers.depth.DepthVisualizer": {},
     # metrics, planted as the metric of a metric brick never alive
     "torchmetrics.classification.MulticlassAccuracy": {"num_classes": 4},
     "torchbricks_lightning.bag_of_bricks.metrics.ConfusionMatrixMetrics": {"num_classes": 4},

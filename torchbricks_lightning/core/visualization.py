@@ -17,7 +17,7 @@ Example:
     >>> from torch import nn
     >>> from torchbricks_lightning import BrickCollection, BrickTrainable
     >>> class Grey(Visualizer):
-    ...     def __call__(self, raw: torch.Tensor) -> torch.Tensor:
+    ...     def forward(self, raw: torch.Tensor) -> torch.Tensor:
     ...         return (raw.clamp(0, 1) * 255).to(torch.uint8).expand(-1, 3, -1, -1)
     >>> collection = BrickCollection({
     ...     "head": BrickTrainable(nn.Flatten(), input_names=["raw"], output_names=["flat"]),
@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 from torchbricks_lightning.core.bricks import BrickInterface
 from torchbricks_lightning.core.graph import BrickNode
@@ -58,17 +59,18 @@ VISUALIZATION_STAGES = (Stage.VALIDATION, Stage.TEST)
 _POSSIBLE_STAGES = (Stage.TRAIN, Stage.VALIDATION, Stage.TEST)
 
 
-class Visualizer(ABC):
+class Visualizer(nn.Module, ABC):
     """What a :class:`BrickVisualization` calls: named values in, one picture per sample out.
 
-    Subclass it for a visualiser usable from a YAML recipe (a plain class with simple constructor arguments, as the
-    ready-made ones in :mod:`torchbricks_lightning.bag_of_bricks.visualizers`). ``__call__`` gets the values named
-    by the brick's ``input_names``, detached, on the CPU and cut to the samples to draw, and returns a ``uint8``
-    tensor ``(N, 3, H, W)``, one picture per sample, all of one size.
+    A module without weights, so that a recipe builds it as it builds any model, and a checkpoint rebuilds it: subclass
+    it with simple constructor arguments (as the ready-made ones in
+    :mod:`torchbricks_lightning.bag_of_bricks.visualizers`) and implement ``forward``. It gets the values named by
+    the brick's ``input_names``, detached, on the CPU and cut to the samples to draw, and returns a ``uint8`` tensor
+    ``(N, 3, H, W)``, one picture per sample, all of one size.
     """
 
     @abstractmethod
-    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         """Draw one picture per sample."""
 
 
@@ -108,7 +110,7 @@ class BrickVisualization(BrickInterface):
 
     Example:
         >>> class Blank(Visualizer):
-        ...     def __call__(self, raw):
+        ...     def forward(self, raw):
         ...         return torch.zeros(len(raw), 3, 8, 8, dtype=torch.uint8)
         >>> BrickVisualization(Blank(), input_names=["raw"])
         BrickVisualization(Blank, input_names=['raw'], output_names=[], alive_stages=['validation', 'test'])

@@ -58,6 +58,7 @@ class ClassificationVisualizer(Visualizer):
     def __init__(
         self, class_names: Sequence[str] | None = None, min_size: int = MIN_SIZE, font_size: int = CAPTION_SIZE
     ) -> None:
+        super().__init__()
         self.class_names = None if class_names is None else [str(name) for name in class_names]
         self.min_size = check_min_size(min_size, type(self).__name__)
         self.font_size = font_size
@@ -120,7 +121,7 @@ class ClassificationVisualizer(Visualizer):
             pictures.append(canvas.picture())
         return pictures
 
-    def __call__(
+    def forward(
         self, images: torch.Tensor, predictions: torch.Tensor, targets: torch.Tensor | None = None
     ) -> torch.Tensor:
         return stack_pictures(self.draw(images, predictions, targets))

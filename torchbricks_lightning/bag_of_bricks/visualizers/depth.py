@@ -68,6 +68,7 @@ class DepthVisualizer(Visualizer):
         height: float = 2.6,
         dpi: int = 100,
     ) -> None:
+        super().__init__()
         import matplotlib
 
         if colormap not in matplotlib.colormaps:
@@ -129,7 +130,7 @@ class DepthVisualizer(Visualizer):
         canvas.draw()
         return torch.from_numpy(np.asarray(canvas.buffer_rgba())[..., :3].copy()).permute(2, 0, 1)
 
-    def __call__(self, predictions: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, predictions: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         predicted = predictions.detach().cpu()
         count = predicted.shape[0]
         pictures = [

@@ -69,6 +69,7 @@ class DetectionVisualizer(Visualizer):
         min_size: int = MIN_SIZE,
         font_size: int = _FONT_SIZE,
     ) -> None:
+        super().__init__()
         self.class_names = None if class_names is None else [str(name) for name in class_names]
         self.score_threshold = float(score_threshold)
         self.colors = class_colors(max(num_classes, len(self.class_names or ())), colormap)
@@ -170,7 +171,7 @@ class DetectionVisualizer(Visualizer):
             pictures.append(canvas.picture())
         return pictures
 
-    def __call__(
+    def forward(
         self,
         images: torch.Tensor,
         boxes: torch.Tensor,

@@ -71,6 +71,7 @@ class SegmentationVisualizer(Visualizer):
         min_size: int = MIN_SIZE,
         font_size: int = CAPTION_SIZE,
     ) -> None:
+        super().__init__()
         where = type(self).__name__
         if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
             raise ConfigError(f"Expected num_classes of {where} to be a whole number >= 1, but got {num_classes!r}.")
@@ -139,7 +140,7 @@ class SegmentationVisualizer(Visualizer):
             pictures.append(canvas.picture())
         return pictures
 
-    def __call__(
+    def forward(
         self, images: torch.Tensor, predictions: torch.Tensor, targets: torch.Tensor | None = None
     ) -> torch.Tensor:
         return stack_pictures(self.draw(images, predictions, targets))
