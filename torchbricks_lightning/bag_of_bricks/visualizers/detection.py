@@ -13,6 +13,7 @@ from torchbricks_lightning.bag_of_bricks.visualizers.drawing import (
     check_min_size,
     class_colors,
     class_name,
+    enlarge,
     enlargement,
     paste,
     stack_pictures,
@@ -123,8 +124,9 @@ class DetectionVisualizer(Visualizer):
         for box, text, color in zip(boxes.tolist(), texts, colors, strict=True):
             width = text_size(text, self.font_size)[0]
             left = xy[0] + min(max(int(box[0]), 0), max(image.shape[2] - width - 2, 0))
-            top = xy[1] + int(box[1]) - height  # above the box; inside it at the image's top edge
-            top = max(top, xy[1] + int(box[1]) + 2) if top < xy[1] else top
+            top = xy[1] + int(box[1]) - height  # above the box, or inside it when that leaves the image
+            if top < xy[1]:
+                top = xy[1] + int(box[1]) + 2
             ink = "black" if sum(color) > 380 else "white"
             canvas.text((left + 2, top + 1), text, fill=ink, size=self.font_size, background=color)
 
@@ -151,7 +153,7 @@ class DetectionVisualizer(Visualizer):
         pictures = []
         for index in range(len(rgb)):
             canvas = Canvas(panels * width + (panels + 1) * _PAD, _PAD + line + 4 + height + _PAD)
-            image = rgb[index].repeat_interleave(factor, -2).repeat_interleave(factor, -1)
+            image = enlarge(rgb[index], factor)
             top = _PAD + line + 4
             title = f"predicted: {len(predicted[index])} (score >= {self.score_threshold:.2f})"
             canvas.text((_PAD + width // 2, _PAD), title, size=self.font_size, anchor="ma")
@@ -162,12 +164,10 @@ class DetectionVisualizer(Visualizer):
                 texts = truth[index]
                 caption = f"true: {len(texts)}" if texts is not None else "true: not annotated"
                 canvas.text((left + width // 2, _PAD), caption, size=self.font_size, anchor="ma")
-                valid = target_labels[index].detach().cpu() >= 0
-                true_boxes = (
-                    target_boxes[index].detach().cpu().float()[valid] * factor if texts is not None else boxes[:0, 0]
-                )
-                true_classes = target_labels[index].detach().cpu()[valid].tolist() if texts is not None else []
-                self._panel(canvas, image, true_boxes.reshape(-1, 4), true_classes, texts or [], (left, top))
+                classes = target_labels[index].detach().cpu()
+                valid = (classes >= 0) if texts is not None else torch.zeros_like(classes, dtype=torch.bool)
+                true_boxes = target_boxes[index].detach().cpu().float()[valid] * factor
+                self._panel(canvas, image, true_boxes, classes[valid].tolist(), texts or [], (left, top))
             pictures.append(canvas.picture())
         return pictures
 
