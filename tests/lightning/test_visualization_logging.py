@@ -17,6 +17,7 @@ from tests.conftest import quiet_trainer
 from torchbricks_lightning import BrickCollection, BrickLoss, BrickTrainable, BrickVisualization, Visualizer
 from torchbricks_lightning.bag_of_bricks import ClassificationVisualizer
 from torchbricks_lightning.datamodules import SyntheticImageDataModule
+from torchbricks_lightning.errors import MissingInputError
 from torchbricks_lightning.lightning import LightningBrickCollection
 
 CLASSES = ["circle", "square", "triangle"]
@@ -62,7 +63,7 @@ def tensorboard_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[EventAccu
     logger = TensorBoardLogger(folder, name="tb")
     trainer = quiet_trainer(folder, logger=logger, max_epochs=2, num_sanity_val_steps=1)
     trainer.fit(module, datamodule=data())
-    assert validation.samples == [3, 3]  # one call per epoch, cut to the 3 wanted; none in the sanity check
+    assert validation.samples == [1, 3, 3]  # the sanity check draws one (a check, not logged); then 3 an epoch
     assert train.samples == [4, 1, 4, 1]  # 5 a training epoch: the first batch and one sample of the second
     trainer.validate(module, datamodule=data())
     trainer.test(module, datamodule=data())
@@ -86,11 +87,20 @@ def test_fit_validate_and_test_log_a_bounded_number_per_epoch(
         assert [event.step for event in events.Images(f"test/show/{k}")] == [2]
     for k in range(5):
         assert [event.step for event in events.Images(f"train/train_show/{k}")] == [0, 1]
-    assert validation.samples == [3, 3, 3, 3]  # validate and test: one call each
+    assert validation.samples == [1, 3, 3, 3, 3]  # validate and test: one call each
     expected = validation.drawer(torch.rand(1, 3, 8, 8), torch.tensor([0]), torch.tensor([1])).shape
     for tag in tags:
         for event in events.Images(tag):
             assert (event.height, event.width) == (expected[2], expected[3])
+
+
+def test_a_misnamed_input_stops_the_run_in_the_sanity_check(tmp_path: Path) -> None:
+    module = module_with(Counting(), Counting())
+    module.brick_collection["show"].input_names = {"images": "raw", "predictions": "logit", "targets": "targets"}
+    trainer = quiet_trainer(tmp_path, logger=TensorBoardLogger(tmp_path), max_epochs=1, num_sanity_val_steps=1)
+    with pytest.raises(MissingInputError, match=r"brick 'show' reads \['logit'\] in stage 'validation'.*'logits'"):
+        trainer.fit(module, datamodule=data())
+    assert trainer.global_step == 0  # before any training
 
 
 def test_csv_logger_runs_and_nothing_is_drawn(tmp_path: Path) -> None:

@@ -8,8 +8,9 @@ pictures are skipped for them, and none is drawn when no logger takes them.
 :class:`~torchbricks_lightning.core.visualization.BrickVisualization` bricks: at most ``images_per_epoch`` per brick,
 epoch and stage, the first samples of the epoch. Each step hands it what the stage's forward returned, and it calls
 ``BrickCollection.visualize`` with the budget left, cut to the samples still wanted; once every brick has its
-pictures, a step costs one dict lookup. Nothing is drawn during Lightning's sanity check, on processes other than
-rank 0, or without a logger that takes images.
+pictures, a step costs one dict lookup. Nothing is drawn on processes other than rank 0 or without a logger that
+takes images. Lightning's sanity check draws one picture per brick and logs none: a misnamed input or a failing
+visualiser then stops the run before it trains, not after its first epoch.
 
 Where the pictures go, at the stage's epoch end:
 
@@ -85,11 +86,12 @@ class ImageLogging:
     def start_epoch(self, trainer: pl.Trainer, collection: BrickCollection, stage: Stage) -> None:
         """Set the epoch's budget of each visualisation brick alive in ``stage`` (none if nothing would log it)."""
         self.drawn[stage] = {}
-        if trainer.sanity_checking or not trainer.is_global_zero or not image_loggers(trainer):
+        if not trainer.is_global_zero or not image_loggers(trainer):
             self.wanted[stage] = {}
             return
         bricks = collection.visualization_bricks(stage)
-        self.wanted[stage] = {path: brick.images_per_epoch for path, brick in bricks.items() if brick.images_per_epoch}
+        wanted = {path: brick.images_per_epoch for path, brick in bricks.items() if brick.images_per_epoch}
+        self.wanted[stage] = dict.fromkeys(wanted, 1) if trainer.sanity_checking else wanted  # a check, not logged
 
     def add_step(self, collection: BrickCollection, stage: Stage, named_outputs: Mapping[str, Any]) -> None:
         """Draw the pictures still wanted from this step's values (nothing once the budgets are full)."""
@@ -103,8 +105,11 @@ class ImageLogging:
         self.wanted[stage] = {path: left for path, left in wanted.items() if left > 0}
 
     def end_epoch(self, trainer: pl.Trainer, stage: Stage) -> None:
-        """Log the epoch's pictures, ``{stage}/{brick path}``, with the epoch as TensorBoard's step."""
+        """Log the epoch's pictures, ``{stage}/{brick path}``, with the epoch as TensorBoard's step (none after the
+        sanity check)."""
         drawn = self.drawn.pop(stage, {})
         self.wanted[stage] = {}
+        if trainer.sanity_checking:
+            return
         for path, images in drawn.items():
             log_images(trainer, f"{stage.value}/{path}", images, trainer.current_epoch, numbered=True)
