@@ -33,6 +33,7 @@ from torchbricks_lightning.core.mermaid import create_mermaid_dag_graph
 from torchbricks_lightning.core.metric_bricks import BrickMetrics, BrickMetricSingle
 from torchbricks_lightning.core.onnx_export import export_bricks_as_onnx
 from torchbricks_lightning.core.stages import Stage
+from torchbricks_lightning.core.visualization import BrickVisualization, Visualizer
 from torchbricks_lightning.errors import (
     CheckpointError,
     LossNotFiniteError,
@@ -78,6 +79,7 @@ __all__ = [
     "BrickPredictionWriter",
     "BrickSpec",
     "BrickTrainable",
+    "BrickVisualization",
     "CheckpointError",
     "ExportResult",
     "ExportSpec",
@@ -91,6 +93,7 @@ __all__ = [
     "StagePlan",
     "TorchBricksError",
     "UntrustedCheckpointError",
+    "Visualizer",
     "__version__",
     "check_one_batch",
     "create_mermaid_dag_graph",

@@ -489,6 +489,7 @@ def test_ckpt_path_last_holding_a_pickle_payload_is_refused_without_a_traceback(
 
 
 # ------------------------------------------------------------------------------------------------ generated suite
+B = "torchbricks_lightning.bag_of_bricks."
 TEMPLATES: dict[str, dict[str, Any]] = {
     # bricks, planted as brick_collection.extra (never alive where the class takes alive_stages)
     "torchbricks_lightning.core.bricks.BrickTrainable": {"model": _spec("torch.nn.Identity")},
@@ -508,6 +509,11 @@ TEMPLATES: dict[str, dict[str, Any]] = {
     "torchbricks_lightning.bag_of_bricks.heads.ClassificationHead": {"num_classes": 4, "in_channels": 8},
     "torchbricks_lightning.bag_of_bricks.regression_head.RegressionHead": {"num_outputs": 2, "in_channels": 8},
     "torchbricks_lightning.bag_of_bricks.segmentation_head.SegmentationHead": {"num_classes": 3, "in_channels": 8},
+    B + "depth_head.DepthHead": {"in_channels": 8},
+    B + "normals_head.NormalsHead": {"in_channels": 8},
+    "torchbricks_lightning.core.visualization.BrickVisualization": {
+        "visualizer": _spec("torchbricks_lightning.bag_of_bricks.visualizers.classification.ClassificationVisualizer")
+    },
     # modules, planted as the model of a brick never alive
     "torch.nn.Conv2d": {"in_channels": 3, "out_channels": 8, "kernel_size": 3},
     "torch.nn.CrossEntropyLoss": {},
@@ -523,10 +529,21 @@ TEMPLATES: dict[str, dict[str, Any]] = {
     "torchbricks_lightning.bag_of_bricks.segmentation_head.PixelClassifier": {"num_classes": 3, "n_features": 8},
     "torchbricks_lightning.bag_of_bricks.losses.MaskedCrossEntropyLoss": {},
     "torchbricks_lightning.bag_of_bricks.losses.MaskedRegressionLoss": {},
+    B + "dense_regressor.DenseRegressor": {"out_channels": 1, "n_features": 8},
+    B + "depth_head.DepthRegressor": {"n_features": 8},
+    B + "depth_head.MaskedDepthLoss": {},
+    B + "normals_head.NormalsRegressor": {"n_features": 8},
+    B + "normals_head.CosineNormalLoss": {},
+    "torchbricks_lightning.bag_of_bricks.visualizers.classification.ClassificationVisualizer": {},
+    "torchbricks_lightning.bag_of_bricks.visualizers.segmentation.SegmentationVisualizer": {"num_classes": 3},
+    "torchbricks_lightning.bag_of_bricks.visualizers.detection.DetectionVisualizer": {},
+    "torchbricks_lightning.bag_of_bricks.visualizers.depth.DepthVisualizer": {},
     # metrics, planted as the metric of a metric brick never alive
     "torchmetrics.classification.MulticlassAccuracy": {"num_classes": 4},
     "torchbricks_lightning.bag_of_bricks.metrics.ConfusionMatrixMetrics": {"num_classes": 4},
     "torchbricks_lightning.bag_of_bricks.metrics.RegressionMetrics": {},
+    B + "dense_metrics.DepthMetrics": {},
+    B + "dense_metrics.NormalsMetrics": {},
     # optimisers and schedulers, planted as the module's optimizer and lr_scheduler
     "torch.optim.Adam": {"lr": 0.01},
     "torch.optim.lr_scheduler.StepLR": {"step_size": 1},

@@ -29,16 +29,25 @@ from torchbricks_lightning.bag_of_bricks.segmentation_head import (
     SegmentationHead,
     create_segmentation_head,
 )
+from torchbricks_lightning.bag_of_bricks.visualizers import (
+    ClassificationVisualizer,
+    DepthVisualizer,
+    DetectionVisualizer,
+    SegmentationVisualizer,
+)
 
 __all__ = [
     "BackboneResnet",
     "ClassificationHead",
+    "ClassificationVisualizer",
     "ConfusionMatrixMetrics",
     "CosineNormalLoss",
     "DenseRegressor",
     "DepthHead",
     "DepthMetrics",
     "DepthRegressor",
+    "DepthVisualizer",
+    "DetectionVisualizer",
     "ImageClassifier",
     "MaskedCrossEntropyLoss",
     "MaskedDepthLoss",
@@ -52,6 +61,7 @@ __all__ = [
     "RegressionMetrics",
     "Regressor",
     "SegmentationHead",
+    "SegmentationVisualizer",
     "SmallConvNet",
     "TorchvisionBackbone",
     "create_depth_head",

@@ -22,6 +22,7 @@ from torchbricks_lightning.core.names import check_brick_name
 from torchbricks_lightning.core.results import LossesAndMetrics
 from torchbricks_lightning.core.stages import ALL_STAGES, Stage, StageLike, parse_stage
 from torchbricks_lightning.core.structure import MAX_NESTING, StructureNode, check_nesting, nesting_error
+from torchbricks_lightning.core.visualization import Visualizations
 from torchbricks_lightning.errors import (
     BrickDefinitionError,
     InvalidNameError,
@@ -47,7 +48,7 @@ def _attribute_names(cls: type) -> frozenset[str]:
     return names
 
 
-class BrickCollection(LossesAndMetrics, StructureNode, nn.ModuleDict):
+class BrickCollection(LossesAndMetrics, Visualizations, StructureNode, nn.ModuleDict):
     """Bricks wired by their names into a DAG, and run one stage at a time.
 
     Nested dicts become nested collections; a relative name such as ``./logits`` inside ``head0`` means
@@ -304,7 +305,7 @@ class BrickCollection(LossesAndMetrics, StructureNode, nn.ModuleDict):
         stage (in declaration order; a name may then have a producer per stage)."""
         if stage is not None:
             return self.plan(stage)
-        return DataFlow(tuple(node for node in self.brick_nodes() if node.alive_stages))
+        return DataFlow(tuple(node for node in self.brick_nodes() if node.alive_stages and not node.visualizes))
 
     def input_names(self, stage: StageLike) -> list[str]:
         """The names a caller must provide to run ``stage``."""

@@ -49,6 +49,7 @@ class BrickNode:
         alive_stages: the stages in which the brick runs.
         receives_stage: whether the brick gets the stage as the keyword argument ``stage``.
         index: the brick's position in declaration order (ties in the topological order keep it).
+        visualizes: whether the brick draws pictures (a ``BrickVisualization``): no stage's plan holds it.
     """
 
     path: str
@@ -60,6 +61,7 @@ class BrickNode:
     alive_stages: frozenset[Stage]
     receives_stage: bool
     index: int
+    visualizes: bool = False
 
     @functools.cached_property
     def input_names(self) -> tuple[str, ...]:
@@ -305,7 +307,7 @@ def plan_stage(nodes: Sequence[BrickNode], stage: Stage) -> StagePlan:
         DuplicateOutputError: two alive bricks produce the same name.
         CycleError: the alive bricks depend on each other in a cycle.
     """
-    alive = DataFlow(tuple(node for node in nodes if stage in node.alive_stages))
+    alive = DataFlow(tuple(node for node in nodes if stage in node.alive_stages and not node.visualizes))
     _check_duplicates(alive, stage)
     ordered = DataFlow(_topological_order(alive, stage))
     # No brick reads its own output (a CycleError above), so what is read and not produced is what the caller gives.

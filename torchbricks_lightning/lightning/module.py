@@ -25,6 +25,7 @@ from torchbricks_lightning.lightning.batches import (
 from torchbricks_lightning.lightning.brick_arguments import BricksArgument, as_collection, checked_loss_weights
 from torchbricks_lightning.lightning.logging import warning_filters
 from torchbricks_lightning.lightning.logging.epoch import LossLogging
+from torchbricks_lightning.lightning.logging.images import ImageLogging
 from torchbricks_lightning.lightning.logging.keys import check_fit_keys, check_logged_names, logged_keys, monitored_keys
 from torchbricks_lightning.lightning.logging.losses import LossMeans
 from torchbricks_lightning.lightning.optim.optimizers import Optimisation, OptimisationPlan
@@ -68,8 +69,8 @@ class LightningBrickCollection(pl.LightningModule):
     :class:`~torchbricks_lightning.multitask.BrickLabelledLoss`, as the heads' losses do) is weighted by that count
     instead, and under DDP its training loss is normalised by the labelled count of all processes (see
     :func:`~torchbricks_lightning.multitask.scale_to_global_counts`). At each epoch end the metrics of the stage are
-    summarised, logged as ``{stage}/{metric key}`` and reset. Per-class vectors are logged as one scalar per class,
-    and matrices (a confusion matrix) are drawn as pictures on loggers that show images (TensorBoard).
+    summarised, logged as ``{stage}/{metric key}`` and reset. Per-class vectors are logged as one scalar per class;
+    matrices (a confusion matrix) and visualisation pictures go to loggers that take images (:mod:`.logging.images`).
 
     Args:
         brick_collection: the bricks, as a ``BrickCollection`` or a (nested) dict of bricks.
@@ -169,6 +170,7 @@ class LightningBrickCollection(pl.LightningModule):
         self.checkpoint_state = CheckpointState()
         self.loss_means = LossMeans()  # a submodule: moves with the module; logged as Metric objects from it
         self.loss_logging = LossLogging(self.loss_means, "loss_means", self.loss_weights)
+        self.image_logging = ImageLogging()  # the visualisation bricks' pictures, a few per epoch
         self.multitask = MultiTask(brick_collection, self.loss_weights, loss_balancer, delta_m)
         self.loss_balancer = loss_balancer  # a submodule: its parameters and buffers are trained and checkpointed
         self.delta_m = delta_m
@@ -234,6 +236,7 @@ class LightningBrickCollection(pl.LightningModule):
         except Exception as err:
             add_batch_names_note(err, batch, self.batch_names, collection)  # how a tuple batch was named
             raise
+        self.image_logging.add_step(collection, stage, named_outputs)  # nothing once the epoch's pictures are drawn
         losses = collection.extract_losses(named_outputs)
         if not losses:
             return named_outputs, None
@@ -294,16 +297,19 @@ class LightningBrickCollection(pl.LightningModule):
     def on_train_epoch_start(self) -> None:
         self.brick_collection.reset_metrics(Stage.TRAIN)
         self.loss_logging.start_epoch(Stage.TRAIN)
+        self.image_logging.start_epoch(self.trainer, self.brick_collection, Stage.TRAIN)
         self.checkpoint_state.start_train_epoch()
         self.multitask.start_train_epoch()
 
     def on_validation_epoch_start(self) -> None:
         self.brick_collection.reset_metrics(Stage.VALIDATION)
         self.loss_logging.start_epoch(Stage.VALIDATION)
+        self.image_logging.start_epoch(self.trainer, self.brick_collection, Stage.VALIDATION)
 
     def on_test_epoch_start(self) -> None:
         self.brick_collection.reset_metrics(Stage.TEST)
         self.loss_logging.start_epoch(Stage.TEST)
+        self.image_logging.start_epoch(self.trainer, self.brick_collection, Stage.TEST)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # After every callback's on_train_batch_end, right before Lightning writes the step's logs.
@@ -313,14 +319,17 @@ class LightningBrickCollection(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         self.loss_logging.end_epoch(self, self.trainer, self.brick_collection, Stage.TRAIN)
         self.multitask.end_train_epoch(self, self.loss_means)
+        self.image_logging.end_epoch(self.trainer, Stage.TRAIN)
 
     def on_validation_epoch_end(self) -> None:
         metrics = self.loss_logging.end_epoch(self, self.trainer, self.brick_collection, Stage.VALIDATION)
         self.multitask.log_delta_m(self, metrics)
+        self.image_logging.end_epoch(self.trainer, Stage.VALIDATION)
 
     def on_test_epoch_end(self) -> None:
         metrics = self.loss_logging.end_epoch(self, self.trainer, self.brick_collection, Stage.TEST)
         self.multitask.log_delta_m(self, metrics, Stage.TEST)
+        self.image_logging.end_epoch(self.trainer, Stage.TEST)
 
     # ---------------------------------------------------------------------------------------- optimisers
     def configure_optimizers(self) -> Any:

@@ -8,12 +8,12 @@ from collections.abc import Mapping
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.trainer.states import TrainerFn
 
 from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.core.metric_bricks import BrickMetrics
 from torchbricks_lightning.core.stages import Stage
+from torchbricks_lightning.lightning.logging.images import image_loggers, log_images
 from torchbricks_lightning.pictures import render_confusion_matrix, render_matrix
 
 __all__ = [
@@ -124,18 +124,19 @@ def log_matrices(
     matrices: Mapping[str, torch.Tensor],
     warned: set[str],
 ) -> None:
-    """Draw each matrix (``{stage}/{key}``) for the trainer's TensorBoard loggers, on rank 0, at the current step.
+    """Draw each matrix (``{stage}/{key}``) for the trainer's loggers that take images, on rank 0, at the current step
+    (see :func:`~torchbricks_lightning.lightning.logging.images.log_images`).
 
     A square matrix is drawn as a confusion matrix, titled with its key and the epoch of the weights (see
     :func:`weights_epoch`; the key alone when that is unknown), its rows and columns named by
     the metric's ``class_names`` when it has them (see :func:`metric_class_names`). Without a TensorBoard logger,
     a warning, once per key, says that the matrix is not logged and how to see it.
     """
-    image_loggers = [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
-    class_names = metric_class_names(collection, stage) if image_loggers else {}
-    epoch = weights_epoch(trainer) if image_loggers else None
+    takes_images = bool(image_loggers(trainer))
+    class_names = metric_class_names(collection, stage) if takes_images else {}
+    epoch = weights_epoch(trainer) if takes_images else None
     for name, matrix in matrices.items():
-        if image_loggers and trainer.is_global_zero:
+        if takes_images and trainer.is_global_zero:
             title = name if epoch is None else f"{name}, epoch {epoch}"
             names = class_names.get(name.partition("/")[2])
             square = matrix.ndim == 2 and matrix.shape[0] == matrix.shape[1]
@@ -143,9 +144,8 @@ def log_matrices(
                 image = render_confusion_matrix(matrix, title=title, class_names=names)
             else:
                 image = render_confusion_matrix(matrix.reshape(-1, matrix.shape[-1]), title, None, ("row", "column"))
-            for logger in image_loggers:
-                logger.experiment.add_image(name, image, global_step=trainer.global_step)
-        if trainer.loggers and not image_loggers:  # with one, the picture is there: nothing to warn about
+            log_images(trainer, name, [image], trainer.global_step)
+        if trainer.loggers and not takes_images:  # with one, the picture is there: nothing to warn about
             others = ", ".join(type(logger).__name__ for logger in trainer.loggers)
             warn_once(
                 f"Metric {name!r} is a {tuple(matrix.shape)} matrix; {others} cannot show pictures, so it is not "
