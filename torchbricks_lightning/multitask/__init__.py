@@ -4,7 +4,11 @@
   loss brick that reports how many elements were labelled;
 - :mod:`~torchbricks_lightning.multitask.balancers`: :class:`StaticWeights`, :class:`UncertaintyWeighting`,
   :class:`DynamicWeightAverage`;
-- :mod:`~torchbricks_lightning.multitask.gradient`: :class:`PCGrad` on a shared tensor, in a single backward pass;
+- :mod:`~torchbricks_lightning.multitask.gramian`: :class:`GramianBalancer`, the gradient-level mechanism (weights
+  from the Gram matrix of the task gradients, on the shared tensor or the shared parameters), with
+  :mod:`~torchbricks_lightning.multitask.branching` its wiring; the methods :class:`PCGrad`
+  (:mod:`~torchbricks_lightning.multitask.gradient`) and :class:`GradNorm`
+  (:mod:`~torchbricks_lightning.multitask.gradnorm`);
 - :mod:`~torchbricks_lightning.multitask.score`: :class:`DeltaM`.
 
 ``LightningBrickCollection(loss_balancer=..., delta_m=...)`` calls into it. It never imports Lightning.
@@ -17,6 +21,8 @@ from torchbricks_lightning.multitask.balancers import (
     UncertaintyWeighting,
 )
 from torchbricks_lightning.multitask.gradient import PCGrad, pcgrad_coefficients, readers_by_task
+from torchbricks_lightning.multitask.gradnorm import GradNorm
+from torchbricks_lightning.multitask.gramian import GramianBalancer
 from torchbricks_lightning.multitask.labels import (
     IGNORE_INDEX,
     BrickLabelledLoss,
@@ -31,6 +37,8 @@ __all__ = [
     "BrickLabelledLoss",
     "DeltaM",
     "DynamicWeightAverage",
+    "GradNorm",
+    "GramianBalancer",
     "LossBalancer",
     "PCGrad",
     "StaticWeights",
