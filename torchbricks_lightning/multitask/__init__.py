@@ -5,11 +5,14 @@
 - :mod:`~torchbricks_lightning.multitask.balancers`: :class:`StaticWeights`, :class:`UncertaintyWeighting`,
   :class:`DynamicWeightAverage`;
 - :mod:`~torchbricks_lightning.multitask.gradient`: :class:`PCGrad` on a shared tensor, in a single backward pass;
-- :mod:`~torchbricks_lightning.multitask.score`: :class:`DeltaM`.
+- :mod:`~torchbricks_lightning.multitask.score`: :class:`DeltaM`;
+- :mod:`~torchbricks_lightning.multitask.functional`: pure functions from the Gram matrix of the task gradients to
+  their combination coefficients (MGDA, IMTL-G, Aligned-MTL, CAGrad, Nash-MTL, UPGrad, PCGrad).
 
 ``LightningBrickCollection(loss_balancer=..., delta_m=...)`` calls into it. It never imports Lightning.
 """
 
+from torchbricks_lightning.multitask import functional
 from torchbricks_lightning.multitask.balancers import (
     DynamicWeightAverage,
     LossBalancer,
@@ -36,6 +39,7 @@ __all__ = [
     "StaticWeights",
     "UncertaintyWeighting",
     "check_ignore_index",
+    "functional",
     "labelled_count_names",
     "pcgrad_coefficients",
     "readers_by_task",
