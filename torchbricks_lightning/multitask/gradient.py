@@ -25,6 +25,7 @@ import torch
 
 from torchbricks_lightning.multitask.balancers import format_values
 from torchbricks_lightning.multitask.branching import readers_by_task
+from torchbricks_lightning.multitask.functional.pcgrad import pcgrad_weights
 from torchbricks_lightning.multitask.gramian import GramianBalancer
 
 __all__ = ["PCGrad", "pcgrad_coefficients", "readers_by_task"]
@@ -32,6 +33,9 @@ __all__ = ["PCGrad", "pcgrad_coefficients", "readers_by_task"]
 
 def pcgrad_coefficients(gram: Sequence[Sequence[float]], orders: Sequence[Sequence[int]]) -> tuple[list[float], int]:
     """PCGrad's combination of task gradients from their Gram matrix: ``(c, conflicts)``, ``sum_i p_i = sum_j c_j g_j``.
+
+    A thin wrapper of :func:`~torchbricks_lightning.multitask.functional.pcgrad_weights` (the same computation),
+    on lists, with the number of conflicting pairs (``G_ij < 0``, ``i < j``).
 
     Args:
         gram: ``G[i][j] = <g_i, g_j>``.
@@ -42,19 +46,9 @@ def pcgrad_coefficients(gram: Sequence[Sequence[float]], orders: Sequence[Sequen
         >>> coefficients, conflicts  # p_0 = g_0 + g_1 / 4, p_1 = g_1 + g_0
         ([2.0, 1.25], 1)
     """
-    count = len(gram)
-    rows = [[1.0 if i == k else 0.0 for k in range(count)] for i in range(count)]  # p_i = sum_k rows[i][k] g_k
-    for i in range(count):
-        row = rows[i]
-        for j in orders[i]:
-            norm = gram[j][j]
-            if j == i or norm <= 0.0:
-                continue
-            dot = sum(row[k] * gram[k][j] for k in range(count))
-            if dot < 0.0:
-                row[j] -= dot / norm
-    conflicts = sum(1 for i in range(count) for j in range(i + 1, count) if gram[i][j] < 0.0)
-    return [sum(rows[i][j] for i in range(count)) for j in range(count)], conflicts
+    coefficients = pcgrad_weights(torch.tensor(gram, dtype=torch.float64), orders=orders).tolist()
+    conflicts = sum(1 for i in range(len(gram)) for j in range(i + 1, len(gram)) if gram[i][j] < 0.0)
+    return coefficients, conflicts
 
 
 class PCGrad(GramianBalancer):
@@ -101,8 +95,7 @@ class PCGrad(GramianBalancer):
         self.seed = int(seed)
 
     def weigh(self, gram: torch.Tensor, step: int) -> torch.Tensor:
-        coefficients, _ = pcgrad_coefficients(gram.tolist(), self._orders(len(gram), step))
-        return torch.tensor(coefficients, dtype=torch.float64)
+        return pcgrad_weights(gram, orders=self._orders(len(gram), step))
 
     def _orders(self, count: int, step: int) -> list[list[int]]:
         """For each task, the order in which the others are visited: random, from ``(seed, step)`` only."""
