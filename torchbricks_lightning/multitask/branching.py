@@ -21,7 +21,7 @@ of the ``"parameters"`` source.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -32,10 +32,20 @@ from torchbricks_lightning.core.names import ALL_INPUTS
 from torchbricks_lightning.core.stages import Stage
 from torchbricks_lightning.errors import ConfigError, did_you_mean
 
-if TYPE_CHECKING:
-    from torchbricks_lightning.multitask.gramian import GramianBalancer
+__all__ = ["BranchHook", "Branches", "Combiner", "readers_by_task", "trunk_bricks"]
 
-__all__ = ["BranchHook", "Branches", "readers_by_task", "trunk_bricks"]
+
+class Combiner(Protocol):
+    """What the branches need of their balancer (a :class:`~torchbricks_lightning.multitask.GramianBalancer`)."""
+
+    branch_tasks: tuple[str, ...]
+    active: bool
+
+    def branch(self, shared: torch.Tensor, task: int) -> torch.Tensor:
+        """Task ``task``'s branch of the shared tensor."""
+
+    def combine(self, grads: Sequence[torch.Tensor | None]) -> torch.Tensor | None:
+        """The shared tensor's gradient from the branches' gradients."""
 
 
 def _losses_below(plan: StagePlan) -> dict[str, frozenset[str]]:
@@ -188,7 +198,7 @@ class Branches(torch.autograd.Function):
     """Forward: one view of the shared tensor per task. Backward: the tasks' gradients, combined by the balancer."""
 
     @staticmethod
-    def forward(ctx: Any, balancer: GramianBalancer, shared: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(ctx: Any, balancer: Combiner, shared: torch.Tensor) -> tuple[torch.Tensor, ...]:
         ctx.balancer = balancer
         return tuple(shared.view_as(shared) for _ in balancer.branch_tasks)
 
@@ -200,9 +210,7 @@ class Branches(torch.autograd.Function):
 class BranchHook:
     """A forward pre-hook that gives a reader brick its task's branch of the shared tensor during a training pass."""
 
-    def __init__(
-        self, balancer: GramianBalancer, task: int, positions: tuple[int, ...], keywords: tuple[str, ...]
-    ) -> None:
+    def __init__(self, balancer: Combiner, task: int, positions: tuple[int, ...], keywords: tuple[str, ...]) -> None:
         self.balancer, self.task, self.positions, self.keywords = balancer, task, positions, keywords
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -64,8 +64,8 @@ def gradnorm_step(
     Example:
         >>> gram = torch.tensor([[4.0, 0.0], [0.0, 1.0]], dtype=torch.float64)  # norms 2 and 1
         >>> same = torch.tensor([1.0, 1.0], dtype=torch.float64)
-        >>> gradnorm_step(same.clone(), gram, same, same, lr=0.1)  # equal rates: the norms move to their mean
-        tensor([0.8667, 1.1333], dtype=torch.float64)
+        >>> gradnorm_step(same.clone(), gram, same, same, lr=0.1)  # equal rates: towards equal norms, sum 2
+        tensor([0.8966, 1.1034], dtype=torch.float64)
     """
     norms = gram.diagonal().clamp(min=0.0).sqrt()
     active = (norms > 0) & (initial_losses > 0) & torch.isfinite(losses)
