@@ -13,9 +13,7 @@ from torchbricks_lightning.multitask.functional._gram import active_set_qp, on_a
 __all__ = ["cagrad_weights"]
 
 INNER_TOLERANCE = 1e-10
-"""The golden-section search stops when its bracket on ``t = |g_w|`` is below this fraction of ``max_i |g_i|``."""
-
-_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
+"""The root search stops when ``t = |g_w|`` is known to this fraction of ``max_i |g_i|``."""
 
 
 def cagrad_weights(gram: Tensor, c: float = 0.5, *, rescale: bool = False) -> Tensor:
@@ -31,7 +29,7 @@ def cagrad_weights(gram: Tensor, c: float = 0.5, *, rescale: bool = False) -> Te
     The paper solves this with scipy's SLSQP. Here: ``sqrt(q) = min_{t > 0} q / (2 t) + t / 2`` turns it into
     ``min_t h(t)``, ``h(t) = sqrt(phi) t / 2 + min_w [w^T G 1 / T + sqrt(phi) / (2 t) w^T G w]``, a convex function
     of ``t`` (a partial minimum of a perspective) whose inner minimum is a QP on the simplex, solved exactly by an
-    active-set method. A golden-section search on ``t`` in ``[0, max_i |g_i|]`` brackets the optimal ``t = |g_w|``
+    active-set method. A bracketing root search on ``h'`` in ``[0, max_i |g_i|]`` finds the optimal ``t = |g_w|``
     to ``1e-10 * max_i |g_i|``: deterministic, to a stated tolerance.
 
     **The rescale.** Algorithm 1 of the paper updates with ``d`` itself, so by default the coefficients are those
@@ -83,28 +81,57 @@ def _cagrad(gram: Tensor, c: float) -> Tensor:
 
 
 def _inner_minimiser(gram: Tensor, towards_mean: Tensor, radius: float) -> Tensor:
-    """``argmin_w w^T towards_mean + radius |g_w|`` over the simplex (see :func:`cagrad_weights`)."""
+    """``argmin_w w^T towards_mean + radius |g_w|`` over the simplex (see :func:`cagrad_weights`).
+
+    With ``w_t`` the inner QP's solution at ``t``, ``h'(t) = radius / 2 (1 - |g_{w_t}|^2 / t^2)``, so the optimal
+    ``t`` is a root of ``f(t) = t - |g_{w_t}|``, which is non-decreasing (``|g_{w_t}|`` grows with ``t``);
+    ``f(0) = -`` MGDA's minimum norm ``<= 0 <= f(max_i |g_i|)``. The Illinois variant of regula falsi brackets it
+    to ``INNER_TOLERANCE * max_i |g_i|``; when ``f(0) = 0`` the largest root is found by the monotone iteration
+    ``t <- |g_{w_t}|`` from the top.
+    """
     largest = math.sqrt(float(gram.diagonal().max()))
     tolerance = 1e-12 * float(gram.diagonal().max())
-    start = torch.zeros_like(towards_mean)
-    start[int(towards_mean.argmin())] = 1.0
+    weights = torch.zeros_like(towards_mean)
+    weights[int(towards_mean.argmin())] = 1.0
 
-    def inner(t: float) -> tuple[float, Tensor]:
-        weights = active_set_qp(gram * (radius / t), towards_mean, simplex=True, start=start, tol=tolerance)
-        value = radius * t / 2 + float(weights @ towards_mean) + radius / (2 * t) * float(weights @ gram @ weights)
-        return value, weights
+    def norm_at(t: float) -> tuple[float, Tensor]:
+        nonlocal weights
+        quadratic = gram * (radius / t) if t > 0 else gram
+        linear = towards_mean if t > 0 else torch.zeros_like(towards_mean)
+        weights = active_set_qp(quadratic, linear, simplex=True, start=weights, tol=tolerance)
+        return math.sqrt(max(float(weights @ gram @ weights), 0.0)), weights
 
-    low, high = 0.0, largest
-    left, right = high - _GOLDEN * (high - low), low + _GOLDEN * (high - low)
-    left_value, left_weights = inner(left)
-    right_value, right_weights = inner(right)
+    high = largest
+    high_norm, high_weights = norm_at(high)
+    high_value = high - high_norm
+    if high_value <= INNER_TOLERANCE * largest:
+        return high_weights
+    low_norm, _ = norm_at(0.0)
+    low, low_value = 0.0, -low_norm
+    if low_value >= -INNER_TOLERANCE * largest:  # 0 is in the hull: the largest root, from the top
+        t, best = high_norm, high_weights
+        for _ in range(10_000):
+            norm, best = norm_at(t)
+            if t - norm <= INNER_TOLERANCE * largest:
+                break
+            t = norm
+        return best
+    side = 0
+    best = high_weights
     while high - low > INNER_TOLERANCE * largest:
-        if left_value <= right_value:
-            high, right, right_value, right_weights = right, left, left_value, left_weights
-            left = high - _GOLDEN * (high - low)
-            left_value, left_weights = inner(left)
+        t = (low * high_value - high * low_value) / (high_value - low_value)
+        norm, best = norm_at(t)
+        value = t - norm
+        if abs(value) <= INNER_TOLERANCE * largest:
+            break
+        if value > 0:
+            high, high_value = t, value
+            if side == 1:
+                low_value /= 2
+            side = 1
         else:
-            low, left, left_value, left_weights = left, right, right_value, right_weights
-            right = low + _GOLDEN * (high - low)
-            right_value, right_weights = inner(right)
-    return left_weights if left_value <= right_value else right_weights
+            low, low_value = t, value
+            if side == -1:
+                high_value /= 2
+            side = -1
+    return best
