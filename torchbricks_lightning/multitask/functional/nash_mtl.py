@@ -32,10 +32,11 @@ def nash_mtl_weights(gram: Tensor, *, ridge: float = 1e-6) -> Tensor:
 
     **Singular G.** When a non-negative combination of the gradients is 0 (e.g. opposite gradients ``g``, ``-g``)
     ``phi`` is unbounded below and the equation has no solution (the point is Pareto-stationary). So it is solved
-    for ``G + ridge * mean_i(G_ii) * I``: the coefficients are at most ``sqrt(T / (ridge * mean_i G_ii))`` (as
-    ``c^T G_ridge c = T``), finite, and differ from the exact ones by a relative ``O(ridge)`` otherwise. Collinear gradients in the same direction
-    (``g``, ``k g``, ``k > 0``) have a solution, ``c = [1, 1 / k] / (sqrt(2) |g|)``, whose update is ``sqrt(2) g /
-    |g|``. A zero gradient gets 0 and the others are as if it were absent. ``T = 1``: ``[1 / |g|]``, the unit gradient.
+    for ``G_ridge = G + ridge * mean_i(G_ii) * I``: the coefficients are at most ``sqrt(T / (ridge * mean_i G_ii))``
+    (as ``c^T G_ridge c = T``), finite, and differ from the exact ones by a relative ``O(ridge)`` otherwise.
+    Collinear gradients in the same direction (``g``, ``k g``, ``k > 0``) have a solution, ``c = [1, 1 / k] /
+    (sqrt(2) |g|)``, whose update is ``sqrt(2) g / |g|``. A zero gradient gets 0 and the others are as if it were
+    absent. ``T = 1``: ``[1 / |g|]``, the unit gradient.
 
     Scale: ``c`` scales as ``1 / sqrt(s)`` when ``G`` scales by ``s``: the combined gradient's norm is ``sqrt(T)``
     on orthogonal gradients, whatever their norms.
