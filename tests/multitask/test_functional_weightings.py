@@ -269,6 +269,17 @@ def test_pcgrad_weights_are_identical_to_the_previous_coefficients_given_the_sam
         orders = [torch.randperm(tasks, generator=data).tolist() for _ in range(tasks)]
         gram = gram_of(grads).tolist()
         assert pcgrad_weights(gram_of(grads), orders=orders).tolist() == previous_pcgrad_coefficients(gram, orders)
+        assert pcgrad_coefficients(gram, orders)[0] == previous_pcgrad_coefficients(gram, orders)
+
+
+def test_pcgrad_coefficients_keeps_coefficient_one_for_a_zero_gradient_where_pcgrad_weights_gives_zero() -> None:
+    grads = torch.cat([GRADIENTS["three"], torch.zeros(1, 4, dtype=torch.float64)])
+    orders = pcgrad_orders(4, torch.Generator().manual_seed(2))
+    gram = gram_of(grads).tolist()
+    previous = previous_pcgrad_coefficients(gram, orders)
+    assert pcgrad_coefficients(gram, orders)[0] == previous  # the logged value of the PCGrad balancer: unchanged
+    assert previous[3] == 1.0
+    assert pcgrad_weights(gram_of(grads), orders=orders).tolist() == [*previous[:3], 0.0]
 
 
 def test_pcgrad_of_torchjd_is_the_same_formula_but_draws_its_orders_from_the_global_rng() -> None:
@@ -382,18 +393,22 @@ def test_a_cuda_gram_matrix_gives_cuda_coefficients_equal_to_the_cpu_ones(name: 
     torch.testing.assert_close(on_gpu.cpu(), WEIGHTINGS[name](gram))
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(
     tasks=st.integers(1, 4),
     width=st.integers(1, 5),
     seed=st.integers(0, 2**16),
     zeros=st.sets(st.integers(0, 3), max_size=3),
     scale=st.sampled_from([1e-3, 1.0, 1e3]),
+    collinear=st.sampled_from([None, 2.0, -0.5]),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
 )
 def test_coefficients_are_finite_and_zero_rows_get_zero_on_any_gradients(
-    tasks: int, width: int, seed: int, zeros: set[int], scale: float
+    tasks: int, width: int, seed: int, zeros: set[int], scale: float, collinear: float | None, dtype: torch.dtype
 ) -> None:
-    grads = scale * torch.randn(tasks, width, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    grads = scale * torch.randn(tasks, width, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    if collinear is not None and tasks > 1:  # the last gradient a multiple of the first (opposite when negative)
+        grads[-1] = collinear * grads[0]
     grads[[row for row in zeros if row < tasks]] = 0.0
     gram = gram_of(grads)
     for name, weighting in WEIGHTINGS.items():

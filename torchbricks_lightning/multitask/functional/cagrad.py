@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -67,20 +68,21 @@ def cagrad_weights(gram: Tensor, c: float = 0.5, *, rescale: bool = False) -> Te
 
 
 def _cagrad(gram: Tensor, c: float) -> Tensor:
-    count = gram.shape[0]
-    mean = torch.full((count,), 1.0 / count, dtype=gram.dtype)
-    towards_mean = gram @ mean  # <g_i, g_0>
+    matrix = gram.numpy()
+    count = len(matrix)
+    mean = np.full(count, 1.0 / count)
+    towards_mean = matrix @ mean  # <g_i, g_0>
     radius = c * math.sqrt(max(float(mean @ towards_mean), 0.0))  # sqrt(phi)
     if radius == 0.0:
-        return mean
-    weights = _inner_minimiser(gram, towards_mean, radius)
-    norm = math.sqrt(max(float(weights @ gram @ weights), 0.0))
-    if norm <= INNER_TOLERANCE * math.sqrt(float(gram.diagonal().max())):
-        return mean
-    return mean + radius / norm * weights
+        return torch.from_numpy(mean)
+    weights = _inner_minimiser(matrix, towards_mean, radius)
+    norm = math.sqrt(max(float(weights @ matrix @ weights), 0.0))
+    if norm <= INNER_TOLERANCE * math.sqrt(float(matrix.diagonal().max())):
+        return torch.from_numpy(mean)
+    return torch.from_numpy(mean + radius / norm * weights)
 
 
-def _inner_minimiser(gram: Tensor, towards_mean: Tensor, radius: float) -> Tensor:
+def _inner_minimiser(gram: np.ndarray, towards_mean: np.ndarray, radius: float) -> np.ndarray:
     """``argmin_w w^T towards_mean + radius |g_w|`` over the simplex (see :func:`cagrad_weights`).
 
     With ``w_t`` the inner QP's solution at ``t``, ``h'(t) = radius / 2 (1 - |g_{w_t}|^2 / t^2)``, so the optimal
@@ -91,13 +93,13 @@ def _inner_minimiser(gram: Tensor, towards_mean: Tensor, radius: float) -> Tenso
     """
     largest = math.sqrt(float(gram.diagonal().max()))
     tolerance = 1e-12 * float(gram.diagonal().max())
-    weights = torch.zeros_like(towards_mean)
+    weights = np.zeros(len(towards_mean))
     weights[int(towards_mean.argmin())] = 1.0
 
-    def norm_at(t: float) -> tuple[float, Tensor]:
+    def norm_at(t: float) -> tuple[float, np.ndarray]:
         nonlocal weights
         quadratic = gram * (radius / t) if t > 0 else gram
-        linear = towards_mean if t > 0 else torch.zeros_like(towards_mean)
+        linear = towards_mean if t > 0 else np.zeros(len(towards_mean))
         weights = active_set_qp(quadratic, linear, simplex=True, start=weights, tol=tolerance)
         return math.sqrt(max(float(weights @ gram @ weights), 0.0)), weights
 
@@ -110,7 +112,7 @@ def _inner_minimiser(gram: Tensor, towards_mean: Tensor, radius: float) -> Tenso
     low, low_value = 0.0, -low_norm
     if low_value >= -INNER_TOLERANCE * largest:  # 0 is in the hull: the largest root, from the top
         t, best = high_norm, high_weights
-        for _ in range(10_000):
+        for _ in range(1_000):
             norm, best = norm_at(t)
             if t - norm <= INNER_TOLERANCE * largest:
                 break
