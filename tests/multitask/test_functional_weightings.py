@@ -367,6 +367,15 @@ def test_a_zero_gradient_gets_zero_and_the_others_are_as_if_it_were_absent(name:
 
 
 @EACH
+@pytest.mark.parametrize("scale", [1e-4, 1e4], ids=["small", "large"])
+def test_the_coefficients_do_not_depend_on_the_gradients_scale_except_nash_mtls(name: str, scale: float) -> None:
+    grads = GRADIENTS["three"]
+    ours, scaled = WEIGHTINGS[name](gram_of(grads)), WEIGHTINGS[name](gram_of(scale * grads))
+    expected = ours / scale if name == "nash_mtl" else ours  # c scales as 1 / |g|
+    torch.testing.assert_close(scaled, expected, rtol=1e-7, atol=0)
+
+
+@EACH
 def test_all_zero_gives_zeros(name: str) -> None:
     assert WEIGHTINGS[name](torch.zeros(3, 3)).tolist() == [0.0, 0.0, 0.0]
 

@@ -94,7 +94,8 @@ def active_set_qp(q: np.ndarray, b: np.ndarray, *, simplex: bool, start: np.ndar
     free variables (least squares when that block is singular); it stops when the step is below ``tol`` and
     every fixed variable's multiplier is ``>= -tol``: the KKT conditions to ``tol``. Deterministic: no random
     choice, ties broken by the lowest index. It ends after finitely many iterations on a non-degenerate problem;
-    ``50 + 10 T`` is its cap. In numpy float64: ``T`` is small, and torch's per-operation overhead would dominate.
+    ``50 + 10 T`` is its cap. ``q``, ``b`` and ``tol`` are divided by ``max |q|`` first. In numpy float64:
+    ``T`` is small, and torch's per-operation overhead would dominate.
 
     Args:
         q: ``(T, T)``, float64.
@@ -103,6 +104,8 @@ def active_set_qp(q: np.ndarray, b: np.ndarray, *, simplex: bool, start: np.ndar
         start: a feasible point.
         tol: the tolerance on the step and on the multipliers, in the units of ``q x``.
     """
+    scale = float(np.abs(q).max()) or 1.0  # the KKT matrix mixes q with ones: its rank cut-off needs q ~ 1
+    q, b, tol = q / scale, b / scale, tol / scale
     x = start.astype(np.float64, copy=True)
     free = x > 0
     for _ in range(50 + 10 * q.shape[0]):

@@ -39,8 +39,13 @@ def cagrad_weights(gram: Tensor, c: float = 0.5, *, rescale: bool = False) -> Te
 
     A zero gradient gets 0 and the others are as if it were absent. ``c = 0``: ``1 / T`` (gradient descent on the
     mean). ``T = 1``: ``[1 + c]`` (``d = g + c |g| g / |g|``), ``(1 + c) / (1 + c^2)`` with ``rescale``. When
-    ``g_w`` vanishes at the optimum (0 is in the hull of the gradients and no direction improves every task,
-    e.g. opposite gradients), the correction is undefined and dropped: ``1 / T``.
+    ``g_w`` vanishes at the optimum (within ``sqrt(T * eps * max_i G_ii)``, ``eps`` of ``gram``'s dtype: 0 is in
+    the hull of the gradients and no direction improves every task, e.g. two opposite gradients among others),
+    ``sqrt(phi) / |g_w|`` is undefined, and ``F* = 0``: then any ``d`` in the ball with every ``<g_i, d> >= 0``
+    is optimal, and the update is the projection of ``g_0`` onto that dual cone, ``c = 1 / T + z`` with ``z =
+    argmin_{z >= 0} |g_0 + sum_j z_j g_j|`` (UPGrad's program; it lies in the ball since some optimal ``d``
+    does). This keeps the coefficients bounded where the formula would divide by rounding. If ``g_0 = 0``
+    (e.g. ``g``, ``-g``): ``1 / T``.
 
     Args:
         gram: ``(T, T)``, ``G_ij = <g_i, g_j>``, symmetric positive semi-definite.
@@ -64,10 +69,12 @@ def cagrad_weights(gram: Tensor, c: float = 0.5, *, rescale: bool = False) -> Te
     if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c < 0:
         raise ConfigError(f"Expected argument `c` of cagrad_weights to be a finite float >= 0, but got {c!r}.")
     scale = 1.0 / (1.0 + c * c) if rescale else 1.0
-    return on_active_tasks(gram, "cagrad_weights", lambda work: _cagrad(work, float(c)) * scale)
+    return on_active_tasks(
+        gram, "cagrad_weights", lambda work: _cagrad(work, float(c), torch.finfo(gram.dtype).eps) * scale
+    )
 
 
-def _cagrad(gram: Tensor, c: float) -> Tensor:
+def _cagrad(gram: Tensor, c: float, eps: float) -> Tensor:
     matrix = gram.numpy()
     count = len(matrix)
     mean = np.full(count, 1.0 / count)
@@ -77,8 +84,11 @@ def _cagrad(gram: Tensor, c: float) -> Tensor:
         return torch.from_numpy(mean)
     weights = _inner_minimiser(matrix, towards_mean, radius)
     norm = math.sqrt(max(float(weights @ matrix @ weights), 0.0))
-    if norm <= INNER_TOLERANCE * math.sqrt(float(matrix.diagonal().max())):
-        return torch.from_numpy(mean)
+    largest = float(matrix.diagonal().max())
+    if norm <= math.sqrt(count * eps * largest):  # g_w = 0 within the rounding of G: F* = 0
+        tolerance = 1e-12 * largest  # the projection of g_0 onto the dual cone is then optimal
+        shift = active_set_qp(matrix, towards_mean, simplex=False, start=np.zeros(count), tol=tolerance)
+        return torch.from_numpy(mean + shift)
     return torch.from_numpy(mean + radius / norm * weights)
 
 
