@@ -182,6 +182,22 @@ def test_cagrad_solves_the_dual_at_least_as_well_as_slsqp_and_its_update_is_the_
     np.testing.assert_allclose(rescaled, ours / (1 + c * c), rtol=1e-12)
 
 
+@pytest.mark.parametrize("seed", [39, 57], ids=["seed39", "seed57"])
+def test_cagrad_with_an_opposite_pair_among_other_tasks_is_still_the_best_update_in_the_ball(seed: int) -> None:
+    # 0 is in the hull (g_1 + g_6 = 0) but the optimum's g_w is not 0: the search must not stop at rounding level
+    # (these seeds gave an update outside the ball when it did)
+    grads = torch.randn(6, 3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    grads[5] = -grads[0]
+    ours = cagrad_weights(gram_of(grads)).numpy()
+    values, update = as_numpy(grads), ours @ as_numpy(grads)
+    mean_gradient = values.mean(axis=0)
+    assert np.linalg.norm(update - mean_gradient) <= 0.5 * np.linalg.norm(mean_gradient) * (1 + 1e-9)
+    directions = np.random.default_rng(seed).normal(size=(4000, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    candidates = mean_gradient + 0.5 * np.linalg.norm(mean_gradient) * directions
+    assert (candidates @ values.T).min(axis=1).max() <= (values @ update).min() + 1e-9
+
+
 @CASES
 def test_nash_mtl_solves_g_alpha_equals_one_over_alpha(case: str) -> None:
     gram = gram_of(GRADIENTS[case])
@@ -443,6 +459,9 @@ def test_bad_options_are_refused_with_the_argument_named() -> None:
         cagrad_weights(torch.eye(2), c=-1.0)
     with pytest.raises(ConfigError, match="`ridge` of nash_mtl_weights"):
         nash_mtl_weights(torch.eye(2), ridge=math.inf)
+    opposite = gram_of(DEGENERATE["opposite g, -g"][0])
+    with pytest.raises(ConfigError, match=r"unbounded below\. Use ridge > 0"):
+        nash_mtl_weights(opposite, ridge=0.0)
     with pytest.raises(ConfigError, match="not both"):
         pcgrad_weights(torch.eye(2), torch.Generator(), orders=[[1], [0]])
     with pytest.raises(ConfigError, match="one visiting order per task"):

@@ -30,8 +30,8 @@ def cagrad_weights(gram: Tensor, c: float = 0.5, *, rescale: bool = False) -> Te
     The paper solves this with scipy's SLSQP. Here: ``sqrt(q) = min_{t > 0} q / (2 t) + t / 2`` turns it into
     ``min_t h(t)``, ``h(t) = sqrt(phi) t / 2 + min_w [w^T G 1 / T + sqrt(phi) / (2 t) w^T G w]``, a convex function
     of ``t`` (a partial minimum of a perspective) whose inner minimum is a QP on the simplex, solved exactly by an
-    active-set method. A bracketing root search on ``h'`` in ``[0, max_i |g_i|]`` finds the optimal ``t = |g_w|``
-    to ``1e-10 * max_i |g_i|``: deterministic, to a stated tolerance.
+    active-set method. A bracketing root search on ``h'`` in ``[sqrt(T * eps * max_i G_ii), max_i |g_i|]`` finds
+    the optimal ``t = |g_w|`` to ``1e-10 * max_i |g_i|``: deterministic, to a stated tolerance.
 
     **The rescale.** Algorithm 1 of the paper updates with ``d`` itself, so by default the coefficients are those
     of ``d`` (they sum to ``1 + c`` at most). The official code divides ``d`` by ``1 + c^2`` (its ``rescale=1``,
@@ -39,7 +39,7 @@ def cagrad_weights(gram: Tensor, c: float = 0.5, *, rescale: bool = False) -> Te
 
     A zero gradient gets 0 and the others are as if it were absent. ``c = 0``: ``1 / T`` (gradient descent on the
     mean). ``T = 1``: ``[1 + c]`` (``d = g + c |g| g / |g|``), ``(1 + c) / (1 + c^2)`` with ``rescale``. When
-    ``g_w`` vanishes at the optimum (within ``sqrt(T * eps * max_i G_ii)``, ``eps`` of ``gram``'s dtype: 0 is in
+    ``g_w`` vanishes at the optimum (below ``sqrt(T * eps * max_i G_ii)``, ``eps`` of ``gram``'s dtype: 0 is in
     the hull of the gradients and no direction improves every task, e.g. two opposite gradients among others),
     ``sqrt(phi) / |g_w|`` is undefined, and ``F* = 0``: then any ``d`` in the ball with every ``<g_i, d> >= 0``
     is optimal, and the update is the projection of ``g_0`` onto that dual cone, ``c = 1 / T + z`` with ``z =
@@ -82,68 +82,58 @@ def _cagrad(gram: Tensor, c: float, eps: float) -> Tensor:
     radius = c * math.sqrt(max(float(mean @ towards_mean), 0.0))  # sqrt(phi)
     if radius == 0.0:
         return torch.from_numpy(mean)
-    weights = _inner_minimiser(matrix, towards_mean, radius)
-    norm = math.sqrt(max(float(weights @ matrix @ weights), 0.0))
     largest = float(matrix.diagonal().max())
-    if norm <= math.sqrt(count * eps * largest):  # g_w = 0 within the rounding of G: F* = 0
-        tolerance = 1e-12 * largest  # the projection of g_0 onto the dual cone is then optimal
-        shift = active_set_qp(matrix, towards_mean, simplex=False, start=np.zeros(count), tol=tolerance)
+    resolution = math.sqrt(count * eps * largest)  # |g_w| below this is rounding in G
+    weights = _inner_minimiser(matrix, towards_mean, radius, resolution)
+    if weights is None:  # g_w = 0 at the optimum, F* = 0: the projection of g_0 onto the dual cone is optimal
+        shift = active_set_qp(matrix, towards_mean, simplex=False, start=np.zeros(count), tol=1e-12 * largest)
         return torch.from_numpy(mean + shift)
+    norm = math.sqrt(max(float(weights @ matrix @ weights), 0.0))
     return torch.from_numpy(mean + radius / norm * weights)
 
 
-def _inner_minimiser(gram: np.ndarray, towards_mean: np.ndarray, radius: float) -> np.ndarray:
-    """``argmin_w w^T towards_mean + radius |g_w|`` over the simplex (see :func:`cagrad_weights`).
+def _inner_minimiser(gram: np.ndarray, towards_mean: np.ndarray, radius: float, resolution: float) -> np.ndarray | None:
+    """``argmin_w w^T towards_mean + radius |g_w|`` over the simplex (see :func:`cagrad_weights`); ``None``
+    when ``|g_w| <= resolution`` there.
 
     With ``w_t`` the inner QP's solution at ``t``, ``h'(t) = radius / 2 (1 - |g_{w_t}|^2 / t^2)``, so the optimal
-    ``t`` is a root of ``f(t) = t - |g_{w_t}|``, which is non-decreasing (``|g_{w_t}|`` grows with ``t``);
-    ``f(0) = -`` MGDA's minimum norm ``<= 0 <= f(max_i |g_i|)``. The Illinois variant of regula falsi brackets it
-    to ``INNER_TOLERANCE * max_i |g_i|``; when ``f(0) = 0`` the largest root is found by the monotone iteration
-    ``t <- |g_{w_t}|`` from the top.
+    ``t`` is a root of ``f(t) = t - |g_{w_t}|``, which is non-decreasing (``|g_{w_t}|`` grows with ``t``), and
+    ``f(max_i |g_i|) >= 0``. Below ``resolution`` ``|g_{w_t}|`` is rounding, so the search starts there: if
+    ``f(resolution) >= 0`` the root is below it (``None``); else the Illinois variant of regula falsi brackets
+    it in ``[resolution, max_i |g_i|]`` to ``INNER_TOLERANCE * max_i |g_i|``.
     """
     largest = math.sqrt(float(gram.diagonal().max()))
     tolerance = 1e-12 * float(gram.diagonal().max())
     weights = np.zeros(len(towards_mean))
     weights[int(towards_mean.argmin())] = 1.0
 
-    def norm_at(t: float) -> tuple[float, np.ndarray]:
+    def value_at(t: float) -> tuple[float, np.ndarray]:
         nonlocal weights
-        quadratic = gram * (radius / t) if t > 0 else gram
-        linear = towards_mean if t > 0 else np.zeros(len(towards_mean))
-        weights = active_set_qp(quadratic, linear, simplex=True, start=weights, tol=tolerance)
-        return math.sqrt(max(float(weights @ gram @ weights), 0.0)), weights
+        weights = active_set_qp(gram * (radius / t), towards_mean, simplex=True, start=weights, tol=tolerance)
+        return t - math.sqrt(max(float(weights @ gram @ weights), 0.0)), weights
 
     high = largest
-    high_norm, high_weights = norm_at(high)
-    high_value = high - high_norm
+    high_value, best = value_at(high)
     if high_value <= INNER_TOLERANCE * largest:
-        return high_weights
-    low_norm, _ = norm_at(0.0)
-    low, low_value = 0.0, -low_norm
-    if low_value >= -INNER_TOLERANCE * largest:  # 0 is in the hull: the largest root, from the top
-        t, best = high_norm, high_weights
-        for _ in range(1_000):
-            norm, best = norm_at(t)
-            if t - norm <= INNER_TOLERANCE * largest:
-                break
-            t = norm
         return best
+    low = min(resolution, high / 2)
+    low_value, _ = value_at(low)
+    if low_value >= 0.0:
+        return None
     side = 0
-    best = high_weights
     while high - low > INNER_TOLERANCE * largest:
         t = (low * high_value - high * low_value) / (high_value - low_value)
-        norm, best = norm_at(t)
-        value = t - norm
-        if abs(value) <= INNER_TOLERANCE * largest:
-            break
+        value, best = value_at(t)
         if value > 0:
             high, high_value = t, value
             if side == 1:
                 low_value /= 2
             side = 1
-        else:
+        elif value < 0:
             low, low_value = t, value
             if side == -1:
                 high_value /= 2
             side = -1
+        else:
+            break
     return best

@@ -15,7 +15,7 @@ __all__ = ["nash_mtl_weights"]
 TOLERANCE = 1e-10
 """Newton's method stops when ``max_i |c_i (G_ridge c)_i - 1| <= TOLERANCE`` (the condition is scale-free)."""
 
-MAX_ITERATIONS = 100
+MAX_ITERATIONS = 500
 
 
 def nash_mtl_weights(gram: Tensor, *, ridge: float = 1e-6) -> Tensor:
@@ -27,7 +27,7 @@ def nash_mtl_weights(gram: Tensor, *, ridge: float = 1e-6) -> Tensor:
     1 / c``). The paper approximates it by a sequence of convex programs solved with cvxpy (the CCP of its
     section 3.1), not available here; this solves ``grad phi = 0`` by damped Newton (the Hessian ``G + diag(1 /
     c^2)`` is positive definite and ``phi`` self-concordant: no line search), from ``c_i = 1 / |g_i|``, until
-    ``max_i |c_i (G c)_i - 1| <= 1e-10``, at most 100 iterations. No clipping of the update (the official code's
+    ``max_i |c_i (G c)_i - 1| <= 1e-10``, at most 500 iterations. No clipping of the update (the official code's
     ``max_norm``) and no reuse of old weights (its ``update_weights_every``): a pure function of ``G``.
 
     **Singular G.** When a non-negative combination of the gradients is 0 (e.g. opposite gradients ``g``, ``-g``)
@@ -78,9 +78,20 @@ def _bargaining(gram: Tensor, ridge: float) -> Tensor:
     for _ in range(MAX_ITERATIONS):
         product = regularised @ weights
         if float((weights * product - 1.0).abs().max()) <= TOLERANCE:
-            break
+            return weights
         gradient = product - 1.0 / weights
-        step = -torch.linalg.solve(regularised + torch.diag(1.0 / weights**2), gradient)
+        hessian = regularised + torch.diag(1.0 / weights**2)
+        step = -torch.linalg.lstsq(hessian, gradient.unsqueeze(1), driver="gelsd").solution.flatten()
         decrement = math.sqrt(max(-float(gradient @ step), 0.0))
         weights = weights + (step if decrement < 0.25 else step / (1.0 + decrement))
+    if ridge == 0.0 and not _solved(regularised, weights):
+        raise ConfigError(
+            "nash_mtl_weights(ridge=0) found no c > 0 with G c = 1 / c: a non-negative combination of the gradients "
+            f"is 0 (G = {gram.tolist()} is singular that way), so phi is unbounded below. Use ridge > 0 (the "
+            "default 1e-6)."
+        )
     return weights
+
+
+def _solved(gram: Tensor, weights: Tensor) -> bool:
+    return bool(torch.isfinite(weights).all()) and float((weights * (gram @ weights) - 1.0).abs().max()) <= 1e-6
