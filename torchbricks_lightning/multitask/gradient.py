@@ -35,7 +35,8 @@ def pcgrad_coefficients(gram: Sequence[Sequence[float]], orders: Sequence[Sequen
     """PCGrad's combination of task gradients from their Gram matrix: ``(c, conflicts)``, ``sum_i p_i = sum_j c_j g_j``.
 
     A thin wrapper of :func:`~torchbricks_lightning.multitask.functional.pcgrad_weights` (the same computation),
-    on lists, with the number of conflicting pairs (``G_ij < 0``, ``i < j``).
+    on lists, with the number of conflicting pairs (``G_ij < 0``, ``i < j``). A zero gradient keeps coefficient 1
+    here (``pcgrad_weights`` gives it 0; the combined gradient is the same).
 
     Args:
         gram: ``G[i][j] = <g_i, g_j>``.
@@ -47,6 +48,8 @@ def pcgrad_coefficients(gram: Sequence[Sequence[float]], orders: Sequence[Sequen
         ([2.0, 1.25], 1)
     """
     coefficients = pcgrad_weights(torch.tensor(gram, dtype=torch.float64), orders=orders).tolist()
+    # pcgrad_weights gives a zero gradient 0; this function always gave it 1 (its p_i = g_i = 0: the same update)
+    coefficients = [1.0 if gram[i][i] <= 0.0 else value for i, value in enumerate(coefficients)]
     conflicts = sum(1 for i in range(len(gram)) for j in range(i + 1, len(gram)) if gram[i][j] < 0.0)
     return coefficients, conflicts
 

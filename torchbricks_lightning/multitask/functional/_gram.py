@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -74,18 +75,18 @@ def on_active_tasks(
         return coefficients.to(device=gram.device, dtype=gram.dtype)
 
 
-def _solve_subproblem(q: Tensor, b: Tensor, simplex: bool) -> Tensor:
+def _solve_subproblem(q: np.ndarray, b: np.ndarray, simplex: bool) -> np.ndarray:
     """The minimiser of ``x^T q x / 2 + b^T x`` (with ``sum x = 1`` if ``simplex``), least squares if singular."""
     size = q.shape[0]
     if simplex:
-        ones = torch.ones(size, 1, dtype=q.dtype)
-        kkt = torch.cat([torch.cat([q, ones], dim=1), torch.cat([ones.T, torch.zeros(1, 1, dtype=q.dtype)], dim=1)])
-        rhs = torch.cat([-b, torch.ones(1, dtype=q.dtype)])
-        return torch.linalg.lstsq(kkt, rhs.unsqueeze(1), driver="gelsd").solution.flatten()[:size]
-    return torch.linalg.lstsq(q, -b.unsqueeze(1), driver="gelsd").solution.flatten()
+        kkt = np.zeros((size + 1, size + 1))
+        kkt[:size, :size], kkt[:size, size], kkt[size, :size] = q, 1.0, 1.0
+        rhs = np.append(-b, 1.0)
+        return np.linalg.lstsq(kkt, rhs, rcond=None)[0][:size]
+    return np.linalg.lstsq(q, -b, rcond=None)[0]
 
 
-def active_set_qp(q: Tensor, b: Tensor, *, simplex: bool, start: Tensor, tol: float) -> Tensor:
+def active_set_qp(q: np.ndarray, b: np.ndarray, *, simplex: bool, start: np.ndarray, tol: float) -> np.ndarray:
     """``argmin x^T q x / 2 + b^T x`` subject to ``x >= 0`` (and ``sum x = 1`` if ``simplex``), exactly.
 
     The primal active-set method (Nocedal & Wright, *Numerical Optimization*, Algorithm 16.3), with ``q``
@@ -93,7 +94,8 @@ def active_set_qp(q: Tensor, b: Tensor, *, simplex: bool, start: Tensor, tol: fl
     free variables (least squares when that block is singular); it stops when the step is below ``tol`` and
     every fixed variable's multiplier is ``>= -tol``: the KKT conditions to ``tol``. Deterministic: no random
     choice, ties broken by the lowest index. It ends after finitely many iterations on a non-degenerate problem;
-    ``50 + 10 T`` is its cap.
+    ``50 + 10 T`` is its cap. ``q``, ``b`` and ``tol`` are divided by ``max |q|`` first. In numpy float64:
+    ``T`` is small, and torch's per-operation overhead would dominate.
 
     Args:
         q: ``(T, T)``, float64.
@@ -102,24 +104,26 @@ def active_set_qp(q: Tensor, b: Tensor, *, simplex: bool, start: Tensor, tol: fl
         start: a feasible point.
         tol: the tolerance on the step and on the multipliers, in the units of ``q x``.
     """
-    x = start.clone()
+    scale = float(np.abs(q).max()) or 1.0  # the KKT matrix mixes q with ones: its rank cut-off needs q ~ 1
+    q, b, tol = q / scale, b / scale, tol / scale
+    x = start.astype(np.float64, copy=True)
     free = x > 0
     for _ in range(50 + 10 * q.shape[0]):
-        index = free.nonzero().flatten()
-        target = _solve_subproblem(q[index][:, index], b[index], simplex) if index.numel() else x[index]
+        index = np.flatnonzero(free)
+        target = _solve_subproblem(q[np.ix_(index, index)], b[index], simplex) if index.size else x[index]
         step = target - x[index]
-        if step.numel() == 0 or float(step.abs().max()) <= tol:
-            if step.numel() and bool((target >= 0).all()):
+        if step.size == 0 or float(np.abs(step).max()) <= tol:
+            if step.size and bool((target >= 0).all()):
                 x[index] = target
             gradient = q @ x + b
-            level = float(gradient[index].mean()) if simplex and index.numel() else 0.0
-            multipliers = torch.where(free, torch.inf, gradient - level)
+            level = float(gradient[index].mean()) if simplex and index.size else 0.0
+            multipliers = np.where(free, np.inf, gradient - level)
             worst = int(multipliers.argmin())
             if float(multipliers[worst]) >= -tol:
                 return x
             free[worst] = True
             continue
-        blocking = (step < 0).nonzero().flatten()
+        blocking = np.flatnonzero(step < 0)
         length, stop = 1.0, -1
         for position in blocking.tolist():
             ratio = float(x[index[position]] / -step[position])

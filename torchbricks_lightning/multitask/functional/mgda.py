@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -46,8 +47,10 @@ def mgda_weights(gram: Tensor) -> Tensor:
 
 
 def _min_norm_point(gram: Tensor) -> Tensor:
-    diagonal = gram.diagonal()
-    start = torch.zeros_like(diagonal)
+    matrix = gram.numpy()
+    diagonal = matrix.diagonal()
+    start = np.zeros(len(diagonal))
     start[int(diagonal.argmin())] = 1.0
     tolerance = SOLVER_TOLERANCE * float(diagonal.max())
-    return active_set_qp(gram, torch.zeros_like(diagonal), simplex=True, start=start, tol=tolerance)
+    solution = active_set_qp(matrix, np.zeros(len(diagonal)), simplex=True, start=start, tol=tolerance)
+    return torch.from_numpy(solution)

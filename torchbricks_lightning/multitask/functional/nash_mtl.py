@@ -15,7 +15,7 @@ __all__ = ["nash_mtl_weights"]
 TOLERANCE = 1e-10
 """Newton's method stops when ``max_i |c_i (G_ridge c)_i - 1| <= TOLERANCE`` (the condition is scale-free)."""
 
-MAX_ITERATIONS = 100
+MAX_ITERATIONS = 500
 
 
 def nash_mtl_weights(gram: Tensor, *, ridge: float = 1e-6) -> Tensor:
@@ -26,17 +26,17 @@ def nash_mtl_weights(gram: Tensor, *, ridge: float = 1e-6) -> Tensor:
     solution minimises the strictly convex ``phi(c) = c^T G c / 2 - sum_i log c_i`` (its gradient is ``G c -
     1 / c``). The paper approximates it by a sequence of convex programs solved with cvxpy (the CCP of its
     section 3.1), not available here; this solves ``grad phi = 0`` by damped Newton (the Hessian ``G + diag(1 /
-    c^2)`` is positive definite), from ``c_i = 1 / |g_i|``, until ``max_i |c_i (G c)_i - 1| <= 1e-10``, at most 100
-    iterations. No clipping of the update (the official code's ``max_norm``) and no reuse of old weights (its
-    ``update_weights_every``): a pure function of ``G``.
+    c^2)`` is positive definite and ``phi`` self-concordant: no line search), from ``c_i = 1 / |g_i|``, until
+    ``max_i |c_i (G c)_i - 1| <= 1e-10``, at most 500 iterations. No clipping of the update (the official code's
+    ``max_norm``) and no reuse of old weights (its ``update_weights_every``): a pure function of ``G``.
 
     **Singular G.** When a non-negative combination of the gradients is 0 (e.g. opposite gradients ``g``, ``-g``)
     ``phi`` is unbounded below and the equation has no solution (the point is Pareto-stationary). So it is solved
-    for ``G + ridge * mean_i(G_ii) * I``: the coefficients are at most ``1 / sqrt(ridge * mean_i G_ii)``, finite,
-    and differ from the exact ones by a relative ``O(ridge)`` otherwise. Collinear gradients in the same direction
-    (``g``, ``k g``, ``k > 0``) have a solution, ``c = [1, 1 / k] / (sqrt(2) |g|)``, whose update is ``sqrt(2) g /
-    |g|``. A zero gradient gets 0
-    and the others are as if it were absent. ``T = 1``: ``[1 / |g|]``, the unit gradient.
+    for ``G_ridge = G + ridge * mean_i(G_ii) * I``: the coefficients are at most ``sqrt(T / (ridge * mean_i G_ii))``
+    (as ``c^T G_ridge c = T``), finite, and differ from the exact ones by a relative ``O(ridge)`` otherwise.
+    Collinear gradients in the same direction (``g``, ``k g``, ``k > 0``) have a solution, ``c = [1, 1 / k] /
+    (sqrt(2) |g|)``, whose update is ``sqrt(2) g / |g|``. A zero gradient gets 0 and the others are as if it were
+    absent. ``T = 1``: ``[1 / |g|]``, the unit gradient.
 
     Scale: ``c`` scales as ``1 / sqrt(s)`` when ``G`` scales by ``s``: the combined gradient's norm is ``sqrt(T)``
     on orthogonal gradients, whatever their norms.
@@ -66,27 +66,32 @@ def nash_mtl_weights(gram: Tensor, *, ridge: float = 1e-6) -> Tensor:
 
 
 def _bargaining(gram: Tensor, ridge: float) -> Tensor:
+    """Damped Newton on the self-concordant ``phi`` (Nesterov & Nemirovski; Boyd & Vandenberghe, section 9.6).
+
+    With the Newton decrement ``lambda = sqrt(-<grad, step>)``, the step ``1 / (1 + lambda)`` keeps ``c > 0`` and
+    decreases ``phi``, and the full step once ``lambda < 1/4`` converges quadratically: no line search, which
+    would compare values of ``phi`` that rounding no longer tells apart near the solution.
+    """
     count = gram.shape[0]
     regularised = gram + ridge * float(gram.diagonal().mean()) * torch.eye(count, dtype=gram.dtype)
     weights = 1.0 / regularised.diagonal().sqrt()
-
-    def objective(point: Tensor) -> float:
-        return float(point @ regularised @ point / 2 - point.log().sum())
-
     for _ in range(MAX_ITERATIONS):
         product = regularised @ weights
         if float((weights * product - 1.0).abs().max()) <= TOLERANCE:
-            break
+            return weights
         gradient = product - 1.0 / weights
         hessian = regularised + torch.diag(1.0 / weights**2)
-        step = -torch.linalg.solve(hessian, gradient)
-        length = 1.0
-        shrinking = step < 0
-        if bool(shrinking.any()):  # stay inside c > 0
-            length = min(1.0, 0.99 * float((-weights[shrinking] / step[shrinking]).min()))
-        current = objective(weights)
-        slope = float(gradient @ step)
-        while objective(weights + length * step) > current + 1e-4 * length * slope and length > 1e-12:
-            length /= 2
-        weights = weights + length * step
+        step = -torch.linalg.lstsq(hessian, gradient.unsqueeze(1), driver="gelsd").solution.flatten()
+        decrement = math.sqrt(max(-float(gradient @ step), 0.0))
+        weights = weights + (step if decrement < 0.25 else step / (1.0 + decrement))
+    if ridge == 0.0 and not _solved(regularised, weights):
+        raise ConfigError(
+            "nash_mtl_weights(ridge=0) found no c > 0 with G c = 1 / c: a non-negative combination of the gradients "
+            f"is 0 (G = {gram.tolist()} is singular that way), so phi is unbounded below. Use ridge > 0 (the "
+            "default 1e-6)."
+        )
     return weights
+
+
+def _solved(gram: Tensor, weights: Tensor) -> bool:
+    return bool(torch.isfinite(weights).all()) and float((weights * (gram @ weights) - 1.0).abs().max()) <= 1e-6

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -48,11 +49,11 @@ def upgrad_weights(gram: Tensor) -> Tensor:
 
 
 def _upgrad(gram: Tensor) -> Tensor:
-    count = gram.shape[0]
-    tolerance = SOLVER_TOLERANCE * float(gram.diagonal().max())
-    total = torch.zeros(count, dtype=gram.dtype)
+    matrix = gram.numpy()
+    count = len(matrix)
+    tolerance = SOLVER_TOLERANCE * float(matrix.diagonal().max())
+    total = np.zeros(count)
     for task in range(count):
-        shift = active_set_qp(gram, gram[:, task], simplex=False, start=torch.zeros_like(total), tol=tolerance)
-        total += shift
+        total += active_set_qp(matrix, matrix[:, task], simplex=False, start=np.zeros(count), tol=tolerance)
         total[task] += 1.0
-    return total / count
+    return torch.from_numpy(total / count)
