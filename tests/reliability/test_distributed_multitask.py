@@ -7,6 +7,10 @@ its Gram matrix over them, so the 2-process run takes the 1-process steps: the l
 coefficients and conflicts, the epoch and validation values and the final parameters agree to float precision (the
 same sums in another order: ~1e-7 relative over the 8 SGD steps; ``1e-5`` leaves a margin and catches real faults,
 e.g. a mean over each process's own labels moves the losses by 1e-2).
+
+The same jobs then train with two more Gramian balancers, in the same processes: MGDA on the shared tensor (the
+Gram matrices summed over the processes) and UPGrad on the backbone's parameters (the per-task Jacobians averaged
+over the processes before ``G = J J^T``); their coefficients, step losses and final parameters agree too.
 """
 
 from __future__ import annotations
@@ -42,14 +46,14 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _start(devices: int, out: Path) -> subprocess.Popen[str]:
+def _start(devices: int, out: Path, balancers: tuple[str, ...]) -> subprocess.Popen[str]:
     env = {
         key: value
         for key, value in os.environ.items()
         if key not in _CLUSTER_VARS and key != "MASTER_PORT" and not key.startswith(_CLUSTER_PREFIXES)
     }
     env.update(OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), PYTHONUNBUFFERED="1")
-    command = [sys.executable, str(JOB), "--devices", str(devices), "--out", str(out)]
+    command = [sys.executable, str(JOB), "--devices", str(devices), "--out", str(out), "--balancers", *balancers]
     return subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
@@ -71,21 +75,31 @@ def _wait(process: subprocess.Popen[str], started: float) -> str:
     return log
 
 
+BALANCERS = ("pcgrad", "mgda", "upgrad_parameters")  # trained one after the other by each job
+
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, Any]]:
+def all_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, int], dict[str, Any]]:
+    """Every balancer's results on 1 and on 2 processes; the two jobs run at once."""
     root = tmp_path_factory.mktemp("ddp_multitask")
     started = time.monotonic()
-    processes = {devices: _start(devices, root / f"devices{devices}") for devices in (1, 2)}
+    processes = {devices: _start(devices, root / f"devices{devices}", BALANCERS) for devices in (1, 2)}
     results = {}
     for devices, process in processes.items():
         log = _wait(process, started)
-        out = root / f"devices{devices}"
-        results[devices] = {
-            "log": log,
-            **json.loads((out / "result.json").read_text()),
-            "ranks": [json.loads((out / f"rank{rank}.json").read_text()) for rank in range(devices)],
-        }
+        for balancer in BALANCERS:
+            out = root / f"devices{devices}" / balancer
+            results[balancer, devices] = {
+                "log": log,
+                **json.loads((out / "result.json").read_text()),
+                "ranks": [json.loads((out / f"rank{rank}.json").read_text()) for rank in range(devices)],
+            }
     return results
+
+
+@pytest.fixture(scope="module")
+def runs(all_runs: dict[tuple[str, int], dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    return {devices: all_runs["pcgrad", devices] for devices in (1, 2)}
 
 
 def _close(name: str, single: list[float], double: list[float]) -> list[str]:
@@ -149,4 +163,37 @@ def test_final_parameters_are_those_of_one_process(runs: dict[int, dict[str, Any
     single, double = runs[1]["parameters"], runs[2]["parameters"]
     assert single.keys() == double.keys()
     problems = [problem for name in single for problem in _close(name, flat(single[name]), flat(double[name]))]
+    assert not problems, "\n".join(problems[:20])
+
+
+# ------------------------------------------------------------------------------------------------ Gramian methods
+@pytest.mark.parametrize("balancer", ["mgda", "upgrad_parameters"])  # on the shared tensor, on the parameters
+def test_gramian_coefficients_and_final_parameters_are_those_of_one_process(
+    all_runs: dict[tuple[str, int], dict[str, Any]], balancer: str
+) -> None:
+    single, double = all_runs[balancer, 1], all_runs[balancer, 2]
+    assert double["world_size"] == 2
+    assert double["ranks"][1]["digit_labels_in_first_batch"] == 0, "rank 1: no digit label in its first batch"
+    assert len(single["balance"]["train/balance/digit/loss_ce"]) == 8
+    assert len(set(single["balance"]["train/balance/digit/loss_ce"])) > 1, "coefficients that follow the gradients"
+    problems = [
+        problem
+        for name, values in single["balance"].items()
+        for problem in _close(name, values, double["balance"][name])
+    ]
+    problems += [
+        problem
+        for name, values in single["step_losses"].items()
+        for problem in _close(name, values, double["step_losses"][name])
+    ]
+
+    def flat(value: Any) -> list[float]:
+        return [x for item in value for x in flat(item)] if isinstance(value, list) else [float(value)]
+
+    parameters = single["parameters"]
+    problems += [
+        problem
+        for name in parameters
+        for problem in _close(name, flat(parameters[name]), flat(double["parameters"][name]))
+    ]
     assert not problems, "\n".join(problems[:20])

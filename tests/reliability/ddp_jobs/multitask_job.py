@@ -1,7 +1,7 @@
-"""A multi-task Lightning job with partial labels and PCGrad, run by ``test_distributed_multitask.py`` on 1 and 2 CPU
-processes (gloo).
+"""A multi-task Lightning job with partial labels and Gramian balancers, run by ``test_distributed_multitask.py`` on 1
+and 2 CPU processes (gloo).
 
-    python tests/reliability/ddp_jobs/multitask_job.py --devices 2 --out /tmp/run2
+    python tests/reliability/ddp_jobs/multitask_job.py --devices 2 --out /tmp/run2 --balancers pcgrad mgda
 
 Three tasks on one BatchNorm-free backbone, on 64 training images of scikit-learn's digits:
 
@@ -10,11 +10,13 @@ Three tasks on one BatchNorm-free backbone, on 64 training images of scikit-lear
 - ``parity`` (every image labelled);
 - ``ink``, a regression of the image's mean intensity, with about 30% of its targets missing (NaN).
 
-``PCGrad`` projects the tasks' gradients on ``features``. With ``--devices 2`` each process trains on half of each
-step's batch (the training loader shards one ``(seed, epoch)`` order as ``order[rank::2]``), the labelled counts are
-summed over the processes and PCGrad's Gram matrix too, so the run should take the single-process steps. Rank 0
-writes ``result.json``: the logged per-step losses, the logged balancer values, the epoch and validation values and
-the final parameters.
+Each balancer named by ``--balancers`` trains in turn, from the same initial weights, in the same processes:
+``pcgrad`` projects the tasks' gradients on ``features``, ``mgda`` is MGDA on ``features``, ``upgrad_parameters``
+UPGrad on the backbone's parameters. With ``--devices 2`` each process trains on half of each step's batch (the
+training loader shards one ``(seed, epoch)`` order as ``order[rank::2]``), the labelled counts are summed over the
+processes and the balancer's Gram matrix too (the Jacobians averaged, on the parameters), so the run should take
+the single-process steps. Rank 0 writes ``{balancer}/result.json``: the logged per-step losses, the logged balancer
+values, the epoch and validation values and the final parameters.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import csv
 import functools
 import json
 import os
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -40,9 +43,14 @@ from torchbricks_lightning.bag_of_bricks import create_image_classification_head
 from torchbricks_lightning.datamodules import ResumableSampler, Split, SplitDataModule
 from torchbricks_lightning.datamodules.digits import load_digits_tensors
 from torchbricks_lightning.lightning import LightningBrickCollection
-from torchbricks_lightning.multitask import PCGrad
+from torchbricks_lightning.multitask import MGDA, LossBalancer, PCGrad, UPGrad
 
 N_TRAIN, N_VAL, SEED = 64, 30, 1
+BALANCERS: dict[str, Callable[[], LossBalancer]] = {
+    "pcgrad": lambda: PCGrad("features"),
+    "mgda": MGDA,  # on the representation (MGDA-UB): the Gram matrices summed over the processes
+    "upgrad_parameters": lambda: UPGrad(source="parameters"),  # the shared parameters: the Jacobians averaged
+}
 
 
 class _Named(Dataset[dict[str, torch.Tensor]]):
@@ -107,15 +115,22 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--global-batch", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--balancers", nargs="+", choices=sorted(BALANCERS), default=["pcgrad"])
     args = parser.parse_args()
     torch.set_num_threads(1)
-    args.out.mkdir(parents=True, exist_ok=True)
-    datamodule = PartialDigits(batch_size=args.global_batch // args.devices, global_batch=args.global_batch)
+    for balancer in args.balancers:  # one fit after the other, in the same processes (and process group)
+        fit(args.devices, args.global_batch, args.epochs, balancer, args.out / balancer)
+
+
+def fit(devices: int, global_batch: int, epochs: int, balancer: str, out: Path) -> None:
+    """Train with ``balancer`` and write what rank 0 logged to ``out/result.json``."""
+    out.mkdir(parents=True, exist_ok=True)
+    datamodule = PartialDigits(batch_size=global_batch // devices, global_batch=global_batch)
     module = LightningBrickCollection(
-        bricks(), optimizer=functools.partial(torch.optim.SGD, lr=0.1), loss_balancer=PCGrad("features")
+        bricks(), optimizer=functools.partial(torch.optim.SGD, lr=0.1), loss_balancer=BALANCERS[balancer]()
     )
     strategy: Any = "auto"
-    if args.devices > 1:
+    if devices > 1:
         strategy = DDPStrategy(process_group_backend="gloo", timeout=timedelta(seconds=120))
     rank1_labels: list[int] = []
 
@@ -126,10 +141,10 @@ def main() -> None:
 
     trainer = pl.Trainer(
         accelerator="cpu",
-        devices=args.devices,
+        devices=devices,
         strategy=strategy,
-        max_epochs=args.epochs,
-        logger=CSVLogger(save_dir=str(args.out / "logs"), name="fit", version=0),
+        max_epochs=epochs,
+        logger=CSVLogger(save_dir=str(out / "logs"), name="fit", version=0),
         log_every_n_steps=1,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -139,7 +154,7 @@ def main() -> None:
     )
     trainer.fit(module, datamodule=datamodule)
     rank = int(os.environ.get("LOCAL_RANK", "0"))
-    (args.out / f"rank{rank}.json").write_text(json.dumps({"digit_labels_in_first_batch": rank1_labels[0]}))
+    (out / f"rank{rank}.json").write_text(json.dumps({"digit_labels_in_first_batch": rank1_labels[0]}))
     if trainer.is_global_zero:
         rows = read_csv(Path(trainer.logger.log_dir) / "metrics.csv")  # type: ignore[union-attr]
         steps = [row for row in rows if "train/loss_step" in row]
@@ -171,7 +186,7 @@ def main() -> None:
             "parameters": {name: value.tolist() for name, value in module.brick_collection.state_dict().items()},
             "global_step": trainer.global_step,
         }
-        (args.out / "result.json").write_text(json.dumps(result))
+        (out / "result.json").write_text(json.dumps(result))
 
 
 if __name__ == "__main__":
