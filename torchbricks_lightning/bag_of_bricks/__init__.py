@@ -6,6 +6,11 @@ from torchbricks_lightning.bag_of_bricks.backbones import (
     TorchvisionBackbone,
     resnet_to_brick,
 )
+from torchbricks_lightning.bag_of_bricks.detection import (
+    DetectionHead,
+    create_detection_head,
+    pad_detection_targets,
+)
 from torchbricks_lightning.bag_of_bricks.heads import (
     ClassificationHead,
     ImageClassifier,
@@ -25,6 +30,7 @@ __all__ = [
     "BackboneResnet",
     "ClassificationHead",
     "ConfusionMatrixMetrics",
+    "DetectionHead",
     "ImageClassifier",
     "MaskedCrossEntropyLoss",
     "MaskedRegressionLoss",
@@ -36,8 +42,10 @@ __all__ = [
     "SegmentationHead",
     "SmallConvNet",
     "TorchvisionBackbone",
+    "create_detection_head",
     "create_image_classification_head",
     "create_regression_head",
     "create_segmentation_head",
+    "pad_detection_targets",
     "resnet_to_brick",
 ]
