@@ -146,7 +146,7 @@ class DetectionDecoder(nn.Module):
         num_classes: int,
         stride: int,
         max_detections: int = 100,
-        score_threshold: float = 0.05,
+        score_threshold: float = 0.2,
         iou_threshold: float = 0.6,
         pre_nms_top_k: int = 1000,
         class_names: Sequence[str] | None = None,
