@@ -8,9 +8,11 @@ torchmetrics uses unless told otherwise.
 
 Why not ``MeanAveragePrecision`` itself as the metric: its states are lists with one tensor per image and no
 reduction, and torchmetrics gathers them tensor by tensor under DDP, so two processes that hold different numbers of
-images (which leaving out images without annotations makes common) would wait on each other forever. Here the
-states are flat tensors concatenated over the batches (``dist_reduce_fx="cat"``, gathered once each whatever their
-lengths), with an image id per row that is unique across processes; ``compute`` splits them back into images.
+images (which leaving out images without annotations makes common) would wait on each other forever. Here each
+state is a list of flat float rows (``dist_reduce_fx="cat"``: concatenated, then gathered once whatever its length
+on each process), and each row names its image by ``(rank, index on that rank)``, unique across processes;
+``compute`` splits the rows back into images. Every value is float32 (labels and indices are exact below
+``2**24``), so even a process that saw no batch gathers a tensor of the same kind as the others.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from torchbricks_lightning.multitask.labels import IGNORE_INDEX
 __all__ = ["DetectionMeanAP"]
 
 _VALUES = ("map", "map_50", "map_75")
-_IMAGES_PER_PROCESS = 1 << 40  # image ids: rank * this + the image's index on that rank
+_IMAGES_PER_PROCESS = float(1 << 24)  # an image's key: rank * this + its index on that rank (exact in float64)
 
 
 class DetectionMeanAP(Metric):
@@ -67,30 +69,18 @@ class DetectionMeanAP(Metric):
     higher_is_better: bool = True
     full_state_update: bool = False
     value_names: tuple[str, ...] = _VALUES
-    image_ids: torch.Tensor
-    detection_boxes: torch.Tensor
-    detection_scores: torch.Tensor
-    detection_labels: torch.Tensor
-    detection_images: torch.Tensor
-    target_boxes: torch.Tensor
-    target_labels: torch.Tensor
-    target_images: torch.Tensor
+    images: list[torch.Tensor]
+    detections: list[torch.Tensor]
+    targets: list[torch.Tensor]
     seen: torch.Tensor
 
     def __init__(self, ignore_index: int = IGNORE_INDEX, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.ignore_index = ignore_index
-        for name, shape, dtype in (
-            ("image_ids", (0,), torch.long),
-            ("detection_boxes", (0, 4), torch.float32),
-            ("detection_scores", (0,), torch.float32),
-            ("detection_labels", (0,), torch.long),
-            ("detection_images", (0,), torch.long),
-            ("target_boxes", (0, 4), torch.float32),
-            ("target_labels", (0,), torch.long),
-            ("target_images", (0,), torch.long),
-        ):
-            self.add_state(name, torch.zeros(shape, dtype=dtype), dist_reduce_fx="cat")
+        # rows: images (rank, index); detections (rank, index, x1, y1, x2, y2, score, label); targets (rank, index,
+        # x1, y1, x2, y2, label); flattened
+        for name in ("images", "detections", "targets"):
+            self.add_state(name, [], dist_reduce_fx="cat")
         self.add_state("seen", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")  # images on this process
 
     def update(
@@ -104,48 +94,73 @@ class DetectionMeanAP(Metric):
     ) -> None:
         """Add a batch: the decoder's fixed-shape detections and the batched targets."""
         batch, rows = scores.shape
+        device = scores.device
         annotated = annotated_images(target_boxes)
-        # ids unique across processes, so that the images gathered from every process stay apart in compute
-        image_id = torch.arange(batch, device=scores.device) + self.seen + global_rank() * _IMAGES_PER_PROCESS
+        image = torch.stack(
+            [
+                torch.full((batch,), float(global_rank()), device=device),
+                (torch.arange(batch, device=device) + self.seen).float(),
+            ],
+            dim=1,
+        )
         self.seen += batch
-        ids = image_id[annotated]
-        detected = (torch.arange(rows, device=scores.device).unsqueeze(0) < count.unsqueeze(1)) & annotated[:, None]
+        detected = (torch.arange(rows, device=device).unsqueeze(0) < count.unsqueeze(1)) & annotated[:, None]
         objects = (target_labels != self.ignore_index) & annotated[:, None]
-        self.image_ids = torch.cat([self.image_ids, ids])
-        self.detection_boxes = torch.cat([self.detection_boxes, boxes.detach()[detected].float()])
-        self.detection_scores = torch.cat([self.detection_scores, scores.detach()[detected].float()])
-        self.detection_labels = torch.cat([self.detection_labels, labels[detected].long()])
-        self.detection_images = torch.cat([self.detection_images, image_id.unsqueeze(1).expand_as(detected)[detected]])
-        self.target_boxes = torch.cat([self.target_boxes, target_boxes[objects].float()])
-        self.target_labels = torch.cat([self.target_labels, target_labels[objects].long()])
-        self.target_images = torch.cat([self.target_images, image_id.unsqueeze(1).expand_as(objects)[objects]])
+        detection_rows = torch.cat(
+            [
+                image.unsqueeze(1).expand(batch, rows, 2),
+                boxes.detach().float(),
+                scores.detach().float().unsqueeze(-1),
+                labels.float().unsqueeze(-1),
+            ],
+            dim=-1,
+        )
+        target_rows = torch.cat(
+            [
+                image.unsqueeze(1).expand(batch, target_labels.shape[1], 2),
+                target_boxes.float(),
+                target_labels.float().unsqueeze(-1),
+            ],
+            dim=-1,
+        )
+        self.images.append(image[annotated].flatten())
+        self.detections.append(detection_rows[detected].flatten())
+        self.targets.append(target_rows[objects].flatten())
 
     def compute(self) -> dict[str, torch.Tensor]:
         """``map``, ``map_50`` and ``map_75`` by pycocotools over every annotated image (NaN before any)."""
-        if not self.image_ids.numel():
+        images, detections, targets = (
+            _rows(state, width) for state, width in ((self.images, 2), (self.detections, 8), (self.targets, 7))
+        )
+        if not len(images):
             return {name: torch.tensor(float("nan")) for name in _VALUES}
-        ids = self.image_ids.sort().values
-        detections = _per_image(ids, self.detection_images, self.detection_boxes, self.detection_labels)
-        targets = _per_image(ids, self.target_images, self.target_boxes, self.target_labels)
-        scores = _split(ids, self.detection_images, self.detection_scores)
+        keys = images[:, 0].double() * _IMAGES_PER_PROCESS + images[:, 1].double()
+        order = torch.argsort(keys)
+        keys = keys[order]
+        per_detection = _split(keys, detections)
+        per_target = _split(keys, targets)
         coco = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
         coco.warn_on_many_detections = False
         coco.update(
-            [{"boxes": b, "scores": s, "labels": label} for (b, label), s in zip(detections, scores, strict=True)],
-            [{"boxes": b, "labels": label} for b, label in targets],
+            [{"boxes": d[:, 2:6], "scores": d[:, 6], "labels": d[:, 7].long()} for d in per_detection],
+            [{"boxes": t[:, 2:6], "labels": t[:, 6].long()} for t in per_target],
         )
         result = coco.compute()
         return {name: result[name].float() for name in _VALUES}
 
 
-def _split(ids: torch.Tensor, images: torch.Tensor, values: torch.Tensor) -> list[torch.Tensor]:
-    """``values`` split by image, in the order of ``ids`` (sorted), rows of each image in their order."""
-    order = torch.argsort(images, stable=True)
-    counts = torch.searchsorted(images[order], ids, right=True) - torch.searchsorted(images[order], ids)
-    return list(torch.split(values[order].cpu(), counts.cpu().tolist()))
+def _rows(state: list[torch.Tensor] | torch.Tensor, width: int) -> torch.Tensor:
+    """A state (a list of flat tensors, or one after a sync) as rows of ``width`` values, on the CPU."""
+    flat = torch.cat([t.flatten() for t in state]) if isinstance(state, list) and state else state
+    if isinstance(flat, list):  # an empty list
+        return torch.zeros(0, width)
+    return flat.reshape(-1, width).cpu()
 
 
-def _per_image(
-    ids: torch.Tensor, images: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return list(zip(_split(ids, images, boxes), _split(ids, images, labels), strict=True))
+def _split(keys: torch.Tensor, rows: torch.Tensor) -> list[torch.Tensor]:
+    """``rows`` grouped by image, in the order of ``keys`` (sorted image keys), rows of each image in their order."""
+    row_keys = rows[:, 0].double() * _IMAGES_PER_PROCESS + rows[:, 1].double()
+    order = torch.argsort(row_keys, stable=True)
+    row_keys = row_keys[order]
+    counts = torch.searchsorted(row_keys, keys, right=True) - torch.searchsorted(row_keys, keys)
+    return list(torch.split(rows[order], counts.tolist()))
