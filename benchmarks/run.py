@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import balancers, build, dispatch, lightning_parity, metrics, onnx_export
+from benchmarks import balancers, build, detection, dispatch, lightning_parity, metrics, onnx_export
 from benchmarks import compile as compile_benchmark
 from benchmarks.common import BenchmarkResult, Figure, Settings, environment, pin_threads
 from benchmarks.report import build_report, write_report
@@ -36,6 +36,7 @@ BENCHMARKS: dict[str, Callable[[Settings], BenchmarkResult]] = {
     "onnx": onnx_export.run,
     "compile": compile_benchmark.run,
     "balancers": balancers.run,
+    "detection": detection.run,
 }
 ON_CUDA_TOO = ("dispatch", "lightning_parity", "compile")
 

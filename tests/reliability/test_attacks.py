@@ -510,6 +510,7 @@ TEMPLATES: dict[str, dict[str, Any]] = {
     "torchbricks_lightning.bag_of_bricks.regression_head.RegressionHead": {"num_outputs": 2, "in_channels": 8},
     "torchbricks_lightning.bag_of_bricks.segmentation_head.SegmentationHead": {"num_classes": 3, "in_channels": 8},
     B + "depth_head.DepthHead": {"in_channels": 8},
+    B + "detection.head.DetectionHead": {"num_classes": 3, "in_channels": 8, "stride": 4},
     B + "normals_head.NormalsHead": {"in_channels": 8},
     "torchbricks_lightning.core.visualization.BrickVisualization": {
         "visualizer": _spec("torchbricks_lightning.bag_of_bricks.visualizers.classification.ClassificationVisualizer")

@@ -9,6 +9,11 @@ from torchbricks_lightning.bag_of_bricks.backbones import (
 from torchbricks_lightning.bag_of_bricks.dense_metrics import DepthMetrics, NormalsMetrics
 from torchbricks_lightning.bag_of_bricks.dense_regressor import DenseRegressor
 from torchbricks_lightning.bag_of_bricks.depth_head import DepthHead, DepthRegressor, MaskedDepthLoss, create_depth_head
+from torchbricks_lightning.bag_of_bricks.detection import (
+    DetectionHead,
+    create_detection_head,
+    pad_detection_targets,
+)
 from torchbricks_lightning.bag_of_bricks.heads import (
     ClassificationHead,
     ImageClassifier,
@@ -47,6 +52,7 @@ __all__ = [
     "DepthMetrics",
     "DepthRegressor",
     "DepthVisualizer",
+    "DetectionHead",
     "DetectionVisualizer",
     "ImageClassifier",
     "MaskedCrossEntropyLoss",
@@ -65,9 +71,11 @@ __all__ = [
     "SmallConvNet",
     "TorchvisionBackbone",
     "create_depth_head",
+    "create_detection_head",
     "create_image_classification_head",
     "create_normals_head",
     "create_regression_head",
     "create_segmentation_head",
+    "pad_detection_targets",
     "resnet_to_brick",
 ]

@@ -22,6 +22,7 @@ from torchbricks_lightning.core.export.manifest import (
     class_names_of,
     file_sha256,
     manifest_path,
+    metadata_of,
     preprocessing_of,
     versions,
 )
@@ -322,6 +323,9 @@ def export_bricks(
                 },
                 "versions": versions(artefact_format),
             }
+            metadata = metadata_of(graph.nodes, dict(graph.collection.named_bricks()))
+            if metadata:  # only when a brick records some: the manifests of other models keep their fields
+                manifest = _with_metadata(manifest, metadata)
             publication.announce(manifest)
     return ExportResult(
         path=target,
@@ -333,6 +337,13 @@ def export_bricks(
         manifest_path=manifest_path(target),
         manifest=manifest,
     )
+
+
+def _with_metadata(manifest: dict[str, Any], metadata: dict[str, Any]) -> dict[str, Any]:
+    """``manifest`` with ``metadata`` placed after ``class_names``."""
+    keys = list(manifest)
+    at = keys.index("class_names") + 1
+    return {key: manifest[key] for key in keys[:at]} | {"metadata": metadata} | {k: manifest[k] for k in keys[at:]}
 
 
 def _eager_at(

@@ -16,6 +16,9 @@ fields (``MANIFEST_VERSION`` 1):
   "formula"}``. It runs inside the artefact: feed it raw values.
 * ``class_names``: per brick whose module (or the brick itself) has a ``class_names`` attribute:
   ``{"outputs": [...], "names": [...]}``.
+* ``metadata``: per brick whose module (or the brick itself) has an ``export_metadata`` attribute (a dict of JSON
+  values: what a reader of its outputs must know, e.g. a detection head's box format, stride and padding rows):
+  ``{"outputs": [...], **export_metadata}``; the field is left out when no brick records any.
 * ``checkpoint``: ``{"path", "sha256"}`` of the checkpoint the weights came from, or ``null``; ``export_checkpoint``
   hashes the bytes it loaded the weights from, not the file again after the export.
 * ``previous``: only while the artefact is published (and after a kill then): the manifest of the artefact it
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -47,6 +51,7 @@ __all__ = [
     "class_names_of",
     "file_sha256",
     "manifest_path",
+    "metadata_of",
     "preprocessing_of",
     "versions",
 ]
@@ -168,6 +173,47 @@ def class_names_of(nodes: Sequence[BrickNode], bricks: Mapping[str, BrickInterfa
             if isinstance(names, (list, tuple)) and names and all(isinstance(name, str) for name in names):
                 found[node.path] = {"outputs": list(node.output_names), "names": list(names)}
                 break
+    return found
+
+
+def metadata_of(nodes: Sequence[BrickNode], bricks: Mapping[str, BrickInterface]) -> dict[str, dict[str, Any]]:
+    """What the bricks of ``nodes`` say about their outputs: an ``export_metadata`` dict on the brick or its module.
+
+    Any brick can record facts a consumer of the artefact needs (units, formats, padding conventions) this way;
+    the manifest stores them beside the brick's output names, as JSON.
+
+    Raises:
+        ExportError: ``export_metadata`` is not a dict with string keys, or holds a value JSON cannot write.
+
+    Example:
+        >>> from torch import nn
+        >>> from torchbricks_lightning import BrickCollection, BrickTrainable
+        >>> head = nn.Linear(4, 4)
+        >>> head.export_metadata = {"box_format": "xyxy", "stride": 8}
+        >>> collection = BrickCollection({"head": BrickTrainable(head, ["features"], ["boxes"])})
+        >>> metadata_of(collection.plan("export").nodes, dict(collection.named_bricks()))
+        {'head': {'outputs': ['boxes'], 'box_format': 'xyxy', 'stride': 8}}
+    """
+    found = {}
+    for node in nodes:
+        for module in _wrapped(bricks[node.path]):
+            metadata = getattr(module, "export_metadata", None)
+            if metadata is None:
+                continue
+            if not isinstance(metadata, Mapping) or not all(isinstance(key, str) for key in metadata):
+                raise ExportError(
+                    f"Brick {node.path!r}: export_metadata must be a dict with string keys, but got "
+                    f"{type(metadata).__name__}. Record what a reader of the artefact needs as {{'name': value}}."
+                )
+            try:
+                json.dumps(dict(metadata), allow_nan=False)
+            except (TypeError, ValueError) as err:
+                raise ExportError(
+                    f"Brick {node.path!r}: export_metadata cannot be written to the JSON manifest: {err}. Use strings, "
+                    "numbers, booleans, lists and dicts (tensors as .tolist())."
+                ) from err
+            found[node.path] = {"outputs": list(node.output_names), **metadata}
+            break
     return found
 
 
