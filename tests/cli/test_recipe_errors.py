@@ -203,10 +203,22 @@ def test_each_mistake_names_the_file_the_key_a_close_name_and_the_fix(case: str,
         _set("trainer.callbacks", [{"class_path": "ModelCheckpoint", "init_args": {"monitor": "x"}}]),
         _set("data.dict_kwargs", {"anything": 1}),
         _set("trainer.max_epochs", "3"),  # jsonargparse reads numbers from text
+        _set("trainer.enable_checkpointing", "yes"),  # and YAML's booleans
+        _set("trainer.precision", "16"),
         _set("model.optimizer", "torch.optim.SGD"),
         _set("model.lr_scheduler", {"class_path": "StepLR", "init_args": {"step_size": 2}}),
     ],
-    ids=["tiny", "class-path model", "short callback", "dict_kwargs", "number as text", "dotted optimizer", "sched"],
+    ids=[
+        "tiny",
+        "class-path model",
+        "short callback",
+        "dict_kwargs",
+        "number as text",
+        "yes as a bool",
+        "precision as text",
+        "dotted optimizer",
+        "sched",
+    ],
 )
 def test_recipes_that_jsonargparse_accepts_have_nothing_to_explain(
     change: Callable[[dict[str, Any]], None], tmp_path: Path

@@ -21,12 +21,15 @@ Example:
 from __future__ import annotations
 
 import collections.abc
+import contextlib
 import difflib
 import inspect
 import types
 import typing
 from collections.abc import Collection, Iterator, Mapping
 from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
 
 from torchbricks_lightning.checkpoints.trust import resolve_dotted
 from torchbricks_lightning.cli.recipe import SUBCOMMANDS, accepted_arguments
@@ -43,6 +46,7 @@ _SHORT_NAME_MODULES = {
     "optimizer": ("torch.optim",),
     "lr_scheduler": ("torch.optim.lr_scheduler", "pytorch_lightning.cli"),
     "plugins": ("pytorch_lightning.plugins",),
+    "data": ("torchbricks_lightning.datamodules",),
 }
 """Where LightningCLI finds a short ``class_path`` (``ModelCheckpoint``) of each slot, so its arguments are checked."""
 
@@ -220,7 +224,7 @@ def _plain_value_problem(value: Any, hint: Any) -> str | None:
             kinds.append("None" if member is type(None) else member.__name__)
         else:
             return None  # a slot that takes more than plain values: jsonargparse's own message says it better
-    if value in [str(choice) for choice in choices] or _reads_as(value, kinds):
+    if value in [str(choice) for choice in choices] or _safe_load(value) in choices or _reads_as(value, kinds):
         return None
     expected = " or ".join([*kinds, *([f"one of {choices}"] if choices else [])])
     texts = [str(choice) for choice in choices if isinstance(choice, str)]
@@ -230,15 +234,26 @@ def _plain_value_problem(value: Any, hint: Any) -> str | None:
 
 
 def _reads_as(text: str, kinds: list[str]) -> bool:
-    """Whether jsonargparse could read ``text`` as one of ``kinds`` (it reads '1e-3' as a float, 'null' as None)."""
-    for kind, reads in (("int", int), ("float", float)):
-        if kind in kinds:
-            try:
-                reads(text)
-                return True
-            except ValueError:
-                pass
-    return ("bool" in kinds and text.lower() in ("true", "false")) or ("None" in kinds and text in ("null", "None"))
+    """Whether jsonargparse could read ``text`` as one of ``kinds``: it reads a text as YAML ('yes' is a bool,
+    'null' None), and a number as Python does ('1e-3' is a float)."""
+    readings = [_safe_load(text)]
+    for reads in (int, float):
+        with contextlib.suppress(ValueError):
+            readings.append(reads(text))
+    return any(
+        ("bool" in kinds and isinstance(reading, bool))
+        or ("None" in kinds and reading is None)
+        or ("int" in kinds and isinstance(reading, int) and not isinstance(reading, bool))
+        or ("float" in kinds and isinstance(reading, (int, float)) and not isinstance(reading, bool))
+        for reading in readings
+    )
+
+
+def _safe_load(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
 
 
 def _union_members(hint: Any) -> tuple[Any, ...]:
