@@ -285,10 +285,10 @@ def test_the_recipe_checks_run_only_when_jsonargparse_refuses_a_recipe(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A recipe is read once, by jsonargparse; the checks that name a mistake's key look at it only on a refusal."""
-    import torchbricks_lightning.cli.app as app
+    import torchbricks_lightning.cli.recipe_parser as recipe_parser
 
     seen: list[object] = []
-    monkeypatch.setattr(app, "first_recipe_problem", lambda config: seen.append(config))
+    monkeypatch.setattr(recipe_parser, "first_recipe_problem", lambda config, **folders: seen.append(config))
     config = _recipe()
     config["trainer"]["callbacks"] = config["trainer"]["callbacks"][:1]
     with in_folder(tmp_path):

@@ -6,7 +6,9 @@ run.ckpt --output model.onnx`` turns a checkpoint into one or several checked ar
 ``torchbricks-lightning`` or ``python -m torchbricks_lightning.cli``.
 
 - :mod:`~torchbricks_lightning.cli.app`: :class:`TorchBricksCLI` and :func:`main`.
-- :mod:`~torchbricks_lightning.cli.recipe`: the checks that name the key of a recipe mistake.
+- :mod:`~torchbricks_lightning.cli.recipe`: the checks that name the key of a mistake inside ``brick_collection``.
+- :mod:`~torchbricks_lightning.cli.recipe_keys`: the checks of every other key, from the classes' signatures.
+- :mod:`~torchbricks_lightning.cli.recipe_parser`: the parser that reports them (file, key, fix; no usage).
 - :mod:`~torchbricks_lightning.cli.export`: the ``export`` subcommand.
 - :mod:`~torchbricks_lightning.cli.predict`: ``predict --output_dir`` (the CLI's trainer class, ``BrickTrainer``).
 """

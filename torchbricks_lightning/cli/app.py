@@ -3,9 +3,11 @@
 What happens to a recipe, in order:
 
 1. jsonargparse reads it, once, and checks every value against the signatures (``alive_stages`` included: its type
-   lists the stages). When it refuses the recipe, :class:`RecipeArgumentParser` looks at the values it loaded with
-   the checks of :mod:`~torchbricks_lightning.cli.recipe`, and, when one names the mistake, reports that one line
-   instead of jsonargparse's page of union alternatives.
+   lists the stages). When it refuses the recipe, :class:`~torchbricks_lightning.cli.recipe_parser.
+   RecipeArgumentParser` looks at the values it loaded with the checks of :mod:`~torchbricks_lightning.cli.recipe`
+   and :mod:`~torchbricks_lightning.cli.recipe_keys`, and, when one names the mistake, reports that one line (file,
+   key, did-you-mean, fix) instead of jsonargparse's page of union alternatives; no usage is printed. The model
+   may be written in LightningCLI's class-path form (``class_path: torchbricks_lightning.LightningBrickCollection``).
 2. A ``--ckpt_path`` file is read once, before Lightning opens it, and checked against the trust model
    (:func:`check_ckpt_path`, :mod:`~torchbricks_lightning.checkpoints.trust`): the recipe that LightningCLI merges
    from the checkpoint into the model's configuration is the one checked, and the Trainer restores from the same
@@ -31,10 +33,9 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import yaml
-from jsonargparse import get_loader
 from pytorch_lightning import Trainer
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from typing_extensions import override
@@ -44,7 +45,8 @@ from torchbricks_lightning.checkpoints.reading import is_remote, read_checkpoint
 from torchbricks_lightning.checkpoints.trust import check_checkpoint
 from torchbricks_lightning.cli.export import run_export
 from torchbricks_lightning.cli.predict import BrickTrainer, report_predictions
-from torchbricks_lightning.cli.recipe import first_brick_that_fails, first_recipe_problem
+from torchbricks_lightning.cli.recipe import first_brick_that_fails
+from torchbricks_lightning.cli.recipe_parser import RecipeArgumentParser
 from torchbricks_lightning.core.distributed import is_distributed
 from torchbricks_lightning.errors import RecipeError, TorchBricksError, command_line_message
 from torchbricks_lightning.lightning.module import LightningBrickCollection
@@ -55,49 +57,6 @@ __all__ = ["RecipeArgumentParser", "TorchBricksCLI", "check_ckpt_path", "main"]
 _LIGHTNING_CKPT_NAMES = re.compile(r"^(last|best|hpc)$|^(?i:registry)(:.*)?$")
 """``--ckpt_path`` values that Lightning resolves itself (special names, the model registry) to a checkpoint, which
 the Trainer then loads through its ``CheckpointIO``."""
-
-
-class RecipeArgumentParser(LightningArgumentParser):
-    """Lightning's parser, which names the key of a recipe mistake that jsonargparse would report unclearly.
-
-    jsonargparse reads each recipe once, through :meth:`parse_string`. When it refuses one, :meth:`error` runs the
-    checks of :func:`~torchbricks_lightning.cli.recipe.first_recipe_problem` over the same text, loaded by the
-    parser's own loader, and reports their message (``recipe.yaml: model.brick_collection.head0.init_args.
-    num_clases: ... Did you mean 'num_classes'?``) instead of jsonargparse's. When none of them finds the mistake,
-    jsonargparse's own message stands.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._recipes: list[tuple[str, str]] = []  # (path, text) of the recipes being parsed, innermost last
-
-    @override
-    def parse_string(self, *args: Any, **kwargs: Any) -> Any:
-        # The text and the file name come first (named content and path; cfg_str and cfg_path in older jsonargparse).
-        content = args[0] if args else kwargs.get("content", kwargs.get("cfg_str", ""))
-        path = args[1] if len(args) > 1 else kwargs.get("path", kwargs.get("cfg_path", ""))
-        self._recipes.append((str(path), str(content)))
-        try:
-            return super().parse_string(*args, **kwargs)
-        finally:
-            self._recipes.pop()
-
-    @override
-    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        if self._recipes:
-            path, content = self._recipes[-1]
-            problem = self._recipe_problem(content)
-            if problem:
-                message = f"{path}: {problem}" if path else problem
-        super().error(message, ex)
-
-    def _recipe_problem(self, content: str) -> str | None:
-        # The checks only explain a refusal. When they cannot (text jsonargparse could not load either, a class whose
-        # module fails to import), jsonargparse's own message stands rather than a traceback from here.
-        try:
-            return first_recipe_problem(get_loader(self.parser_mode)(content))
-        except Exception:
-            return None
 
 
 class TorchBricksCLI(LightningCLI):

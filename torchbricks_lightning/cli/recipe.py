@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 import os
@@ -55,7 +56,7 @@ _RECIPE_STAGES = {*_STAGE_VALUES, *(stage.name for stage in Stage)}
 """What jsonargparse accepts in ``alive_stages``: the stages' values and the names of ``Stage`` members."""
 
 
-def first_recipe_problem(config: Any) -> str | None:
+def first_recipe_problem(config: Any, *, run_from: str | None = None, recipe_folder: str | None = None) -> str | None:
     """A message for the first mistake in a recipe that jsonargparse reports unclearly, naming its key.
 
     The checks, in order: :func:`first_unimportable_class`, :func:`first_brick_problem`,
@@ -65,6 +66,9 @@ def first_recipe_problem(config: Any) -> str | None:
 
     Args:
         config: a recipe as loaded from YAML (nested dicts, lists and plain values).
+        run_from: the folder the command was run from (the current folder when None), where Python looks for a
+            recipe's own modules; see :func:`first_unimportable_class`.
+        recipe_folder: the folder of the recipe's file, named too when it is another one.
 
     Returns:
         The message, or None when none of these checks finds a mistake.
@@ -74,11 +78,11 @@ def first_recipe_problem(config: Any) -> str | None:
     for subcommand in SUBCOMMANDS:
         section = config.get(subcommand)
         if isinstance(section, Mapping):
-            problem = first_recipe_problem(section)
+            problem = first_recipe_problem(section, run_from=run_from, recipe_folder=recipe_folder)
             if problem:
                 return f"{subcommand}.{problem}"
     return (
-        first_unimportable_class(config)
+        first_unimportable_class(config, run_from=run_from, recipe_folder=recipe_folder)
         or first_brick_problem(config)
         or first_metric_problem(config)
         or first_alive_stages_problem(config)
@@ -127,16 +131,20 @@ def _class_path_entries(node: Any, where: str) -> Iterator[tuple[str, dict[str, 
             yield from _class_path_entries(value, f"{where}.{name}")
 
 
-def first_unimportable_class(config: Mapping[str, Any]) -> str | None:
+def first_unimportable_class(
+    config: Mapping[str, Any], *, run_from: str | None = None, recipe_folder: str | None = None
+) -> str | None:
     """A message for the first class path or dotted callable in a recipe that cannot be imported, naming its key.
 
     It walks the recipe like the checkpoint allowlist does, reading the signatures: ``class_path`` entries, and
     dotted names in arguments that take a class or a callable (an optimizer given as ``torch.optim.Adam``). A
-    dotted string in a ``str`` argument (a monitor such as ``test.loss``) is data, not checked.
+    dotted string in a ``str`` argument (a monitor such as ``test.loss``) is data, not checked. A module that is
+    not found is looked for in ``run_from`` (the folder the command was run from: jsonargparse reads a recipe from
+    inside its folder, so the current folder then is the recipe's) and the installed packages.
 
     Example:
         >>> first_unimportable_class({"model": {"optimizer": "torch.optim.Adamm", "lr_scheduler_monitor": "test.x"}})
-        "model.optimizer: module 'torch.optim' has no class 'Adamm'. Did you mean 'Adam'?"
+        "model.optimizer: module 'torch.optim' has no class 'Adamm'. Did you mean 'Adam'? Fix: write torch.optim.Adam."
     """
     for key, section in config.items():
         owner = _SECTION_OWNERS.get(str(key))
@@ -147,12 +155,17 @@ def first_unimportable_class(config: Mapping[str, Any]) -> str | None:
             try:
                 module = importlib.import_module(module_name)
             except (ImportError, ValueError) as err:
-                return (
-                    f"{where}: cannot import module {module_name!r} for class_path {class_path!r}. {_import_hint(err)}"
+                return f"{where}: cannot import module {module_name!r} for class_path {class_path!r}. " + _import_hint(
+                    err, run_from or os.getcwd(), recipe_folder
                 )
             if not hasattr(module, attribute):
                 names = [name for name in dir(module) if not name.startswith("_")]
-                return f"{where}: module {module_name!r} has no class {attribute!r}.{did_you_mean(attribute, names)}"
+                close = difflib.get_close_matches(attribute, names, n=1)
+                fix = f"write {module_name}.{close[0]}" if close else f"name a class that {module_name} defines"
+                return (
+                    f"{where}: module {module_name!r} has no class {attribute!r}.{did_you_mean(attribute, names)} "
+                    f"Fix: {fix}."
+                )
     return None
 
 
@@ -202,20 +215,28 @@ def accepted_arguments(cls: Any) -> list[str] | None:
     return [parameter.name for parameter in parameters if parameter.kind in keyword]
 
 
-def _import_hint(err: BaseException) -> str:
+def _import_hint(err: BaseException, run_from: str, recipe_folder: str | None = None) -> str:
     """How to make a module importable, or what went wrong inside it when it was found but failed to import.
 
     Example:
-        >>> print(_import_hint(ModuleNotFoundError("No module named 'my_heads'", name="my_heads")))
-        Python looks for 'my_heads' in the current folder (...) and the installed packages: run the command from ...
+        >>> error = ModuleNotFoundError("No module named 'my_heads'", name="my_heads")
+        >>> print(_import_hint(error, "/home/me", "/home/me/recipes"))  # doctest: +NORMALIZE_WHITESPACE
+        Python looks for 'my_heads' in the current folder (/home/me), the folder the command was run from, not in
+        the recipe's folder (/home/me/recipes), and in the installed packages. Fix: run the command from the folder
+        that holds my_heads.py (or the package folder my_heads/), or add that folder to PYTHONPATH (or install
+        your package: pip install -e .).
     """
     missing = getattr(err, "name", None)
     if isinstance(err, ModuleNotFoundError) and missing:
         top = missing.split(".")[0]
+        elsewhere = ""
+        if recipe_folder and os.path.abspath(recipe_folder) != os.path.abspath(run_from):
+            elsewhere = f", not in the recipe's folder ({recipe_folder}),"
         return (
-            f"Python looks for {top!r} in the current folder ({os.getcwd()}) and the installed packages: run the "
-            f"command from the folder that holds {top}.py (or the package folder {top}/), add that folder to "
-            "PYTHONPATH, or install your package (pip install -e .)."
+            f"Python looks for {top!r} in the current folder ({run_from}), the folder the command was run from"
+            f"{elsewhere} and in the installed packages. Fix: run the command from the folder that holds {top}.py "
+            f"(or the package folder {top}/), or add that folder to PYTHONPATH (or install your package: pip "
+            "install -e .)."
         )
     return f"Importing it failed: {type(err).__name__}: {err}"
 
