@@ -117,17 +117,21 @@ def build_datamodule(
     train_scenes: int = 800, val_scenes: int = 128, test_scenes: int = 256, size: int = 64, batch_size: int = 32
 ) -> MultiTaskDataModule:
     """Two training datasets, one annotated for detection, one for the ink and depth; every label in evaluation."""
-    sides = (size // 4, size // 2)
-    shared = {"size": size, "sides": sides, "batch_size": batch_size}
+
+    def source(labels: list[str], seed: int, evaluated: bool) -> DigitScenesDataModule:
+        return DigitScenesDataModule(
+            labels=labels,
+            train_scenes=train_scenes,
+            val_scenes=val_scenes if evaluated else 0,
+            test_scenes=test_scenes if evaluated else 0,
+            size=size,
+            sides=(size // 4, size // 2),
+            batch_size=batch_size,
+            seed=seed,
+        )
+
     return MultiTaskDataModule(
-        {
-            "boxes": DigitScenesDataModule(
-                labels=["boxes"], train_scenes=train_scenes, val_scenes=val_scenes, test_scenes=test_scenes, **shared
-            ),
-            "dense": DigitScenesDataModule(
-                labels=["ink", "depth"], train_scenes=train_scenes, val_scenes=0, test_scenes=0, seed=1, **shared
-            ),
-        },
+        {"boxes": source(["boxes"], 0, evaluated=True), "dense": source(["ink", "depth"], 1, evaluated=False)},
         batch_size=batch_size,
     )
 
