@@ -153,9 +153,11 @@ def compare(
     max_epochs: int = 15,
     labelled_fraction: float = LABELLED_FRACTION,
     say: Callable[[str], None] = print,
+    progress: bool = True,
 ) -> Comparison:
     """Steps 1 to 3 of the demo, with their results written under ``output``: each task alone, the three together
-    (best checkpoint by validation Δm against the single-task validation figures), tested and restored."""
+    (best checkpoint by validation Δm against the single-task validation figures), tested and restored. ``say``
+    prints the steps, and ``progress`` shows the three-task model's progress bar."""
     say(f"== 1. Single-task baselines: each task alone ({', '.join(TASKS)}), on scikit-learn's digits (offline)")
     baseline_validation: dict[str, float] = {}
     alone: dict[str, float] = {}
@@ -167,7 +169,6 @@ def compare(
         say(f"  {task:<11} {LABELS[task]:<14} {figures[task]:7.2%} on test, {validation:7.2%} on validation")
 
     say("\n== 2. Train the three tasks together: one backbone, uncertainty weighting, Δm at every validation")
-    progress = say is print
     trainer, checkpoints, together = train(
         TASKS, max_epochs, output, seed, labelled_fraction, baseline_validation, progress
     )

@@ -51,7 +51,7 @@ def run_seed(seed: int, max_epochs: int, labelled_fraction: float) -> dict[str, 
     warnings.filterwarnings("ignore", message=".*(LeafSpec|does not have many workers|Checkpoint directory).*")
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory() as folder:
-        comparison = compare(Path(folder), seed, max_epochs, labelled_fraction, say=lambda _: None)
+        comparison = compare(Path(folder), seed, max_epochs, labelled_fraction, say=lambda _: None, progress=False)
     return comparison.figures()
 
 

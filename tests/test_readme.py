@@ -95,6 +95,7 @@ def test_readme_demo_figures_are_the_seeds_table(monkeypatch: pytest.MonkeyPatch
     docs = README.parent / "docs"
     figures = json.loads((docs / "demo_figures.json").read_text())
     table = (docs / "demo_figures.md").read_text()
+    assert figures["summary"] == demo_seeds.summarise(figures["runs"]), "the summary is not of the seeds' runs"
     assert table == demo_seeds.markdown(figures), "docs/demo_figures.md is stale: run demo_seeds.py --table-only"
     example = text.split("## The multi-task example", 1)[1].split("\n## ", 1)[0]
     assert table in example, "the README's table is not docs/demo_figures.md"
