@@ -37,6 +37,8 @@ def replaced_folder(folder: Path) -> Iterator[Path]:
     The swap is two renames within the parent folder: only a kill between the two (microseconds) leaves ``folder``
     absent, with the previous run under a hidden ``.{name}.*.tmp`` name beside it.
     """
+    if folder.resolve() == Path.cwd().resolve() or folder.name in ("", ".", ".."):
+        raise SystemExit(f"The output {str(folder)!r} must be a folder of its own (a rerun replaces it whole).")
     if folder.exists() and not folder.is_dir():
         raise SystemExit(f"The output {str(folder)!r} is a file, not a folder: remove it or give another --output.")
     folder.parent.mkdir(parents=True, exist_ok=True)

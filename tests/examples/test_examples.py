@@ -285,6 +285,11 @@ def test_a_failed_demo_run_leaves_the_previous_output_whole(tmp_path: Path, monk
     (tmp_path / "file").write_text("")
     with pytest.raises(SystemExit, match="is a file, not a folder"), run_folder.replaced_folder(tmp_path / "file"):
         pass
+    monkeypatch.chdir(output)
+    for current in (Path("."), output):
+        with pytest.raises(SystemExit, match="a folder of its own"), run_folder.replaced_folder(current):
+            pass
+    assert (output / "best.ckpt").read_text() == "good"
     assert doctest.testmod(run_folder).failed == 0
 
 
