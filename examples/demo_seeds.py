@@ -6,7 +6,7 @@ training order. A single run of the demo (seed 0) on another CPU gives other fig
 rounding that the training amplifies; the spread over seeds says by how much a figure moves. The README quotes the
 table, and the demo's test checks that the demo's own figures lie within :func:`tolerance` of the mean.
 
-Run: ``python examples/demo_seeds.py`` (5 seeds, two at a time; about 2 minutes on 2 cores). Writes
+Run: ``python examples/demo_seeds.py`` (5 seeds, two at a time; 188 s measured on 2 shared cores). Writes
 ``docs/demo_figures.json`` and ``docs/demo_figures.md``.
 """
 
