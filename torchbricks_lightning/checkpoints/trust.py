@@ -53,6 +53,7 @@ __all__ = [
     "allowed_kinds",
     "check_checkpoint",
     "check_class_paths",
+    "check_recipe_file",
     "importable_paths",
     "is_trusted",
     "recipe_class_prefixes",
@@ -282,21 +283,35 @@ def recipe_class_prefixes(recipe_paths: Iterable[str | os.PathLike[str] | None])
     return tuple(prefixes)
 
 
-def _read_recipe(path: str) -> Any:
-    """A ``--config`` file as YAML (never unpickled); None when it is not YAML (the parser reports it)."""
+def check_recipe_file(path: str | os.PathLike[str]) -> str:
+    """The text of a ``--config`` file; a checkpoint or a file that is not text is refused (nothing is unpickled).
+
+    Raises:
+        ConfigError: the file is a checkpoint (pass it as ``--ckpt_path``), is not UTF-8 text, or cannot be read.
+    """
     try:
         with open(path, "rb") as file:
             data = file.read()
     except OSError as err:
-        raise ConfigError(f"Could not read the recipe --config {path!r}: {err}.") from err
+        raise ConfigError(f"Could not read the recipe --config {os.fspath(path)!r}: {err}.") from err
     if data.startswith(_CHECKPOINT_MAGIC):
         raise ConfigError(
-            f"--config {path!r} is a checkpoint, not a recipe: pass it as --ckpt_path, and the recipe (a YAML file) "
-            "as --config. A checkpoint's recipe is never read as yours."
+            f"--config {os.fspath(path)!r} is a checkpoint, not a recipe: pass it as --ckpt_path, and the recipe (a "
+            "YAML file) as --config. A checkpoint's recipe is never read as yours."
         )
     try:
-        return yaml.safe_load(data.decode("utf-8"))
-    except (UnicodeDecodeError, yaml.YAMLError):
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"--config {os.fspath(path)!r} is not a text file ({err}); a recipe is a YAML file."
+        ) from None
+
+
+def _read_recipe(path: str) -> Any:
+    """A ``--config`` file as YAML; None when it is not YAML (the parser reports it)."""
+    try:
+        return yaml.safe_load(check_recipe_file(path))
+    except yaml.YAMLError:
         return None
 
 

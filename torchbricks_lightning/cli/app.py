@@ -44,6 +44,7 @@ from typing_extensions import override
 from torchbricks_lightning.checkpoints.io import SafeCheckpointIO, with_safe_checkpoint_io
 from torchbricks_lightning.checkpoints.reading import is_remote, read_checkpoint
 from torchbricks_lightning.checkpoints.trust import check_checkpoint, recipe_class_prefixes
+from torchbricks_lightning.cli.config_files import check_config_files
 from torchbricks_lightning.cli.lightning_tips import hide_lightning_tips
 from torchbricks_lightning.cli.predict import BrickTrainer, report_predictions
 from torchbricks_lightning.cli.recipe import first_brick_that_fails, first_recipe_problem
@@ -290,6 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_export(arguments[1:])
     try:
+        check_config_files(arguments)  # a checkpoint given as --config: refused before jsonargparse reads it
         TorchBricksCLI(args=None if argv is None else arguments)
     except TorchBricksError as err:
         print(f"error: {type(err).__name__}: {command_line_message(err)}", file=sys.stderr)

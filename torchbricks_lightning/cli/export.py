@@ -34,6 +34,7 @@ from typing import Any, Literal
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from torchbricks_lightning.checkpoints.trust import recipe_class_prefixes
+from torchbricks_lightning.cli.config_files import check_config_files
 from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.core.export import ExportOptions, ExportResult, ExportSpec
 from torchbricks_lightning.core.stages import parse_stage
@@ -142,6 +143,11 @@ def run_export(argv: Sequence[str]) -> int:
     through the parser.
     """
     parser = export_parser()
+    try:
+        check_config_files(argv)  # a checkpoint given as --config: refused before jsonargparse reads it
+    except TorchBricksError as err:
+        print(f"error: {command_line_message(err)}", file=sys.stderr)
+        return 2
     arguments = parser.parse_args(list(argv))
     if arguments.ckpt_path is None:
         parser.error("Give --ckpt_path, the checkpoint to export (after a --config that sets ckpt_path: null).")
