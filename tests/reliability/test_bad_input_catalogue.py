@@ -54,6 +54,7 @@ from torchbricks_lightning.cli import main
 from torchbricks_lightning.errors import (
     BrickDefinitionError,
     BrickOutputError,
+    BricksNotStoredError,
     CheckpointError,
     ConfigError,
     CycleError,
@@ -1205,7 +1206,7 @@ CHECKPOINT_CASES = [
     Case(
         "checkpoint-of-python-bricks-loaded-without-them",
         lambda work: LightningBrickCollection.load_from_checkpoint(work / GOOD),
-        CheckpointError,
+        BricksNotStoredError,  # a CheckpointError
         (GOOD, "built in Python", "load_from_checkpoint(path, brick_collection=...)"),
     ),
     Case(
