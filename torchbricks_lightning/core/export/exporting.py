@@ -39,7 +39,7 @@ from torchbricks_lightning.core.export.verify import (
     raise_on_failures,
     root_cause,
 )
-from torchbricks_lightning.core.graph import check_input_names
+from torchbricks_lightning.core.missing_inputs import check_input_names
 from torchbricks_lightning.core.stages import Stage
 from torchbricks_lightning.errors import BrickDefinitionError, ConfigError, ExportError
 from torchbricks_lightning.random_state import preserved_random_state
