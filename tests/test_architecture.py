@@ -52,7 +52,7 @@ ALLOWED: dict[str, set[str]] = {
     "callbacks": {"core", "checkpoints", "errors", "pictures", "lightning"},
     "cli": {"core", "checkpoints", "errors", "lightning", "callbacks"},
     # the package root re-exports the public names
-    "": {"core", "checkpoints", "errors", "lightning", "callbacks"},
+    "": {"core", "checkpoints", "errors", "lightning", "callbacks", "datamodules"},
 }
 """For each part, the other parts its modules may import."""
 

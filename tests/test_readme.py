@@ -80,3 +80,39 @@ def test_readme_cli_commands_run(tmp_path: Path) -> None:
     for head in ("head0", "head1"):
         assert (tmp_path / "checkpoints" / "synthetic_multitask" / f"{head}.onnx").is_file()
         assert (tmp_path / "checkpoints" / "synthetic_multitask" / f"{head}.onnx.json").is_file()
+
+
+def test_readme_demo_figures_are_the_seeds_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's demo figures come from ``examples/demo_seeds.py``: its table (mean ± spread over seeds) as written
+    in ``docs/demo_figures.md``, and the Quick start's printed block as the demo printed it for seed 0 (recorded in
+    ``docs/demo_figures.json``); the tolerance the README states is the one the demo's test applies."""
+    import json
+
+    monkeypatch.syspath_prepend(str(README.parent / "examples"))
+    import demo_seeds
+
+    text = README.read_text()
+    docs = README.parent / "docs"
+    figures = json.loads((docs / "demo_figures.json").read_text())
+    table = (docs / "demo_figures.md").read_text()
+    assert figures["summary"] == demo_seeds.summarise(figures["runs"]), "the summary is not of the seeds' runs"
+    assert table == demo_seeds.markdown(figures), "docs/demo_figures.md is stale: run demo_seeds.py --table-only"
+    example = text.split("## The multi-task example", 1)[1].split("\n## ", 1)[0]
+    assert table in example, "the README's table is not docs/demo_figures.md"
+    assert len(figures["runs"]) >= 5
+    assert len(set(figures["seeds"])) == len(figures["seeds"])
+
+    (block,) = re.findall(r"```text\n(Digits predicted correctly.*?)```", text, flags=re.DOTALL)
+    (run,) = [run for run in figures["runs"] if run["seed"] == 0]
+    fraction = f"({run['labelled_fraction']:.0%} of the digits labelled, seed 0)"
+    assert fraction in block
+    assert f"of the {run['test_images']} held-out test images" in block
+    assert f"PyTorch      {run['digit_accuracy']:.2%}" in block
+    for task in ("digit", "parity", "foreground"):
+        line = f"{run['alone'][task]:7.2%} -> {run['together'][task]:7.2%}"
+        assert re.search(rf"^  {task} .*{re.escape(line)}$", block, flags=re.MULTILINE), (task, line, block)
+    assert f"Δm on the test split: {run['delta_m']:+.2f}%" in block
+
+    assert demo_seeds.tolerance({"sd": 1.0}) == 3.0
+    assert demo_seeds.tolerance({"sd": 0.0}) == 0.5
+    assert "three standard deviations of the mean, and never less than half a point" in example

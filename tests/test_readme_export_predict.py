@@ -80,7 +80,7 @@ def test_readme_export_and_predict_commands(tmp_path: Path, capsys: pytest.Captu
     (shown,) = _blocks(export, "text")
     for printed in shown.strip().splitlines():
         if "max abs diff" in printed:  # the figure depends on the weights
-            assert "checked in onnxruntime against PyTorch: max abs diff" in stdouts[0]
+            assert "checked in onnxruntime against the float32 model: max abs diff" in stdouts[0]
         else:
             assert printed in stdouts[0], f"{printed!r} not in:\n{stdouts[0]}"
     listed = export.split("`exports/` then holds", 1)[1].split("\n\n")[0]

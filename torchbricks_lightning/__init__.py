@@ -13,10 +13,8 @@ free of Lightning:
 'torchbricks_lightning.lightning.module'
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING, Any
+import importlib as _importlib
+import typing as _typing
 
 from torchbricks_lightning.core.bricks import (
     BrickInterface,
@@ -42,19 +40,22 @@ from torchbricks_lightning.errors import (
     UntrustedCheckpointError,
 )
 
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from torchbricks_lightning.callbacks.checkpoint import KeyedModelCheckpoint
     from torchbricks_lightning.callbacks.graph_logging import BrickGraphLogger
     from torchbricks_lightning.callbacks.onnx_export import OnnxExportCallback
+    from torchbricks_lightning.callbacks.prediction_reading import read_predictions
     from torchbricks_lightning.callbacks.prediction_writer import BrickPredictionWriter
     from torchbricks_lightning.checkpoints.io import SafeCheckpointIO
     from torchbricks_lightning.checkpoints.reading import load_brick_collection_weights
+    from torchbricks_lightning.datamodules.arrays import ArrayDataModule
     from torchbricks_lightning.lightning.module import LightningBrickCollection
     from torchbricks_lightning.lightning.preflight import check_one_batch
 
 __version__ = "0.1.0"
 
 _LAZY: dict[str, str] = {
+    "ArrayDataModule": "torchbricks_lightning.datamodules.arrays",
     "BrickGraphLogger": "torchbricks_lightning.callbacks.graph_logging",
     "BrickPredictionWriter": "torchbricks_lightning.callbacks.prediction_writer",
     "KeyedModelCheckpoint": "torchbricks_lightning.callbacks.checkpoint",
@@ -63,10 +64,13 @@ _LAZY: dict[str, str] = {
     "SafeCheckpointIO": "torchbricks_lightning.checkpoints.io",
     "check_one_batch": "torchbricks_lightning.lightning.preflight",
     "load_brick_collection_weights": "torchbricks_lightning.checkpoints.reading",
+    "read_predictions": "torchbricks_lightning.callbacks.prediction_reading",
 }
-"""Public names of the Lightning layer and the callbacks, by the module that defines them: imported on first use."""
+"""Public names of the Lightning layer, the callbacks and the datamodules, by the module that defines them: imported
+on first use."""
 
 __all__ = [
+    "ArrayDataModule",
     "BrickCollection",
     "BrickGraphLogger",
     "BrickInterface",
@@ -100,15 +104,16 @@ __all__ = [
     "export_bricks",
     "export_bricks_as_onnx",
     "load_brick_collection_weights",
+    "read_predictions",
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name of the Lightning layer or the callbacks on first use (PEP 562)."""
+def __getattr__(name: str) -> _typing.Any:
+    """Import a public name of the Lightning layer, the callbacks or the datamodules on first use (PEP 562)."""
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    value = getattr(_importlib.import_module(module), name)
     globals()[name] = value  # later lookups find it directly
     return value
 

@@ -29,6 +29,7 @@ __all__ = [
     "BrickDefinitionError",
     "BrickGraphError",
     "BrickOutputError",
+    "BricksNotStoredError",
     "CheckpointError",
     "CheckpointWriteError",
     "ConfigError",
@@ -116,6 +117,18 @@ class RecipeError(TorchBricksError, ValueError):
 
 class CheckpointError(TorchBricksError, ValueError):
     """A checkpoint cannot be read, or does not fit the model it is loaded into."""
+
+
+class BricksNotStoredError(CheckpointError):
+    """A checkpoint of a module built in Python holds the weights but not the bricks: they must be given to load it.
+    ``checkpoint_path`` names the file."""
+
+    def __init__(self, message: str, checkpoint_path: str) -> None:
+        super().__init__(message)
+        self.checkpoint_path = checkpoint_path
+
+    def __reduce__(self) -> tuple[type[BricksNotStoredError], tuple[str, str]]:
+        return type(self), (str(self), self.checkpoint_path)
 
 
 class UntrustedCheckpointError(CheckpointError):

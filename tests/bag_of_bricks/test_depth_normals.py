@@ -19,12 +19,12 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import yaml
+from conftest import quiet_trainer
 from jsonargparse import ArgumentParser
 from pytorch_lightning.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from tests.conftest import quiet_trainer
 from torchbricks_lightning import BrickCollection, BrickTrainable, Stage
 from torchbricks_lightning.bag_of_bricks import (
     CosineNormalLoss,

@@ -19,7 +19,13 @@ from conftest import N_FEATURES, boring_bricks
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from torchbricks_lightning import BrickNotTrainable, BrickPredictionWriter, LightningBrickCollection, Stage
+from torchbricks_lightning import (
+    BrickNotTrainable,
+    BrickPredictionWriter,
+    LightningBrickCollection,
+    Stage,
+    read_predictions,
+)
 from torchbricks_lightning.errors import BrickDefinitionError, ConfigError, FileWriteError
 
 JOB = Path(__file__).parent / "prediction_jobs" / "predict_job.py"
@@ -209,6 +215,10 @@ def test_two_processes_write_their_own_files_and_one_index(tmp_path: Path) -> No
             assert arrays["maps"].shape == (len(entry["samples"]), 4096)
         seen += entry["samples"]
     assert sorted(set(seen)) == list(range(1001))
+    # read_predictions puts both processes' rows back in the dataset's order, each sample once.
+    whole = read_predictions(preds)
+    np.testing.assert_array_equal(whole["sample_value"], np.arange(1001, dtype=np.float32))
+    assert whole["maps"].shape == (1001, 4096)
     for rank in (0, 1):
         part = json.loads((preds / f"rank{rank}" / "index.json").read_text())
         assert part["rank"] == rank

@@ -89,7 +89,7 @@ def test_export_one_artefact_per_head_in_float16(checkpoint: Path, tmp_path: Pat
     artefact = tmp_path / "exports" / "head0.onnx"
     assert "Wrote exports/head0.onnx (onnx, float16) and its manifest exports/head0.onnx.json" in process.stdout
     assert "inputs:  raw float16['batch', 3, 8, 8]" in process.stdout
-    assert "checked in onnxruntime against PyTorch: max abs diff" in process.stdout
+    assert "checked in onnxruntime against the float32 model: max abs diff" in process.stdout
     assert sorted(path.name for path in (tmp_path / "exports").iterdir()) == ["head0.onnx", "head0.onnx.json"]
     manifest = json.loads((tmp_path / "exports" / "head0.onnx.json").read_text())
     assert manifest["dtype"] == "float16"

@@ -84,8 +84,10 @@ def test_a_checkpoint_naming_your_class_is_refused_with_the_command_line_opt_in(
     checkpoint = str(trained / "checkpoints" / "last.ckpt")
     if subcommand == "export":
         arguments = ["export", "--ckpt_path", checkpoint, "--output", "model.onnx"]
-    else:
-        arguments = ["validate", "--config", "recipe.yaml", "--ckpt_path", checkpoint]
+    else:  # a recipe that does not name my_heads.TinyConv (the one that does trusts it: test_cli_trust_from_config)
+        other = trained / "other.yaml"
+        other.write_text((trained / "recipe.yaml").read_text().replace("my_heads.TinyConv", "torch.nn.Conv2d"))
+        arguments = ["validate", "--config", "other.yaml", "--ckpt_path", checkpoint]
     code, err = _run(arguments, trained)
     assert code == 2, err[-2000:]
     assert "'my_heads.TinyConv'" in err

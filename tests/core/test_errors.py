@@ -206,6 +206,35 @@ def test_missing_relative_input_suggests_the_resolved_name() -> None:
     assert_message(info.value, "'head0/post'", "'head0/logit'", "stage 'test'")
 
 
+def test_a_label_missing_from_a_stage_is_not_matched_with_a_model_output_and_gets_the_real_fixes() -> None:
+    """A label column absent from the validation batches ended with "Did you mean 'digit/logits'?" (issue 22)."""
+    from torchmetrics.classification import MulticlassAccuracy
+
+    collection = BrickCollection(
+        {
+            "digit": {
+                "head": BrickTrainable(nn.Linear(N_FEATURES, 3), input_names=["raw"], output_names=["./logits"]),
+                "loss": BrickLoss(nn.CrossEntropyLoss(), input_names=["./logits", "digits"], output_names=["./ce"]),
+                "accuracy": BrickMetricSingle(MulticlassAccuracy(3), input_names=["./logits", "digits"]),
+            }
+        }
+    )
+    with pytest.raises(MissingInputError) as info:
+        collection({"raw": torch.randn(2, N_FEATURES)}, stage="validation")
+    message = assert_message(
+        info.value,
+        "Brick 'digit/loss' needs input 'digits' in stage 'validation'",
+        "Only losses and metrics read 'digits' here (['digit/loss', 'digit/accuracy'])",
+        "-100 for class labels, NaN for floating targets",
+        "make ['digit/loss', 'digit/accuracy'] dead in stage 'validation'",
+        "alive_stages",
+    )
+    assert "Did you mean" not in message
+    # A batch column that is close is still suggested, and a misspelt output of the same namespace too.
+    with pytest.raises(MissingInputError, match=re.escape("Did you mean 'digit'?")):
+        collection({"raw": torch.randn(2, N_FEATURES), "digit": torch.zeros(2)}, stage="validation")
+
+
 @pytest.mark.parametrize("names", [["raw"], ("raw",), {"raw": None}])
 def test_check_input_names_raises_early(names: Any) -> None:
     collection = embedding_typo_collection()

@@ -213,3 +213,16 @@ def test_every_module_of_core_and_bag_of_bricks_is_importable() -> None:
         for name in names:
             module = importlib.import_module(name)
             assert hasattr(module, "__all__"), name
+
+
+def test_the_top_level_lists_only_its_public_api() -> None:
+    """``dir(torchbricks_lightning)`` showed ``Any``, ``TYPE_CHECKING``, ``annotations`` and ``importlib``: every public
+    name there is now in ``__all__`` or is a subpackage, and every name of ``__all__`` is there."""
+    listed = {name for name in dir(torchbricks_lightning) if not name.startswith("_")}
+    stray = sorted(
+        name
+        for name in listed - set(torchbricks_lightning.__all__)
+        if not getattr(getattr(torchbricks_lightning, name), "__name__", "").startswith("torchbricks_lightning.")
+    )
+    assert stray == []
+    assert set(torchbricks_lightning.__all__) - {"__version__"} <= listed

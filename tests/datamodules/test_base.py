@@ -12,6 +12,7 @@ from test_cifar10 import write_tiny_cifar10
 from torch.utils.data import Dataset, TensorDataset
 
 from torchbricks_lightning.datamodules import (
+    ArrayDataModule,
     CIFAR10DataModule,
     DigitsDataModule,
     EvaluationSampler,
@@ -30,6 +31,9 @@ DATAMODULES: dict[str, Callable[[Path, dict[str, Any]], SplitDataModule]] = {
     "cifar10": lambda root, kwargs: _cifar(root, **{"num_workers": 0, **kwargs}),
     "digits": lambda root, kwargs: DigitsDataModule(**kwargs),
     "synthetic": lambda root, kwargs: SyntheticImageDataModule(n_train=24, n_val=8, n_test=8, **kwargs),
+    "arrays": lambda root, kwargs: ArrayDataModule(
+        {"raw": torch.rand(40, 3), "targets": torch.arange(40) % 2}, val_fraction=0.2, test_fraction=0.2, **kwargs
+    ),
 }
 
 

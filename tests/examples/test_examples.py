@@ -6,6 +6,9 @@ CIFAR-10 cannot be downloaded here, so its recipe trains on a tiny dataset writt
 
 from __future__ import annotations
 
+import doctest
+import importlib
+import json
 import os
 import pickle
 import re
@@ -13,6 +16,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime
@@ -22,6 +26,7 @@ import yaml
 
 from torchbricks_lightning import Stage
 from torchbricks_lightning.cli import main
+from torchbricks_lightning.core.atomic_files import temporary_name
 from torchbricks_lightning.lightning import LightningBrickCollection
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -186,8 +191,27 @@ def _percent(stdout: str, label: str) -> float:
     return float(match.group(1))
 
 
+def _examples_module(name: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A helper module of ``examples/`` (they import each other by plain name, as when run as scripts)."""
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    return importlib.import_module(name)
+
+
+def _previous_demo_run(output: Path) -> None:
+    """What an earlier run of the demo left (in today's layout and in the old, versioned one), and the staging
+    folder of a run killed mid-way (a process that no longer exists)."""
+    for name in ("checkpoints/best.ckpt", "tensorboard/version_0/events.out.tfevents.1", "csv/version_0/metrics.csv"):
+        (output / name).parent.mkdir(parents=True, exist_ok=True)
+        (output / name).write_text("an earlier run")
+    (output.parent / temporary_name(output, pid=2**22 + 1)).mkdir()
+
+
 @pytest.mark.slow
-def test_demo_runs_as_a_user_runs_it(tmp_path: Path) -> None:
+def test_demo_runs_as_a_user_runs_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo from a fresh folder where an earlier run left its outputs: it replaces them whole (no
+    ``best-v1.ckpt``, no ``version_1``), prints every path relative to the current folder, and its figures lie
+    within the README's stated tolerance of the mean over seeds (``docs/demo_figures.json``, by ``demo_seeds.py``)."""
+    _previous_demo_run(tmp_path / "runs" / "demo")
     result = _run([sys.executable, str(EXAMPLES / "demo.py")], cwd=tmp_path, timeout=300)
     assert result.returncode == 0, _explain(result)
     stdout = result.stdout
@@ -195,27 +219,80 @@ def test_demo_runs_as_a_user_runs_it(tmp_path: Path) -> None:
     torch_accuracy = _percent(stdout, "PyTorch")
     onnx_accuracy = _percent(stdout, "onnxruntime")
     assert torch_accuracy == onnx_accuracy
-    assert torch_accuracy >= 95.0
+    assert torch_accuracy >= 90.0
     assert "(0 predictions differ)" in stdout
 
     def path(text: str) -> Path:
-        return Path(text) if Path(text).is_absolute() else tmp_path / text
+        assert not Path(text).is_absolute(), f"{text}: the demo prints paths relative to the current folder"
+        return tmp_path / text
 
-    assert path(_listed(stdout, "best checkpoint")).is_file()
+    assert path(_listed(stdout, "best checkpoint")) == tmp_path / "runs/demo/checkpoints/best.ckpt"
     onnx_file = path(_listed(stdout, "ONNX model"))
     assert onnx_file.is_file()
     assert onnx_file.suffix == ".onnx"
     pictures = [path(name.strip()) for name in _listed(stdout, "pictures").split(",")]
     assert len(pictures) == 3
-    for picture in pictures:
+    for picture in [*pictures, path(_listed(stdout, "task weights"))]:
         assert picture.is_file(), picture
         assert picture.stat().st_size > 0, picture
     mermaid = path(_listed(stdout, "mermaid graph"))
     assert mermaid.read_text().startswith("flowchart LR")
     log_dir = path(_listed(stdout, "TensorBoard logs"))
     assert list(log_dir.glob("events.out.tfevents.*")), f"no event file in {log_dir}"
+    assert path(_listed(stdout, "CSV logs")).is_file()
     # Everything went into the current folder (runs/demo by default), nothing elsewhere.
     assert onnx_file.resolve().is_relative_to(tmp_path.resolve())
+    # The earlier run's outputs were replaced whole, and the killed run's staging folder removed.
+    output = tmp_path / "runs" / "demo"
+    assert [folder.name for folder in (tmp_path / "runs").iterdir()] == ["demo"]
+    assert sorted(path.name for path in (output / "checkpoints").iterdir()) == [
+        "best.ckpt",
+        *(f"single_{task}.ckpt" for task in ("digit", "foreground", "parity")),
+    ]
+    assert not list(output.rglob("version_*")), "a rerun must not add versions"
+    assert (output / "checkpoints" / "best.ckpt").read_bytes() != b"an earlier run"
+
+    # The figures it printed (and wrote) against the README's: the mean over seeds, within the stated tolerance.
+    figures = json.loads(path(_listed(stdout, "figures")).read_text())
+    assert round(figures["digit_accuracy"] * 100, 2) == torch_accuracy
+    seeds = _examples_module("demo_seeds", monkeypatch)
+    reference = json.loads((EXAMPLES.parent / "docs" / "demo_figures.json").read_text())
+    assert figures["seed"] in reference["seeds"]
+    for name in ("labelled_fraction", "max_epochs", "test_images"):
+        assert figures[name] == reference["runs"][0][name], name
+    off = {}
+    for name, value in seeds.flatten(figures).items():
+        summary = reference["summary"][name]
+        if abs(value - summary["mean"]) > seeds.tolerance(summary):
+            off[name] = (value, summary["mean"], seeds.tolerance(summary))
+    assert not off, f"figures (this run, README mean, tolerance) off the README's: {off}"
+    assert figures["together"]["digit"] > figures["alone"]["digit"], "sharing the backbone helps the digit"
+
+
+def test_a_failed_demo_run_leaves_the_previous_output_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run_folder = _examples_module("run_folder", monkeypatch)
+    output = tmp_path / "runs" / "demo"
+    with run_folder.replaced_folder(output) as staging:
+        (staging / "best.ckpt").write_text("good")
+
+    def interrupted_run() -> None:
+        with run_folder.replaced_folder(output) as staging:
+            (staging / "best.ckpt").write_text("half")
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        interrupted_run()
+    assert [path.name for path in (tmp_path / "runs").iterdir()] == ["demo"]
+    assert (output / "best.ckpt").read_text() == "good"
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit, match="is a file, not a folder"), run_folder.replaced_folder(tmp_path / "file"):
+        pass
+    monkeypatch.chdir(output)
+    for current in (Path("."), output):
+        with pytest.raises(SystemExit, match="a folder of its own"), run_folder.replaced_folder(current):
+            pass
+    assert (output / "best.ckpt").read_text() == "good"
+    assert doctest.testmod(run_folder).failed == 0
 
 
 @pytest.mark.slow

@@ -198,6 +198,14 @@ def test_cagrad_with_an_opposite_pair_among_other_tasks_is_still_the_best_update
     assert (candidates @ values.T).min(axis=1).max() <= (values @ update).min() + 1e-9
 
 
+def test_cagrad_where_no_update_improves_every_task_projects_the_mean_onto_the_dual_cone() -> None:
+    # g_1 = -g_2: F* = 0 at g_w = 0, so sqrt(phi) / |g_w| is undefined; the best updates are (0, y), y in [1/6, 1/2]
+    grads = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    ours = cagrad_weights(gram_of(grads))
+    torch.testing.assert_close(ours, torch.full((3,), 1 / 3, dtype=torch.float64))  # g_0 is in the cone already
+    torch.testing.assert_close(ours @ grads, torch.tensor([0.0, 1 / 3], dtype=torch.float64))
+
+
 @CASES
 def test_nash_mtl_solves_g_alpha_equals_one_over_alpha(case: str) -> None:
     gram = gram_of(GRADIENTS[case])

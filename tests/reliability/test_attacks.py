@@ -553,6 +553,7 @@ TEMPLATES: dict[str, dict[str, Any]] = {
     "torchbricks_lightning.datamodules.digits.DigitsDataModule": {},
     "torchbricks_lightning.datamodules.cifar10.CIFAR10DataModule": {"download": False},
     "torchbricks_lightning.datamodules.base.SplitDataModule": {"batch_size": 4, "seed": 0},
+    "torchbricks_lightning.datamodules.arrays.ArrayDataModule": {"columns": {"x": torch.zeros(8, 2)}, "batch_size": 4},
     "torchbricks_lightning.datamodules.multitask.MultiTaskDataModule": {
         "datasets": {"shapes": _spec("torchbricks_lightning.datamodules.synthetic.SyntheticImageDataModule")}
     },

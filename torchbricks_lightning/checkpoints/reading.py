@@ -25,6 +25,7 @@ from torchbricks_lightning.checkpoints.trust import (
 from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.errors import (
     BrickDefinitionError,
+    BricksNotStoredError,
     CheckpointError,
     ConfigError,
     UntrustedCheckpointError,
@@ -321,10 +322,11 @@ def load_module_checkpoint(
         hyper_parameters = checkpoint.get("hyper_parameters") or {}
         check_class_paths(hyper_parameters, trusted_class_prefixes)
     if "brick_collection" not in kwargs and "brick_collection" not in hyper_parameters:
-        raise CheckpointError(
+        raise BricksNotStoredError(
             f"Checkpoint {source!r} was written by a LightningBrickCollection built in Python, so it holds the "
             "weights but not the bricks. Pass them: LightningBrickCollection.load_from_checkpoint(path, "
-            "brick_collection=...)."
+            "brick_collection=...).",
+            checkpoint_path=source,
         )
     if "brick_collection" in kwargs:
         bricks = kwargs["brick_collection"]

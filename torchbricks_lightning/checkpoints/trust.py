@@ -16,7 +16,9 @@ builds them. Before that, every value that jsonargparse would import or build (s
    plain data (``lr_scheduler_monitor: test.loss``) are data and are not checked;
 4. the ``_instantiator`` a checkpoint names must be Lightning's CLI one.
 
-:func:`check_checkpoint` applies this to every hyperparameter location that Lightning reads.
+:func:`check_checkpoint` applies this to every hyperparameter location that Lightning reads. The command line adds
+the packages of the classes that the user's own ``--config`` files name by ``class_path``
+(:func:`recipe_class_prefixes`); what a checkpoint holds never widens trust.
 
 Example:
     >>> check_class_paths({"model": {"class_path": "torch.nn.Linear"}})
@@ -30,17 +32,19 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+import yaml
 from torchmetrics import Metric
 
 from torchbricks_lightning.checkpoints.config_walk import Finding, resolve_dotted, walk
 from torchbricks_lightning.core.bricks import BrickInterface
 from torchbricks_lightning.core.collection import BrickCollection
-from torchbricks_lightning.errors import CheckpointError, UntrustedCheckpointError, UntrustedClassError
+from torchbricks_lightning.errors import CheckpointError, ConfigError, UntrustedCheckpointError, UntrustedClassError
 
 __all__ = [
     "HYPER_PARAMETER_KEYS",
@@ -49,8 +53,10 @@ __all__ = [
     "allowed_kinds",
     "check_checkpoint",
     "check_class_paths",
+    "check_recipe_file",
     "importable_paths",
     "is_trusted",
+    "recipe_class_prefixes",
     "resolve_dotted",
     "trusted_class",
 ]
@@ -71,6 +77,9 @@ LIGHTNING_INSTANTIATORS: frozenset[str] = frozenset(
 HYPER_PARAMETER_KEYS: tuple[str, ...] = ("hparams", "module_arguments", "hyper_parameters")
 """Where Lightning reads a module's constructor arguments in a checkpoint, oldest first (later keys win); a
 datamodule's are under ``datamodule_hyper_parameters``."""
+
+_CHECKPOINT_MAGIC = (b"PK\x03\x04", b"\x80")
+"""How a checkpoint file starts: a zip archive (``torch.save``) or a pickle (the legacy format)."""
 
 _DATAMODULE_KEY = "datamodule_hyper_parameters"
 _HPARAMS_NAME_KEY = "hparams_name"
@@ -233,6 +242,90 @@ def check_checkpoint(
     # A datamodule built in subclass mode names its class (``_class_path``), whose signature types the rest.
     check_class_paths(_mapping_at(checkpoint, _DATAMODULE_KEY), prefixes)
     return arguments
+
+
+def recipe_class_prefixes(recipe_paths: Iterable[str | os.PathLike[str] | None]) -> tuple[str, ...]:
+    """The packages of the classes that the user's own recipes name by ``class_path``: trusted for this command.
+
+    A user who passes ``--config recipe.yaml`` to ``validate``, ``test``, ``predict``, ``export`` or ``fit
+    --ckpt_path`` trusts the classes it names, so a checkpoint trained from that recipe loads without
+    ``--trusted_class_prefixes``: ``class_path: tabular.MyHead`` trusts ``tabular.``. Only the ``class_path``
+    values written in these files count: not the checkpoint's own recipe (merged into the configuration after
+    this), not dotted names in other keys, not the classes a named class's arguments default to. Nothing is
+    imported here; each class the checkpoint asks for is still checked by :func:`trusted_class` (a class of an
+    allowed kind, defined in a trusted package).
+
+    Args:
+        recipe_paths: the ``--config`` files of the command (None for a recipe given as text: skipped).
+
+    Returns:
+        The prefixes, e.g. ``('tabular.',)``, in the order the files name them.
+
+    Raises:
+        ConfigError: a file is a checkpoint (pass it as ``--ckpt_path``), or cannot be read.
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> recipe = pathlib.Path(tempfile.mkdtemp()) / "recipe.yaml"
+        >>> _ = recipe.write_text("model: {head: {class_path: tabular.MyHead, init_args: {n: 2}}}\\n"
+        ...                       "optimizer: my_optim.Adam\\ndata: {class_path: my_data.heads.Rows}\\n")
+        >>> recipe_class_prefixes([recipe, None])
+        ('tabular.', 'my_data.heads.')
+    """
+    prefixes: dict[str, None] = {}
+    for path in recipe_paths:
+        if path is None:
+            continue
+        for class_path in _class_paths(_read_recipe(os.fspath(path))):
+            module, _, name = class_path.rpartition(".")
+            if module and name:
+                prefixes[f"{module}."] = None
+    return tuple(prefixes)
+
+
+def check_recipe_file(path: str | os.PathLike[str]) -> str:
+    """The text of a ``--config`` file; a checkpoint or a file that is not text is refused (nothing is unpickled).
+
+    Raises:
+        ConfigError: the file is a checkpoint (pass it as ``--ckpt_path``), is not UTF-8 text, or cannot be read.
+    """
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except OSError as err:
+        raise ConfigError(f"Could not read the recipe --config {os.fspath(path)!r}: {err}.") from err
+    if data.startswith(_CHECKPOINT_MAGIC):
+        raise ConfigError(
+            f"--config {os.fspath(path)!r} is a checkpoint, not a recipe: pass it as --ckpt_path, and the recipe (a "
+            "YAML file) as --config. A checkpoint's recipe is never read as yours."
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"--config {os.fspath(path)!r} is not a text file ({err}); a recipe is a YAML file."
+        ) from None
+
+
+def _read_recipe(path: str) -> Any:
+    """A ``--config`` file as YAML; None when it is not YAML (the parser reports it)."""
+    try:
+        return yaml.safe_load(check_recipe_file(path))
+    except yaml.YAMLError:
+        return None
+
+
+def _class_paths(node: Any) -> Iterator[str]:
+    """Every ``class_path`` value (a string) in a loaded recipe, at any depth."""
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            if key == "class_path" and isinstance(value, str):
+                yield value
+            else:
+                yield from _class_paths(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _class_paths(value)
 
 
 def importable_paths(

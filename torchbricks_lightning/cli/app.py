@@ -11,7 +11,9 @@ What happens to a recipe, in order:
 2. A ``--ckpt_path`` file is read once, before Lightning opens it, and checked against the trust model
    (:func:`check_ckpt_path`, :mod:`~torchbricks_lightning.checkpoints.trust`): the recipe that LightningCLI merges
    from the checkpoint into the model's configuration is the one checked, and the Trainer restores from the same
-   copy. A URL is refused. ``--trusted_class_prefixes '[my_heads.]'`` trusts your own classes in it.
+   copy. A URL is refused. The classes your ``--config`` files name by ``class_path`` are trusted in it
+   (:func:`~torchbricks_lightning.checkpoints.trust.recipe_class_prefixes`), and ``--trusted_class_prefixes
+   '[my_heads.]'`` trusts more packages; the checkpoint's own recipe never does.
 3. After the classes are built, the model's recipe is recorded in its hyperparameters, so that a checkpoint rebuilds
    the module alone (``LightningBrickCollection.load_from_checkpoint(path)``, ``export --ckpt_path``).
 4. The Trainer writes and reads checkpoints with
@@ -42,8 +44,9 @@ from typing_extensions import override
 
 from torchbricks_lightning.checkpoints.io import SafeCheckpointIO, with_safe_checkpoint_io
 from torchbricks_lightning.checkpoints.reading import is_remote, read_checkpoint
-from torchbricks_lightning.checkpoints.trust import check_checkpoint
-from torchbricks_lightning.cli.export import run_export
+from torchbricks_lightning.checkpoints.trust import check_checkpoint, recipe_class_prefixes
+from torchbricks_lightning.cli.config_files import check_config_files
+from torchbricks_lightning.cli.lightning_tips import hide_lightning_tips
 from torchbricks_lightning.cli.predict import BrickTrainer, report_predictions
 from torchbricks_lightning.cli.recipe import first_brick_that_fails
 from torchbricks_lightning.cli.recipe_parser import RecipeArgumentParser
@@ -104,7 +107,8 @@ class TorchBricksCLI(LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path is None:
             return
-        prefixes = self.config[subcommand].get("trusted_class_prefixes") or []
+        recipes = [*(self.config.get("config") or []), *(self.config[subcommand].get("config") or [])]
+        prefixes = [*(self.config[subcommand].get("trusted_class_prefixes") or []), *recipe_class_prefixes(recipes)]
         checkpoint = check_ckpt_path(ckpt_path, prefixes)
         if checkpoint is None:
             return  # 'last', 'best', ...: resolved by the Trainer, loaded through SafeCheckpointIO
@@ -233,14 +237,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``torchbricks-lightning`` command; returns its exit code.
 
     The current folder is made importable first (as ``python -m`` does), so a recipe can name classes from modules
-    next to it. A mistake in the recipe prints ``error: ...`` without a traceback through Lightning and returns (or,
-    from the parser, exits with) 2; an untrusted checkpoint's message says how to trust it on the command line.
+    next to it, and Lightning's tips to install its cloud loggers are not printed
+    (:func:`~torchbricks_lightning.cli.lightning_tips.hide_lightning_tips`). A mistake in the recipe prints
+    ``error: ...`` without a traceback through Lightning and returns (or, from the parser, exits with) 2; an untrusted
+    checkpoint's message says how to trust it on the command line.
     """
     _import_from_current_folder()
+    hide_lightning_tips()
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments and arguments[0] == "export":
+        from torchbricks_lightning.cli.export import run_export  # ONNX and torch.export: loaded for export only
+
         return run_export(arguments[1:])
     try:
+        check_config_files(arguments)  # a checkpoint given as --config: refused before jsonargparse reads it
         TorchBricksCLI(args=None if argv is None else arguments)
     except TorchBricksError as err:
         print(f"error: {type(err).__name__}: {command_line_message(err)}", file=sys.stderr)

@@ -13,23 +13,44 @@ Each artefact is checked against PyTorch (onnxruntime for ONNX, ``torch.export.l
 moved into place, and gets a JSON manifest beside it. The checkpoint alone rebuilds the module (the CLI recorded its
 recipe), read safely, once for all artefacts (see :func:`~torchbricks_lightning.lightning.export.export_checkpoint`).
 The options may also come from a YAML file: ``--config export.yaml``. Their defaults are those of
-:class:`~torchbricks_lightning.core.export.ExportOptions`.
+:class:`~torchbricks_lightning.core.export.ExportOptions`. ``--config`` may be the training recipe itself: export
+reads its ``model``, ``data`` and ``trainer`` sections for nothing but the classes they name by ``class_path``,
+which the checkpoint may then build (see :func:`~torchbricks_lightning.checkpoints.trust.recipe_class_prefixes`).
+
+A checkpoint of a module built in Python holds the weights but not the bricks, and the command line cannot rebuild
+bricks built in Python: ``--bricks my_module:build_bricks`` names the function of yours that builds them (called
+with no arguments, imported from the current folder), or the message shows the same export as a Python call.
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib
+import shlex
 import sys
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
+from torchbricks_lightning.checkpoints.trust import recipe_class_prefixes
+from torchbricks_lightning.cli.config_files import check_config_files
+from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.core.export import ExportOptions, ExportResult, ExportSpec
 from torchbricks_lightning.core.stages import parse_stage
-from torchbricks_lightning.errors import TorchBricksError, command_line_message
+from torchbricks_lightning.errors import (
+    BricksNotStoredError,
+    ConfigError,
+    TorchBricksError,
+    command_line_message,
+    did_you_mean,
+)
 from torchbricks_lightning.lightning.export import export_checkpoint
 
-__all__ = ["describe_result", "export_parser", "run_export"]
+__all__ = ["bricks_from_function", "bricks_not_stored_message", "describe_result", "export_parser", "run_export"]
+
+RECIPE_SECTIONS = ("seed_everything", "trainer", "model", "data", "optimizer", "lr_scheduler")
+"""Sections of a training recipe that ``export --config recipe.yaml`` accepts and reads only for their classes."""
 
 
 def export_parser() -> ArgumentParser:
@@ -46,8 +67,18 @@ def export_parser() -> ArgumentParser:
         prog="torchbricks-lightning export",
         description="Export a checkpoint to checked ONNX or .pt2 artefacts, each with a JSON manifest.",
     )
-    parser.add_argument("--config", action=ActionConfigFile, help="A YAML file with these options.")
-    parser.add_argument("--ckpt_path", type=str, required=True, help="Checkpoint written by the fit subcommand.")
+    parser.add_argument(
+        "--config",
+        action=ActionConfigFile,
+        help="A YAML file with these options, or the training recipe: the classes it names are trusted.",
+    )
+    parser.add_argument("--ckpt_path", type=str | None, default=None, help="Checkpoint written by the fit subcommand.")
+    parser.add_argument(
+        "--bricks",
+        type=str | None,
+        default=None,
+        help="module:function of yours that builds the bricks, for a checkpoint trained from Python.",
+    )
     parser.add_argument(
         "--output",
         type=str | None,
@@ -79,6 +110,8 @@ def export_parser() -> ArgumentParser:
     )
     parser.add_argument("--trusted_class_prefixes", type=list[str], default=[], help="More trusted packages.")
     parser.add_argument("--verify", type=bool, default=defaults.verify, help="Check each artefact against PyTorch.")
+    for section in RECIPE_SECTIONS:  # a training recipe given as --config: read for its classes only
+        parser.add_argument(f"--{section}", type=Any, default=None, help=argparse.SUPPRESS)
     return parser
 
 
@@ -96,7 +129,8 @@ def describe_result(result: ExportResult) -> list[str]:
     verification = result.manifest.get("verification")
     if verification:
         worst = max(result.max_abs_diff.values(), default=0.0)
-        lines.append(f"  checked in {verification['runtime']} against PyTorch: max abs diff {worst:.2e}")
+        reference = "PyTorch" if result.dtype == "float32" else "the float32 model"  # a float16 artefact's drift
+        lines.append(f"  checked in {verification['runtime']} against {reference}: max abs diff {worst:.2e}")
     else:
         lines.append("  not verified")
     return lines
@@ -110,7 +144,14 @@ def run_export(argv: Sequence[str]) -> int:
     through the parser.
     """
     parser = export_parser()
+    try:
+        check_config_files(argv)  # a checkpoint given as --config: refused before jsonargparse reads it
+    except TorchBricksError as err:
+        print(f"error: {command_line_message(err)}", file=sys.stderr)
+        return 2
     arguments = parser.parse_args(list(argv))
+    if arguments.ckpt_path is None:
+        parser.error("Give --ckpt_path, the checkpoint to export (after a --config that sets ckpt_path: null).")
     if (arguments.output is None) == (arguments.artefacts is None):
         parser.error("Give either --output (one artefact, or one per head with '{head}') or --artefacts (several).")
     if arguments.artefacts is not None and arguments.output_names is not None:
@@ -121,6 +162,8 @@ def run_export(argv: Sequence[str]) -> int:
             item if isinstance(item, ExportSpec) else ExportSpec(**item.as_dict()) for item in arguments.artefacts
         ]
     try:
+        trusted = [*arguments.trusted_class_prefixes, *recipe_class_prefixes(arguments.config or [])]
+        bricks = None if arguments.bricks is None else bricks_from_function(arguments.bricks)
         options = ExportOptions(
             stage=parse_stage(arguments.stage, where="the export command"),
             output_names=arguments.output_names,
@@ -135,11 +178,90 @@ def run_export(argv: Sequence[str]) -> int:
             arguments.ckpt_path,
             arguments.output if artefacts is None else artefacts,
             options,
-            trusted_class_prefixes=arguments.trusted_class_prefixes,
+            brick_collection=bricks,
+            trusted_class_prefixes=trusted,
         )
+    except BricksNotStoredError as err:
+        first = arguments.output if artefacts is None else artefacts[0].path
+        print(f"error: {bricks_not_stored_message(err.checkpoint_path, str(first), argv)}", file=sys.stderr)
+        return 2
     except TorchBricksError as err:
         print(f"error: {command_line_message(err)}", file=sys.stderr)
         return 2
     for result in results:
         print("\n".join(describe_result(result)))
     return 0
+
+
+def bricks_from_function(spec: str) -> BrickCollection | Mapping[str, Any]:
+    """The bricks that ``--bricks module:function`` builds: the function, imported, called with no arguments.
+
+    Raises:
+        ConfigError: ``spec`` is not ``module:function``, the module cannot be imported, it has no such function,
+            or the function returns something other than a ``BrickCollection`` or a dict of bricks.
+
+    Example:
+        >>> bricks_from_function("collections:OrderedDict")
+        OrderedDict()
+        >>> bricks_from_function("build_bricks")
+        Traceback (most recent call last):
+        ...
+        torchbricks_lightning.errors.ConfigError: --bricks 'build_bricks' is not module:function, ...
+    """
+    module_name, _, function_name = spec.partition(":")
+    if not module_name or not function_name.isidentifier():
+        raise ConfigError(
+            f"--bricks {spec!r} is not module:function, e.g. --bricks my_bricks:build_bricks for a function "
+            "build_bricks() in my_bricks.py in the current folder."
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ConfigError(
+            f"--bricks {spec!r}: cannot import module {module_name!r} ({err}). Run the command from the folder that "
+            f"holds {module_name.split('.')[0]}.py, or add that folder to PYTHONPATH."
+        ) from err
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        names = [name for name in dir(module) if not name.startswith("_") and callable(getattr(module, name))]
+        raise ConfigError(
+            f"--bricks {spec!r}: module {module_name!r} has no function {function_name!r}."
+            f"{did_you_mean(function_name, names)}"
+        )
+    bricks = function()
+    if not isinstance(bricks, (BrickCollection, Mapping)):
+        raise ConfigError(
+            f"--bricks {spec!r} returned a {type(bricks).__name__}; it must return the bricks, as a BrickCollection "
+            "or a dict of bricks by name."
+        )
+    return bricks
+
+
+def bricks_not_stored_message(checkpoint_path: str, output: str, argv: Sequence[str]) -> str:
+    """What ``export`` says about a checkpoint trained from Python: the command line cannot rebuild its bricks; the
+    same export with ``--bricks``, and as Python calls, each ready to paste.
+
+    Example:
+        >>> print(bricks_not_stored_message("run.ckpt", "model.onnx", ["--ckpt_path", "run.ckpt", "--output",
+        ...                                 "model.onnx"]))  # doctest: +NORMALIZE_WHITESPACE
+        Checkpoint 'run.ckpt' was trained from a LightningBrickCollection built in Python: it holds the weights but not
+        the bricks, and the command line cannot rebuild bricks built in Python. Name the function of yours that builds
+        them (in a module of the current folder, called with no arguments):
+            torchbricks-lightning export --ckpt_path run.ckpt --output model.onnx --bricks my_bricks:build_bricks
+        or export from Python:
+            from torchbricks_lightning import LightningBrickCollection, export_bricks
+            module = LightningBrickCollection.load_from_checkpoint('run.ckpt', brick_collection=build_bricks())
+            export_bricks('model.onnx', module.brick_collection, module.example_named_inputs())
+    """
+    command = shlex.join(["torchbricks-lightning", "export", *argv, "--bricks", "my_bricks:build_bricks"])
+    return (
+        f"Checkpoint {checkpoint_path!r} was trained from a LightningBrickCollection built in Python: it holds the "
+        "weights but not the bricks, and the command line cannot rebuild bricks built in Python. Name the function of "
+        "yours that builds them (in a module of the current folder, called with no arguments):\n"
+        f"    {command}\n"
+        "or export from Python:\n"
+        "    from torchbricks_lightning import LightningBrickCollection, export_bricks\n"
+        f"    module = LightningBrickCollection.load_from_checkpoint({checkpoint_path!r}, "
+        "brick_collection=build_bricks())\n"
+        f"    export_bricks({output!r}, module.brick_collection, module.example_named_inputs())"
+    )

@@ -14,10 +14,10 @@ from torchbricks_lightning.core.graph import (
     BrickNode,
     DataFlow,
     StagePlan,
-    check_input_names,
     needed_nodes,
     plan_stage,
 )
+from torchbricks_lightning.core.missing_inputs import check_input_names
 from torchbricks_lightning.core.names import check_brick_name
 from torchbricks_lightning.core.results import LossesAndMetrics
 from torchbricks_lightning.core.stages import ALL_STAGES, Stage, StageLike, parse_stage

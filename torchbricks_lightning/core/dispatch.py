@@ -67,7 +67,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchbricks_lightning.core.graph import BrickNode, StagePlan, check_input_names
+from torchbricks_lightning.core.graph import BrickNode, StagePlan
+from torchbricks_lightning.core.missing_inputs import check_input_names
 from torchbricks_lightning.core.names import ALL_INPUTS, STAGE_INPUT
 from torchbricks_lightning.errors import BrickOutputError, LossNotScalarError, MissingInputError, TorchBricksError
 

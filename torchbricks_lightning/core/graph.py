@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import heapq
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from torchbricks_lightning.core.names import ALL_INPUTS, RESERVED_INPUT_NAMES
@@ -19,7 +19,6 @@ from torchbricks_lightning.errors import (
     CycleError,
     DuplicateOutputError,
     InvalidNameError,
-    MissingInputError,
     did_you_mean,
 )
 
@@ -27,7 +26,6 @@ __all__ = [
     "BrickNode",
     "DataFlow",
     "StagePlan",
-    "check_input_names",
     "join_path",
     "needed_nodes",
     "plan_stage",
@@ -317,37 +315,6 @@ def plan_stage(nodes: Sequence[BrickNode], stage: Stage) -> StagePlan:
         required_inputs=ordered.input_names,
         output_names=tuple(name for node in ordered.nodes for name in node.output_names),
         loss_weights=tuple((name, node.loss_weight) for node in ordered.nodes for name in node.loss_names),
-    )
-
-
-def check_input_names(
-    plan: StagePlan, available: Iterable[str], *, given: str = "Inputs given", hint: str = ""
-) -> None:
-    """Raise :class:`MissingInputError` if ``available`` lacks a name that ``plan`` needs.
-
-    The message names the first brick that needs the missing name, the stage, what is available and a
-    close match if there is one.
-
-    Args:
-        plan: the stage's plan.
-        available: the names the caller provides.
-        given: how the message introduces ``available`` (say where the names came from if the caller did not
-            give them).
-        hint: a sentence appended to the message (a fix that fits the caller).
-    """
-    available = list(available)
-    present = set(available)
-    missing = [name for name in plan.required_inputs if name not in present]
-    if not missing:
-        return
-    name = missing[0]
-    consumer = plan.readers[name][0]
-    candidates = available + [n for n in plan.output_names if n not in present]
-    more = f" (also missing: {missing[1:]})" if len(missing) > 1 else ""
-    raise MissingInputError(
-        f"Brick {consumer.path!r} needs input {name!r} in stage {plan.stage.value!r}, but neither the inputs nor "
-        f"an alive brick provides it{more}. {given}: {sorted(present)}; produced by bricks alive in this "
-        f"stage: {list(plan.output_names)}.{did_you_mean(name, candidates)}{f' {hint}' if hint else ''}"
     )
 
 

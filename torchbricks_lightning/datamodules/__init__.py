@@ -1,5 +1,6 @@
 """Lightning datamodules whose batches a LightningBrickCollection maps to named inputs."""
 
+from torchbricks_lightning.datamodules.arrays import ArrayDataModule, NamedColumns
 from torchbricks_lightning.datamodules.base import Split, SplitDataModule
 from torchbricks_lightning.datamodules.cifar10 import CIFAR10_MEAN, CIFAR10_STD, CIFAR10DataModule
 from torchbricks_lightning.datamodules.digits import DigitsDataModule
@@ -16,11 +17,13 @@ __all__ = [
     "CIFAR10_MEAN",
     "CIFAR10_STD",
     "SAMPLING_MODES",
+    "ArrayDataModule",
     "CIFAR10DataModule",
     "DigitsDataModule",
     "EvaluationSampler",
     "MixtureSampler",
     "MultiTaskDataModule",
+    "NamedColumns",
     "ResumableDataLoader",
     "ResumableSampler",
     "SeededIndex",

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-from torch.utils.data import Dataset
 
+from torchbricks_lightning.datamodules.arrays import NamedColumns
 from torchbricks_lightning.datamodules.base import Split, SplitDataModule
 from torchbricks_lightning.errors import ConfigError
 from torchbricks_lightning.multitask.labels import IGNORE_INDEX
@@ -30,18 +30,6 @@ def load_digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.as_tensor(bunch.target, dtype=torch.int64)
 
 
-class _NamedDataset(Dataset[dict[str, torch.Tensor]]):
-    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.tensors = tensors
-        self.length = len(next(iter(tensors.values())))
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {name: tensor[index] for name, tensor in self.tensors.items()}
-
-
 class DigitsDataModule(SplitDataModule):
     """scikit-learn's handwritten digits with a deterministic, stratified train/val/test split.
 
@@ -54,6 +42,9 @@ class DigitsDataModule(SplitDataModule):
 
     The loaders are those of :class:`SplitDataModule`: a resumable training loader whose order depends on
     ``(seed, epoch)`` only, and evaluation loaders that hand every image to exactly one process under DDP.
+
+    :attr:`splits` holds the tensors of each split, ``{"train": {"raw": ..., "targets": ...}, "val": ..., "test":
+    ...}``; the digits are loaded and split on first use (by :meth:`setup`, a loader, or reading :attr:`splits`).
 
     Args:
         batch_size: the batch size.
@@ -96,13 +87,19 @@ class DigitsDataModule(SplitDataModule):
             )
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
-        self.splits: dict[str, dict[str, torch.Tensor]] = {}
+        self._splits: dict[str, dict[str, torch.Tensor]] = {}
+
+    @property
+    def splits(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The tensors of each split by name (``train``, ``val``, ``test``), loaded and split on first use."""
+        self.setup()
+        return self._splits
 
     def prepare_data(self) -> None:
         load_digits_tensors()  # fails early, with the install hint, if scikit-learn is missing
 
     def setup(self, stage: str | None = None) -> None:
-        if self.splits:
+        if self._splits:
             return
         images, digits = load_digits_tensors()
         generator = torch.Generator().manual_seed(self.seed)
@@ -129,10 +126,9 @@ class DigitsDataModule(SplitDataModule):
             if split == "train" and unlabelled:
                 missing = torch.tensor([int(index) in unlabelled for index in order.tolist()])
                 targets[missing] = IGNORE_INDEX
-            self.splits[split] = {"raw": split_images, "targets": targets, "parity": split_digits % 2}
+            self._splits[split] = {"raw": split_images, "targets": targets, "parity": split_digits % 2}
             if self.with_foreground:
-                self.splits[split]["foreground"] = (split_images[:, 0] > 0.5).long()
+                self._splits[split]["foreground"] = (split_images[:, 0] > 0.5).long()
 
-    def split_dataset(self, split: Split) -> _NamedDataset:
-        self.setup()
-        return _NamedDataset(self.splits[split])
+    def split_dataset(self, split: Split) -> NamedColumns:
+        return NamedColumns(self.splits[split])

@@ -287,7 +287,8 @@ class LightningBrickCollection(pl.LightningModule):
             self.loss_logging.watch(trainer.callbacks, watched)  # type: ignore[attr-defined]
 
     def also_logged_keys(self) -> list[str]:
-        """Keys (or prefixes ending in ``/``) logged besides the bricks' losses and metrics, for the key checks."""
+        """The keys logged during fit besides the bricks' losses and metrics (``train/balance/{loss}``,
+        ``validation/delta_m``), for the key checks."""
         return self.multitask.also_logged_keys()
 
     # ---------------------------------------------------------------------------------------- metrics

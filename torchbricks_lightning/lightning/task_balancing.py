@@ -131,9 +131,12 @@ class MultiTask:
         self.labelled_counts = LabelledCounts()
 
     def also_logged_keys(self) -> list[str]:
-        """Keys (or prefixes ending in ``/``) logged besides the bricks' losses and metrics, for the key checks."""
+        """The keys logged during fit besides the bricks' losses and metrics, for the key checks: the balancer's
+        ``train/balance/{name}`` (the names of its :meth:`~torchbricks_lightning.multitask.LossBalancer.logged_values`:
+        its losses, and ``conflicts`` for PCGrad) and ``validation/delta_m``."""
+        balanced = [] if self.balancer is None else list(self.balancer.logged_values())
         return [
-            *([BALANCE_PREFIX] if self.balancer is not None else []),
+            *(f"{BALANCE_PREFIX}{name}" for name in balanced),
             *([DELTA_M_KEY] if self.delta_m is not None else []),
         ]
 

@@ -8,7 +8,10 @@ brick, so each reader belongs to one task. It then registers a public forward pr
 the first reader's hook calls a custom autograd function on the shared tensor (:class:`Branches`) that returns one
 branch per task, identical views of the same values, and every reader's hook gives its brick its task's branch
 instead of the shared tensor. The heads' input names stay as they are; outside a training pass the hooks change
-nothing (validation, export, inference).
+nothing (validation, export, inference). Under ``torch.compile`` the hooks run eagerly (``torch.compiler.disable``:
+one graph break per reader, the trunk and the heads compiled on either side), so the branches' backward is never
+traced: it reads the balancer's state, and a traced one held the whole step in one compiled graph whose backward
+``source="parameters"`` cannot retain (AOT autograd's donated buffers).
 
 In the backward pass autograd hands the function every branch's gradient at once, ``g_i`` = the gradient of the
 (weighted) loss of task ``i`` with respect to the shared tensor, and the function returns the balancer's combination
@@ -213,6 +216,10 @@ class BranchHook:
     def __init__(self, balancer: Combiner, task: int, positions: tuple[int, ...], keywords: tuple[str, ...]) -> None:
         self.balancer, self.task, self.positions, self.keywords = balancer, task, positions, keywords
 
+    # Under torch.compile the hook runs eagerly (one graph break per reader): tracing it would trace the branches'
+    # backward too, whose combination reads the balancer's state (its step counter, the planned coefficients of the
+    # parameters source) and calls the weightings' numpy solvers.
+    @torch.compiler.disable
     def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         balancer = self.balancer
         if not balancer.active:

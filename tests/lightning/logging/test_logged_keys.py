@@ -227,6 +227,41 @@ def test_keys_of_the_balancer_and_the_multitask_score_count_as_logged() -> None:
         loss_balancer=UncertaintyWeighting(),
         delta_m=DeltaM({"accuracy": 0.5}, higher_is_better={"accuracy": True}),
     )
-    assert multitask.also_logged_keys() == ["train/balance/", "validation/delta_m"]
+    assert multitask.also_logged_keys() == ["train/balance/ce", "train/balance/ce2", "validation/delta_m"]
     watched += [("EarlyStopping(monitor='train/balance/ce')", "train/balance/ce")]
     check_monitored_keys(multitask.brick_collection, watched, also_logged=multitask.also_logged_keys())
+
+
+def test_a_mistyped_monitor_lists_the_balancer_keys_that_are_logged_not_a_prefix() -> None:
+    """The list of logged keys held 'train/balance/', which is not a key (issue 22)."""
+    from torchbricks_lightning.lightning.logging.keys import check_monitored_keys
+    from torchbricks_lightning.multitask import PCGrad, UncertaintyWeighting
+
+    def bricks() -> dict[str, Any]:
+        return {
+            "backbone": BrickTrainable(nn.Linear(4, 4), input_names=["raw"], output_names=["features"]),
+            "a": BrickTrainable(nn.Linear(4, 3), input_names=["features"], output_names=["logits_a"]),
+            "b": BrickTrainable(nn.Linear(4, 3), input_names=["features"], output_names=["logits_b"]),
+            "loss_a": BrickLoss(nn.CrossEntropyLoss(), input_names=["logits_a", "targets"], output_names=["ce_a"]),
+            "loss_b": BrickLoss(nn.CrossEntropyLoss(), input_names=["logits_b", "targets"], output_names=["ce_b"]),
+        }
+
+    typo = [("ModelCheckpoint(monitor='train/balance/ce')", "train/balance/ce")]
+    for balancer, balance_keys in [
+        (UncertaintyWeighting(), ["train/balance/ce_a", "train/balance/ce_b"]),
+        (PCGrad("features"), ["train/balance/ce_a", "train/balance/ce_b", "train/balance/conflicts"]),
+    ]:
+        module = LightningBrickCollection(bricks(), loss_balancer=balancer)
+        assert module.also_logged_keys() == balance_keys
+        with pytest.raises(ConfigError) as raised:
+            check_monitored_keys(module.brick_collection, typo, also_logged=module.also_logged_keys())
+        message = str(raised.value)
+        assert "never logs 'train/balance/ce'" in message
+        assert "Did you mean" in message
+        assert all(f"'{key}'" in message for key in balance_keys), message
+        assert "'train/balance/'" not in message
+        check_monitored_keys(  # every listed key is accepted
+            module.brick_collection,
+            [(f"EarlyStopping(monitor={key!r})", key) for key in balance_keys],
+            also_logged=module.also_logged_keys(),
+        )

@@ -165,3 +165,28 @@ def test_without_a_trainer_nothing_is_frozen_and_the_callback_comes_with_the_mod
     optimizer = module.configure_optimizers()
     assert [group["name"] for group in optimizer.param_groups] == ["default"]
     assert len(optimizer.param_groups[0]["params"]) == len(list(module.parameters())), "frozen ones included"
+
+
+def test_a_frozen_brick_with_untrained_batch_norm_gets_one_warning_and_a_pretrained_one_none(tmp_path: Path) -> None:
+    """Freezing a randomly initialised backbone learned nothing, with no hint (issue 22): its batch norm statistics
+    stay at their initial 0 and 1 while it is frozen (eval mode). One warning now names the brick and the fix."""
+    message = "Frozen bricks with batch norm statistics at their initial values"
+    module = LightningBrickCollection(bricks(), unfreeze={"backbone": 1})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_trainer(tmp_path, max_epochs=2, callbacks=[], limit_train_batches=2).fit(module, loader())
+    (warning,) = [w for w in caught if message in str(w.message)]  # once, though two epochs ran
+    text = str(warning.message)
+    assert "'backbone' (model.1)" in text
+    assert "randomly initialised rather than pretrained" in text
+    assert "TorchvisionBackbone(weights='DEFAULT')" in text
+    assert "leave it out of unfreeze" in text
+
+    pretrained = LightningBrickCollection(bricks(), unfreeze={"backbone": 1})
+    batch_norm = pretrained.brick_collection["backbone"].model[1]
+    batch_norm.running_mean.fill_(0.2)  # statistics as loaded from a trained model
+    batch_norm.running_var.fill_(0.7)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_trainer(tmp_path, max_epochs=2, callbacks=[], limit_train_batches=2).fit(pretrained, loader())
+    assert not [w for w in caught if message in str(w.message)]

@@ -39,7 +39,7 @@ from torchbricks_lightning.core.export.verify import (
     raise_on_failures,
     root_cause,
 )
-from torchbricks_lightning.core.graph import check_input_names
+from torchbricks_lightning.core.missing_inputs import check_input_names
 from torchbricks_lightning.core.stages import Stage
 from torchbricks_lightning.errors import BrickDefinitionError, ConfigError, ExportError
 from torchbricks_lightning.random_state import preserved_random_state
@@ -56,7 +56,9 @@ class ExportResult:
         input_names: its inputs (data names), in call order: only those its outputs need.
         output_names: its outputs (data names, nested names such as ``head0/logits`` kept), in order.
         max_abs_diff: the largest absolute difference per output between the artefact and eager PyTorch, over
-            every checked shape (for integer outputs, the number of differing values); empty when not checked.
+            every checked shape (for integer outputs, the number of differing values); empty when not checked. For a
+            float16 artefact, the floating outputs' drift from the float32 model (``manifest["verification"]
+            ["reference"]`` says which).
         format: ``"onnx"`` or ``"pt2"``.
         dtype: the precision the artefact computes in.
         manifest_path: the JSON manifest beside the artefact.
@@ -272,10 +274,13 @@ def export_bricks(
             shapes.append(second_shape_inputs(inputs, dims))
         expected = [[eager[name] for name in graph.output_names]]
         expected += [_eager_at(model, parsed_stage, other, graph.output_names) for other in shapes[1:]]
-        full_precision = None  # a float16 artefact is also checked against the float32 model (overflows)
+        full_precision = None  # a float16 artefact's floating outputs are checked against the float32 model
         if verify and precision != "float32":
+            # On the inputs as given (the artefact gets them rounded to float16: that rounding is part of the drift).
+            given = {name: examples[name] for name in graph.input_names}
             full_precision = [
-                _eager_at(graph.collection, parsed_stage, as_float32(each), graph.output_names) for each in shapes
+                _eager_at(graph.collection, parsed_stage, each, graph.output_names)
+                for each in [_prepare_inputs(given, torch.float32, dynamic_batch_size), *map(as_float32, shapes[1:])]
             ]
 
         with publishing(target) as publication:
@@ -320,6 +325,7 @@ def export_bricks(
                     "rtol": tolerance.rtol,
                     "input_shapes": [{name: list(t.shape) for name, t in each.items()} for each in shapes],
                     "max_abs_diff": differences,
+                    "reference": "eager PyTorch" if full_precision is None else "the float32 model",
                 },
                 "versions": versions(artefact_format),
             }
@@ -387,7 +393,8 @@ def _check(
                 "dynamic_batch_size=False or dynamic_spatial=False."
             ) from err
         differences, failures = compare_outputs(graph.output_names, actual, wanted, tolerance, full)
-        raise_on_failures(failures, runtime=runtime, shape=shape)
+        reference = "eager PyTorch" if full is None else "the float32 model"
+        raise_on_failures(failures, runtime=runtime, shape=shape, reference=reference)
         for name, value in differences.items():
             worst[name] = max(worst.get(name, 0.0), value)
     return worst

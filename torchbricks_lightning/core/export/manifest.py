@@ -24,7 +24,8 @@ fields (``MANIFEST_VERSION`` 1):
 * ``previous``: only while the artefact is published (and after a kill then): the manifest of the artefact it
   replaces, or ``null`` (see :mod:`~torchbricks_lightning.core.export.publishing`).
 * ``verification``: how the artefact was checked (``runtime``, ``atol``, ``rtol``, the ``input_shapes`` run, the
-  ``max_abs_diff`` per output), or ``null`` when it was not.
+  ``max_abs_diff`` per output, and the ``reference`` it was compared with: ``"eager PyTorch"``, or for a float16
+  artefact ``"the float32 model"``), or ``null`` when it was not.
 * ``versions``: of torchbricks_lightning, torch, and for ONNX, onnx and onnxruntime.
 """
 

@@ -1,4 +1,11 @@
-"""The check of an artefact against eager PyTorch: tolerances by precision, and one comparison for every format."""
+"""The check of an artefact against eager PyTorch: tolerances by precision, and one comparison for every format.
+
+A float32 artefact is compared with the eager model. A float16 artefact is compared with the float32 model, the one
+the user trained: its floating outputs must stay within the float16 tolerance of the float32 outputs, and the
+reported difference is that drift (comparing it with the same model cast to float16 would report the agreement of
+two float16 computations, about 0, and hide what float16 costs). Its integer outputs (a class index) are compared
+with the model in float16, since float16 may rightly flip a near tie.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +32,7 @@ def default_tolerance(dtype: torch.dtype) -> Tolerance:
     """The tolerance that fits an artefact computing in ``dtype``.
 
     float32 kernels of two runtimes differ in summation order (about 1e-6 relative); float16 keeps about three
-    decimal digits, so its artefacts are checked at 1e-2.
+    decimal digits, so its artefacts are checked at 1e-2 against the float32 model.
 
     Example:
         >>> default_tolerance(torch.float16)
@@ -56,7 +63,8 @@ def compare_outputs(
     tolerance: Tolerance,
     full_precision: Sequence[torch.Tensor] | None = None,
 ) -> tuple[dict[str, float], list[str]]:
-    """Compare an artefact's outputs with eager PyTorch's, name by name.
+    """Compare an artefact's outputs with eager PyTorch's, name by name: floating outputs with ``full_precision``
+    when it is given (a float16 artefact against the float32 model), else with ``expected``.
 
     Infinities and NaN are compared as values: an infinity matches the same infinity at the same position (a logit
     masked with ``-inf``), and NaN matches NaN. A value that is infinite or NaN in a float16 artefact where the model
@@ -66,15 +74,17 @@ def compare_outputs(
     Args:
         names: the output names.
         actual: the artefact's outputs.
-        expected: eager PyTorch's outputs, in the dtype the artefact computes in.
+        expected: eager PyTorch's outputs, in the dtype the artefact computes in (the dtypes must match; integer
+            outputs are compared with these).
         tolerance: the tolerance of floating outputs.
-        full_precision: for a float16 artefact, the float32 model's outputs. Where eager float16 overflows and the
-            float32 model does not, the artefact is judged against the float32 model, so a float16 export of values
+        full_precision: for a float16 artefact, the float32 model's outputs: its floating outputs are compared with
+            them, so the difference reported is the drift from the float32 model, and a float16 export of values
             beyond 65504 is reported as an overflow rather than accepted as equal infinities.
 
     Returns:
-        The largest absolute difference per output over the values finite in both (for integer outputs, the number
-        of differing values), and one line per output that fails the check.
+        The largest absolute difference per output over the values finite in both (from the float32 model with
+        ``full_precision``; for integer outputs, the number of differing values), and one line per output that
+        fails the check.
 
     Example:
         >>> compare_outputs(["p"], [torch.tensor([0.5])], [torch.tensor([0.5001])], Tolerance(1e-3, 0.0))[1]
@@ -87,6 +97,10 @@ def compare_outputs(
         >>> half = torch.tensor([float("inf"), 1.0], dtype=torch.float16)
         >>> compare_outputs(["y"], [half], [half.clone()], Tolerance(1e-2, 1e-2), [torch.tensor([9e4, 1.0])])[1]
         ["'y': overflows float16: 1 of 2 values are inf or NaN in the artefact where the model gives finite ..."]
+        >>> third = torch.tensor([1 / 3])  # the float32 model; float16 rounds it to 0.33325
+        >>> differences, _ = compare_outputs(["p"], [third.half()], [third.half()], Tolerance(1e-2, 1e-2), [third])
+        >>> f"{differences['p']:.1e}"  # the drift from the float32 model, not 0 (float16 against itself)
+        '8.1e-05'
     """
     differences: dict[str, float] = {}
     failures: list[str] = []
@@ -119,10 +133,8 @@ def _compare_floats(
 ) -> tuple[float, str]:
     """The largest difference over the values finite in both, and the failure line of one floating output ('')."""
     got = result.double()
-    want = reference.double()
-    if full is not None and tuple(full.shape) == tuple(want.shape):
-        wide = full.detach().cpu().double()
-        want = torch.where(~torch.isfinite(want) & torch.isfinite(wide), wide, want)
+    compared_with_full = full is not None and tuple(full.shape) == tuple(reference.shape)
+    want = full.detach().cpu().double() if full is not None and compared_with_full else reference.double()
     got_finite, want_finite = torch.isfinite(got), torch.isfinite(want)
     both = got_finite & want_finite
     distance = torch.where(both, (got - want).abs(), torch.zeros_like(got))
@@ -157,15 +169,16 @@ def _compare_floats(
             "eager)"
         )
     if not bool(close.all()):
-        lines.append(f"max abs diff {worst:.3g} (atol={tolerance.atol}, rtol={tolerance.rtol})")
+        source = " from the float32 model" if compared_with_full else ""
+        lines.append(f"max abs diff {worst:.3g}{source} (atol={tolerance.atol}, rtol={tolerance.rtol})")
     return worst, f"{name!r}: " + "; ".join(lines) if lines else ""
 
 
-def raise_on_failures(failures: Sequence[str], *, runtime: str, shape: str) -> None:
+def raise_on_failures(failures: Sequence[str], *, runtime: str, shape: str, reference: str = "eager PyTorch") -> None:
     """Raise the :class:`ExportError` of a failed check, or nothing when ``failures`` is empty.
 
     An overflow's line gives its own fix; looser tolerances or ``verify=False`` are offered for the other lines only
-    (they would let an artefact that gives inf through).
+    (they would let an artefact that gives inf through). ``reference`` says what the artefact was compared with.
     """
     if not failures:
         return
@@ -176,7 +189,7 @@ def raise_on_failures(failures: Sequence[str], *, runtime: str, shape: str) -> N
         else ""
     )
     raise ExportError(
-        f"The exported model disagrees with eager PyTorch in {runtime} at input shape {shape}: "
+        f"The exported model disagrees with {reference} in {runtime} at input shape {shape}: "
         + "; ".join(failures)
         + ". The artefact was not written."
         + advice

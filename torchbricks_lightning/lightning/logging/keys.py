@@ -134,8 +134,9 @@ def check_fit_keys(
     also_logged: Iterable[str] = (),
 ) -> None:
     """The checks of the keys ``trainer.fit`` will use: :func:`check_checkpoint_filenames` and
-    :func:`check_monitored_keys` over :func:`monitored_keys`. ``also_logged`` are keys, or prefixes ending in
-    ``/``, that the module logs besides the bricks' losses and metrics (``validation/delta_m``, ``train/balance/``).
+    :func:`check_monitored_keys` over :func:`monitored_keys`. ``also_logged`` are the keys that the module logs
+    besides the bricks' losses and metrics (``validation/delta_m``, ``train/balance/{loss}``), or prefixes of keys
+    ending in ``/``.
 
     Raises:
         ConfigError: a key is misspelt or never logged during fit, or a checkpoint file name would make folders.
@@ -189,7 +190,8 @@ def check_monitored_keys(
         collection: the bricks.
         watched: ``(what, key)`` pairs, as :func:`monitored_keys` gives them.
         metric_values: metric values per stage, if known (see :func:`logged_keys`).
-        also_logged: more keys the module logs, or prefixes of them ending in ``/``.
+        also_logged: more keys the module logs, or prefixes of them ending in ``/`` (a prefix lets its keys through
+            but is not listed as a key).
 
     Raises:
         ConfigError: a watched key is not logged during fit; the message names the watcher, the closest key and
@@ -203,7 +205,7 @@ def check_monitored_keys(
             continue
         if any(key == name or (name.endswith("/") and key.startswith(name)) for name in extra):
             continue
-        names = sorted({*fit.names(), *extra})
+        names = sorted({*fit.names(), *(name for name in extra if not name.endswith("/"))})
         hint = did_you_mean(key, names)
         if not (key.startswith(_STAGE_PREFIXES) or ("/" in key and hint)):
             continue  # perhaps logged by another callback: Lightning says so after the first epoch if not

@@ -41,6 +41,7 @@ function                      decision
                               Exact ``G c = 1 / c`` by Newton, with a ``1e-6`` relative ridge for singular ``G``.
 :func:`upgrad_weights`        ours: torchjd's ``UPGradWeighting`` needs quadprog (not installed), and normalises and
                               regularises ``G`` (``1e-4``) before solving; ours solves the paper's programs exactly.
+                              Given a projector without quadprog (the tests plug in scipy's NNLS) it equals ours.
 :func:`pcgrad_weights`        ours: torchjd's ``PCGradWeighting`` draws its orders from the global random state
                               (``torch.randperm`` without a generator), so processes and resumed runs disagree.
 ============================  ==========================================================================================

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from torch import Tensor
-from torchjd.aggregation import AlignedMTLWeighting
 
 from torchbricks_lightning.multitask.functional._gram import native_precision, on_active_tasks
 
@@ -45,4 +44,6 @@ def aligned_mtl_weights(gram: Tensor) -> Tensor:
 
 
 def _aligned_mtl(gram: Tensor) -> Tensor:
+    from torchjd.aggregation import AlignedMTLWeighting  # deferred: the command's --help must not import torchjd
+
     return AlignedMTLWeighting(scale_mode="min")(gram)

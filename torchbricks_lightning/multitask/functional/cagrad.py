@@ -34,7 +34,7 @@ def cagrad_weights(gram: Tensor, c: float = 0.5, *, rescale: bool = False) -> Te
     the optimal ``t = |g_w|`` to ``1e-10 * max_i |g_i|``: deterministic, to a stated tolerance.
 
     **The rescale.** Algorithm 1 of the paper updates with ``d`` itself, so by default the coefficients are those
-    of ``d`` (they sum to ``1 + c`` at most). The official code divides ``d`` by ``1 + c^2`` (its ``rescale=1``,
+    of ``d``. The official code divides ``d`` by ``1 + c^2`` (its ``rescale=1``,
     LibMTL's default) to keep the step comparable to gradient descent's; ``rescale=True`` does the same.
 
     A zero gradient gets 0 and the others are as if it were absent. ``c = 0``: ``1 / T`` (gradient descent on the
@@ -49,7 +49,7 @@ def cagrad_weights(gram: Tensor, c: float = 0.5, *, rescale: bool = False) -> Te
 
     Args:
         gram: ``(T, T)``, ``G_ij = <g_i, g_j>``, symmetric positive semi-definite.
-        c: the radius of the ball around ``g_0``, relative to ``|g_0|``, ``>= 0`` (the paper's default 0.5).
+        c: the radius of the ball around ``g_0``, relative to ``|g_0|``, ``>= 0`` (0.5: LibMTL's default).
         rescale: divide by ``1 + c^2`` as the official code does.
 
     Returns:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from torch import Tensor
-from torchjd.aggregation import IMTLGWeighting
 
 from torchbricks_lightning.multitask.functional._gram import native_precision, on_active_tasks
 
@@ -44,4 +43,6 @@ def imtl_g_weights(gram: Tensor) -> Tensor:
 
 
 def _imtl_g(gram: Tensor) -> Tensor:
+    from torchjd.aggregation import IMTLGWeighting  # deferred: the command's --help must not import torchjd
+
     return IMTLGWeighting()(gram)
