@@ -20,6 +20,7 @@ prints mAP@0.5, mIoU and AbsRel (under 3 minutes on 2 CPU cores).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Sequence
@@ -50,6 +51,10 @@ from torchbricks_lightning.lightning import LightningBrickCollection
 from torchbricks_lightning.multitask import UPGrad
 
 HEADS = ("det", "ink", "depth")
+TASKS = {"mAP@0.5": "detection", "mIoU": "ink mask", "AbsRel": "depth"}
+"""The task of each printed figure, for the README's table."""
+PICTURES = {"detection": "test/show_det/0", "depth": "test/show_depth/0"}
+"""The README's pictures: the first test scene's pictures, as TensorBoard holds them."""
 FIGURES = {"mAP@0.5": "test/det/map_50", "mIoU": "test/ink/mean_iou", "AbsRel": "test/depth/abs_rel"}
 """The figure printed for each task and the test metric it is."""
 STRIDE = 4
@@ -75,6 +80,9 @@ def build_bricks(width: int = 64, images_per_epoch: int = 4) -> BrickCollection:
                 image_name="raw",
                 max_detections=10,
                 hidden_channels=width,
+                num_convs=2,
+                focal_alpha=-1.0,  # plain binary cross-entropy: the focal loss learns the digit classes far too slowly
+                focal_gamma=0.0,  # in a budget this short (see create_detection_head)
                 class_names=DIGIT_NAMES,
             ),
             "ink": create_segmentation_head(2, width, "features", "ink", upsample=STRIDE, hidden_channels=16),
@@ -136,20 +144,54 @@ def build_datamodule(
     )
 
 
+def figures_table(figures: dict[str, float]) -> str:
+    """The README's table of the test figures (a test checks that the README shows the recorded run's table).
+
+    Example:
+        >>> print(figures_table({"mAP@0.5": 0.9876, "mIoU": 0.5, "AbsRel": 0.04}))
+        | task | metric | value |
+        |---|---|---|
+        | detection | mAP@0.5 | 0.988 |
+        | ink mask | mIoU | 0.500 |
+        | depth | AbsRel | 0.040 |
+    """
+    rows = [f"| {TASKS[label]} | {label} | {value:.3f} |" for label, value in figures.items()]
+    return "\n".join(["| task | metric | value |", "|---|---|---|", *rows])
+
+
+def save_docs(log_dir: str | Path, figures: dict[str, float], folder: Path, epochs: int) -> list[Path]:
+    """Write the run's figures (``digit_scenes_figures.json``) and its README pictures, read back from TensorBoard."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir), size_guidance={"images": 0})
+    events.Reload()
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, tag in PICTURES.items():
+        path = folder / f"digit_scenes_{name}.png"
+        path.write_bytes(events.Images(tag)[-1].encoded_image_string)
+        written.append(path)
+    record = folder / "digit_scenes_figures.json"
+    record.write_text(json.dumps({"epochs": epochs, "figures": figures}, indent=2) + "\n")
+    return [*written, record]
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     """Train, test and export; print the test figures and return them."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max-epochs", type=int, default=12)
     parser.add_argument("--train-scenes", type=int, default=800, help="training scenes of each of the two datasets")
+    parser.add_argument("--val-scenes", type=int, default=128)
     parser.add_argument("--test-scenes", type=int, default=256)
     parser.add_argument("--size", type=int, default=64, help="the canvas side in pixels")
     parser.add_argument("--width", type=int, default=64, help="the backbone's feature channels")
     parser.add_argument("--root", default="runs/digit_scenes", help="folder for logs, checkpoints and ONNX files")
+    parser.add_argument("--docs", default=None, help="also write the README's figures and pictures to this folder")
     args = parser.parse_args(argv)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     pl.seed_everything(0, verbose=False)
     start = time.perf_counter()
-    datamodule = build_datamodule(args.train_scenes, val_scenes=128, test_scenes=args.test_scenes, size=args.size)
+    datamodule = build_datamodule(args.train_scenes, args.val_scenes, args.test_scenes, size=args.size)
     module = build_module(args.max_epochs, args.width)
     root = Path(args.root)
     export = OnnxExportCallback(filename="{head}.onnx", dirpath=str(root / "onnx"))  # one file per head
@@ -172,6 +214,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     print(f"  ONNX     {', '.join(str(result.path) for result in export.last_results)}")
     print(f"  TensorBoard logs  {trainer.logger.log_dir if trainer.logger else root}")
     print(f"  time     {time.perf_counter() - start:.0f} s")
+    if args.docs is not None and trainer.logger is not None and trainer.logger.log_dir is not None:
+        for path in save_docs(trainer.logger.log_dir, figures, Path(args.docs), args.max_epochs):
+            print(f"  wrote    {path}")
     return figures
 
 

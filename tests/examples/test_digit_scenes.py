@@ -4,6 +4,7 @@ visualisations in TensorBoard."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from examples.digit_scenes import build_datamodule
@@ -102,3 +104,53 @@ def test_the_recipe_trains_exports_one_onnx_per_head_and_logs_pictures(tmp_path:
     tags = events.Tags()["images"]
     for brick in ("show_det", "show_ink", "show_depth"):
         assert f"validation/{brick}/0" in tags, tags
+
+
+def test_the_python_entry_point_prints_its_figures_and_writes_the_readme_s_pictures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from examples.digit_scenes import main
+
+    tiny = ["--max-epochs", "1", "--train-scenes", "8", "--val-scenes", "4", "--test-scenes", "4", "--size", "32"]
+    figures = main([*tiny, "--root", str(tmp_path / "run"), "--docs", str(tmp_path / "docs")])
+    printed = capsys.readouterr().out
+    assert set(figures) == {"mAP@0.5", "mIoU", "AbsRel"}
+    for label, value in figures.items():
+        assert f"{label:<8} {value:.3f}" in printed
+    record = json.loads((tmp_path / "docs" / "digit_scenes_figures.json").read_text())
+    assert record == {"epochs": 1, "figures": figures}
+    for name in ("detection", "depth"):
+        with Image.open(tmp_path / "docs" / f"digit_scenes_{name}.png") as picture:
+            assert picture.width > 200
+            assert picture.height > 100
+    assert sorted(path.name for path in (tmp_path / "run" / "onnx").glob("*.onnx")) == [
+        "depth.onnx",
+        "det.onnx",
+        "ink.onnx",
+    ]
+
+
+def test_the_readme_shows_the_recorded_run_s_figures_and_pictures() -> None:
+    from examples.digit_scenes import figures_table
+
+    record = json.loads((ROOT / "docs" / "digit_scenes_figures.json").read_text())
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Example: digit scenes") : readme.index("### Task balancing")]
+    assert figures_table(record["figures"]) in section, "rerun python examples/digit_scenes.py --docs docs"
+    assert f"after {record['epochs']} epochs" in section
+    assert record["figures"]["mAP@0.5"] >= 0.5, "the example's detector must work"
+    for name in ("detection", "depth"):
+        assert f"(docs/digit_scenes_{name}.png)" in section
+        with Image.open(ROOT / "docs" / f"digit_scenes_{name}.png") as picture:
+            assert picture.format == "PNG"
+
+
+def test_the_scene_modules_docstring_examples_run() -> None:
+    import doctest
+
+    from examples import digit_scenes, digit_scenes_data
+
+    for module in (digit_scenes, digit_scenes_data):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+        assert result.attempted > 0, module.__name__
+        assert result.failed == 0, module.__name__
