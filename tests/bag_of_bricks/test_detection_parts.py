@@ -240,3 +240,30 @@ def test_export_metadata_that_json_cannot_write_is_refused() -> None:
     collection = BrickCollection({"head": BrickTrainable(module, ["x"], ["y"])})
     with pytest.raises(ExportError, match=r"Brick 'head': export_metadata cannot be written .*\.tolist\(\)"):
         metadata_of(collection.plan("export").nodes, dict(collection.named_bricks()))
+
+
+def test_focal_options_reach_the_loss_and_gamma_zero_is_binary_cross_entropy() -> None:
+    head = DetectionHead(num_classes=2, in_channels=4, stride=4, focal_alpha=-1.0, focal_gamma=0.0)
+    loss = head["loss"].model
+    assert (loss.focal_alpha, loss.focal_gamma) == (-1.0, 0.0)
+    boxes, labels = pad_detection_targets([(torch.tensor([[0.0, 0.0, 8.0, 8.0]]), torch.tensor([1]))])
+    logits = torch.randn(1, 2, 2, 2)
+    distances, centerness = torch.full((1, 4, 2, 2), 4.0), torch.zeros(1, 1, 2, 2)
+    value, positives = loss(logits, distances, centerness, boxes, labels)
+    plain = loss.__class__(num_classes=2, stride=4, focal_alpha=-1.0, focal_gamma=0.0)
+    focal = loss.__class__(num_classes=2, stride=4)
+    targets = torch.zeros(1, 4, 2)
+    targets[0, :, 1] = 1.0  # the box covers all four locations: each is a positive of class 1
+    bce = nn.functional.binary_cross_entropy_with_logits(
+        logits.permute(0, 2, 3, 1).reshape(1, 4, 2), targets, reduction="sum"
+    )
+    others, _ = focal(torch.full_like(logits, -30.0), distances, centerness, boxes, labels)
+    assert float(positives) == 4.0
+    rest = (
+        float(plain(torch.zeros_like(logits), distances, centerness, boxes, labels)[0]) - 4 * 2 * 0.6931471805599453 / 4
+    )
+    assert float(value) == pytest.approx(float(bce) / 4 + rest, rel=1e-5)
+    assert float(others) > float(rest), "the default focal loss still scores the class logits"
+    for options, name in (({"focal_gamma": -1.0}, "focal_gamma"), ({"focal_alpha": 2.0}, "focal_alpha")):
+        with pytest.raises(ConfigError, match=name):
+            create_detection_head(2, 4, "features", "boxes", "labels", 4, **options)

@@ -217,6 +217,20 @@ def test_detection_labels_and_boxes_land_where_expected() -> None:
     assert stacked[1, :, top : top + 64, true_left : true_left + 64].amax() == 0  # not annotated: nothing drawn
 
 
+def test_two_detections_of_one_box_show_both_labels_and_the_best_box_on_top() -> None:
+    visualizer = DetectionVisualizer(class_names=["zero", "one", "two"], score_threshold=0.3, min_size=64)
+    boxes = torch.tensor([[[1.0, 1.0, 15.0, 15.0], [1.0, 1.0, 15.0, 15.0]]])  # one digit, read two ways
+    scores, labels, count = torch.tensor([[0.8, 0.4]]), torch.tensor([[2, 1]]), torch.tensor([2])
+    picture = visualizer.draw(torch.zeros(1, 3, 16, 16), boxes, scores, labels, count)[0]
+    best, second = (label for label in picture.labels if label.text in ("two 0.80", "one 0.40"))
+    assert (best.text, second.text) == ("two 0.80", "one 0.40")
+    assert not best.overlaps(second), "the second label moves below the first instead of hiding it"
+    assert second.box[1] > best.box[1]
+    stacked = visualizer(torch.zeros(1, 3, 16, 16), boxes, scores, labels, count)
+    top, left = 6 + text_size("Hg", 14)[1] + 4, 6
+    assert same_color(stacked[0, :, top + 59, left + 32], visualizer.colors[2]), "the best box's colour is on top"
+
+
 def test_depth_has_a_colour_bar_with_its_scale() -> None:
     visualizer = DepthVisualizer(unit="m", min_depth=0.0, max_depth=10.0)
     target = torch.linspace(1, 9, 64).reshape(1, 8, 8)

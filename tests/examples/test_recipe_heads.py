@@ -23,7 +23,12 @@ from torchbricks_lightning.core.outputs import head_output_names
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 CONFIGS = sorted((EXAMPLES / "configs").glob("*.yaml"))
-IMAGE_SHAPES = {"cifar10_resnet18": [3, 32, 32], "digits_multitask": [1, 8, 8], "synthetic_multitask": [3, 16, 16]}
+IMAGE_SHAPES = {
+    "cifar10_resnet18": [3, 32, 32],
+    "digit_scenes": [1, 64, 64],
+    "digits_multitask": [1, 8, 8],
+    "synthetic_multitask": [3, 16, 16],
+}
 
 
 def _preprocessing(config: Path) -> dict[str, list[float]] | None:

@@ -7,7 +7,8 @@ location claimed by several boxes takes the smallest. The others are negatives (
 **Losses** (from ``torchvision.ops``), summed, then divided by the number of positives of the batch (at least 1),
 as torchvision's FCOS does:
 
-- ``sigmoid_focal_loss`` of every location and class of the annotated images (``alpha = 0.25``, ``gamma = 2``);
+- ``sigmoid_focal_loss`` of every location and class of the annotated images (by default FCOS's ``alpha = 0.25``,
+  ``gamma = 2``);
 - ``generalized_box_iou_loss`` between the decoded box and the box of each positive;
 - a binary cross-entropy of the centerness logit against ``sqrt(min(l, r) / max(l, r) * min(t, b) / max(t, b))``
   at each positive.
@@ -21,6 +22,8 @@ the positives of the other processes, like every counted loss.)
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -117,6 +120,16 @@ class DetectionLoss(nn.Module):
         if not center_sampling_radius > 0:
             raise ConfigError(f"{where}: expected center_sampling_radius > 0, but got {center_sampling_radius!r}.")
         self.center_sampling_radius = float(center_sampling_radius)
+        if not (isinstance(focal_alpha, (int, float)) and focal_alpha <= 1.0 and math.isfinite(focal_alpha)):
+            raise ConfigError(
+                f"{where}: expected focal_alpha <= 1 (a negative value turns the class weighting off), but got "
+                f"{focal_alpha!r}."
+            )
+        if not (isinstance(focal_gamma, (int, float)) and 0.0 <= focal_gamma < math.inf):
+            raise ConfigError(
+                f"{where}: expected focal_gamma >= 0 (0 with focal_alpha=-1 is plain binary cross-entropy), but got "
+                f"{focal_gamma!r}."
+            )
         self.focal_alpha = float(focal_alpha)
         self.focal_gamma = float(focal_gamma)
         self.ignore_index = ignore_index

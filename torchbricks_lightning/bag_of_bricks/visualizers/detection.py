@@ -114,19 +114,27 @@ class DetectionVisualizer(Visualizer):
         texts: list[str],
         xy: tuple[int, int],
     ) -> None:
-        """Draw ``boxes`` (already enlarged) on ``image`` at ``xy`` of ``canvas``, each labelled above its corner."""
+        """Draw ``boxes`` (already enlarged, best first) on ``image`` at ``xy`` of ``canvas``, each labelled above its
+        corner; the best box is drawn last (on top), and a label that would cover an earlier one moves down a line."""
         colors = [self.colors[label % len(self.colors)] for label in labels]
         if len(boxes):
-            image = draw_bounding_boxes(image, boxes, colors="black", width=5)  # a dark inner edge: seen anywhere
-            image = draw_bounding_boxes(image, boxes, colors=colors, width=3)
+            backwards = torch.arange(len(boxes) - 1, -1, -1)
+            image = draw_bounding_boxes(image, boxes[backwards], colors="black", width=5)  # dark edge: seen anywhere
+            image = draw_bounding_boxes(image, boxes[backwards], colors=colors[::-1], width=3)
         paste(canvas, image, xy)
         height = text_size("Hg", self.font_size)[1]
+        placed: list[tuple[int, int, int, int]] = []
         for box, text, color in zip(boxes.tolist(), texts, colors, strict=True):
             width = text_size(text, self.font_size)[0]
             left = xy[0] + min(max(int(box[0]), 0), max(image.shape[2] - width - 2, 0))
             top = xy[1] + int(box[1]) - height  # above the box, or inside it when that leaves the image
             if top < xy[1]:
                 top = xy[1] + int(box[1]) + 2
+            while any(
+                left < x2 and x1 < left + width + 4 and top < y2 and y1 < top + height for x1, y1, x2, y2 in placed
+            ):
+                top += height  # below the label it would hide
+            placed.append((left, top, left + width + 4, top + height))
             ink = "black" if sum(color) > 380 else "white"
             canvas.text((left + 2, top + 1), text, fill=ink, size=self.font_size, background=color)
 
