@@ -72,8 +72,11 @@ def test_famo_first_update_on_hand_computed_numbers() -> None:
     balancer({"loss_a": torch.tensor(1.0), "loss_b": torch.tensor(2.0), "loss_c": torch.tensor(4.0)})
     assert balancer.logits.tolist() == [0.0, 0.0, 0.0], "no previous step: no update"
     balancer({"loss_a": torch.tensor(0.5), "loss_b": torch.tensor(2.0), "loss_c": torch.tensor(1.0)})
-    # delta = log(before) - log(after) = (log 2, 0, log 4); z = 1/3 each; g_i = z_i (delta_i - z . delta) + gamma * 0.
-    delta = [math.log(2.0), 0.0, math.log(4.0)]
+    # delta = log(before + 1e-8) - log(after + 1e-8), about (log 2, 0, log 4); z = 1/3 each;
+    # g_i = z_i (delta_i - z . delta) + gamma * 0. (FAMO computes in Python floats on CPU: the 1e-8 counts, and it
+    # makes g_a about -1e-9 instead of 0, which Adam's first step turns into about -0.01.)
+    e = 1e-8
+    delta = [math.log((1.0 + e) / (0.5 + e)), 0.0, math.log((4.0 + e) / (1.0 + e))]
     mean = sum(delta) / 3
     grads = [(value - mean) / 3 for value in delta]
     # Adam's first step: m = 0.1 g / (1 - 0.9), v = 0.001 g^2 / (1 - 0.999): xi = -lr g / (|g| + 1e-8).
@@ -82,7 +85,7 @@ def test_famo_first_update_on_hand_computed_numbers() -> None:
     assert balancer.update_counts.tolist() == [1, 1, 1]
     # The third step's update: now with weight decay on the non-zero logits and Adam's second moments.
     balancer({"loss_a": torch.tensor(0.5), "loss_b": torch.tensor(1.0), "loss_c": torch.tensor(1.0)})
-    delta = [0.0, math.log(2.0), 0.0]
+    delta = [0.0, math.log((2.0 + e) / (1.0 + e)), 0.0]
     z = [math.exp(x) / sum(math.exp(y) for y in expected) for x in expected]
     dot = sum(zi * di for zi, di in zip(z, delta, strict=True))
     second = [zi * (di - dot) + 0.5 * xi for zi, di, xi in zip(z, delta, expected, strict=True)]
@@ -149,6 +152,34 @@ def test_famo_keeps_its_logits_finite_through_a_nan_loss_and_a_loss_below_its_bo
     assert math.isnan(float(total.detach())), "the module's finite-loss check reports the NaN step"
     assert torch.isfinite(balancer.logits).all(), "but the NaN never reaches the logits"
     assert balancer.update_counts.tolist() == [0, 1, 1]
+
+
+def test_famo_on_floats_for_cpu_tensors_agrees_with_its_tensor_code_step_by_step() -> None:
+    """On CPU FAMO computes in Python floats (faster for a few tasks); accelerators use the tensor code. Both run
+    here, through every case: a task unlabelled in a step, a NaN loss, a loss below its bound, static weights."""
+    floats = set_up(FAMO(min_losses={"loss_c": 0.25}, lr=0.1))
+    tensors = set_up(FAMO(min_losses={"loss_c": 0.25}, lr=0.1))
+    tensors._tensor_math = True
+    for balancer in (floats, tensors):
+        balancer.__dict__["_balanced_weights"] = torch.tensor([1.0, 2.0, 0.5])
+    generator = torch.Generator().manual_seed(0)
+    steps = [list(row) for row in (torch.rand(40, 3, generator=generator) * 2 + 0.1).tolist()]
+    steps[5][1] = 0.0  # no labels for loss_b
+    steps[6][0] = 0.0
+    steps[9][2] = 0.1  # below loss_c's bound
+    steps[12][0] = float("nan")
+    steps[20] = [0.0, 0.0, 0.0]
+    for values in steps:
+        total_floats, total_tensors = floats(losses(*values)), tensors(losses(*values))
+        if math.isnan(float(total_tensors)):
+            assert math.isnan(float(total_floats))
+        else:
+            assert float(total_floats) == pytest.approx(float(total_tensors), rel=1e-5)
+        assert weights(floats) == pytest.approx(weights(tensors), rel=1e-5, abs=1e-7, nan_ok=True)
+        for name in ("logits", "exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(getattr(floats, name), getattr(tensors, name), rtol=1e-5, atol=1e-7)
+        assert torch.equal(floats.update_counts, tensors.update_counts)
+    assert floats.update_counts.tolist() != [0, 0, 0], "the update ran"
 
 
 def test_famo_reads_only_all_reduced_losses_under_ddp(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -40,6 +40,14 @@ __all__ = ["FAMO", "GeometricLossStrategy", "RandomLossWeighting", "global_losse
 _FAMO_EPSILON = 1e-8  # the official code's, in log(L - L_min + 1e-8)
 
 
+def _softmax(values: list[float]) -> list[float]:
+    """``softmax`` of Python floats; ``-inf`` entries get 0 (at least one must be finite)."""
+    top = max(values)
+    exponentials = [math.exp(value - top) for value in values]
+    total = sum(exponentials)
+    return [value / total for value in exponentials]
+
+
 def global_losses(values: torch.Tensor, labelled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The losses averaged over the DDP processes, and whether each task is labelled on any process.
 
@@ -221,6 +229,7 @@ class FAMO(_LossLevelBalancer):
         self.register_buffer("previous_labelled", torch.zeros(0, dtype=torch.bool))
         self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
         self.register_buffer("min_loss_values", torch.zeros(0), persistent=False)  # configuration, not state
+        self._tensor_math = False  # True: the tensor code on CPU too (the tests compare both)
 
     def setup_tasks(self, collection: BrickCollection) -> None:
         super().setup_tasks(collection)
@@ -242,16 +251,65 @@ class FAMO(_LossLevelBalancer):
         stacked, labelled = self._stack(losses)
         with torch.no_grad():
             values, labelled = global_losses(stacked.detach().float(), labelled)
-            shifted = (values - self.min_loss_values).clamp_min(0.0) + _FAMO_EPSILON
-            self._update(torch.log(shifted), labelled)
-            z = torch.softmax(self.logits, dim=0)
-            ratios = torch.where(labelled, self._weights_tensor(z) * z / shifted, 0.0)
-            normaliser = ratios.sum()
-            factors = ratios / torch.where(normaliser > 0, normaliser, 1.0)
+            if values.device.type == "cpu" and not self._tensor_math:
+                factors = self._step_in_floats(values, labelled)
+            else:
+                shifted = (values - self.min_loss_values).clamp_min(0.0) + _FAMO_EPSILON
+                self._update(torch.log(shifted), labelled)
+                z = torch.softmax(self.logits, dim=0)
+                ratios = torch.where(labelled, self._weights_tensor(z) * z / shifted, 0.0)
+                normaliser = ratios.sum()
+                factors = ratios / torch.where(normaliser > 0, normaliser, 1.0)
             self.previous_losses.copy_(values)
             self.previous_labelled.copy_(labelled)
             self.steps.add_(1)
         return self._finish(factors, labelled, stacked, losses)
+
+    def _step_in_floats(self, values: torch.Tensor, labelled: torch.Tensor) -> torch.Tensor:
+        """The update and the factors of :meth:`forward` on Python floats, for CPU tensors: the same formulas as the
+        tensor code (which runs on accelerators, where reading the values would wait for the device), in a tenth of
+        its time for a few tasks (some 80 tensor operations of a few microseconds each). A test checks that both
+        agree step by step."""
+        losses, taking_now = values.tolist(), labelled.tolist()
+        minimums = self.min_loss_values.tolist()
+        logits, first, second = self.logits.tolist(), self.exp_avg.tolist(), self.exp_avg_sq.tolist()
+        counts = self.update_counts.tolist()
+        shifted = [max(loss - low, 0.0) + _FAMO_EPSILON for loss, low in zip(losses, minimums, strict=True)]
+        before = [
+            math.log(max(loss - low, 0.0) + _FAMO_EPSILON)
+            for loss, low in zip(self.previous_losses.tolist(), minimums, strict=True)
+        ]
+        change = [old - math.log(now) for old, now in zip(before, shifted, strict=True)]
+        taking_part = [
+            now and then and math.isfinite(delta)
+            for now, then, delta in zip(taking_now, self.previous_labelled.tolist(), change, strict=True)
+        ]
+        if any(taking_part):
+            z = _softmax([logit if part else -math.inf for logit, part in zip(logits, taking_part, strict=True)])
+            mean = sum(weight * delta for weight, delta, part in zip(z, change, taking_part, strict=True) if part)
+            (beta1, beta2), lr = self.betas, self.lr
+            for task, part in enumerate(taking_part):
+                if not part:
+                    continue
+                grad = z[task] * (change[task] - mean) + self.gamma * logits[task]
+                first[task] = beta1 * first[task] + (1 - beta1) * grad
+                second[task] = beta2 * second[task] + (1 - beta2) * grad * grad
+                counts[task] += 1
+                denominator = math.sqrt(second[task]) / math.sqrt(1 - beta2 ** counts[task]) + self.adam_eps
+                logits[task] -= lr / (1 - beta1 ** counts[task]) * first[task] / denominator
+            packed = torch.tensor([logits, first, second])
+            self.logits.copy_(packed[0])
+            self.exp_avg.copy_(packed[1])
+            self.exp_avg_sq.copy_(packed[2])
+            self.update_counts.copy_(torch.tensor(counts))
+        z = _softmax(self.logits.tolist())  # float32 logits, as the tensor code reads them
+        weights = self.__dict__["_balanced_weights"].tolist()
+        ratios = [
+            weight * share / size if now else 0.0
+            for weight, share, size, now in zip(weights, z, shifted, taking_now, strict=True)
+        ]
+        normaliser = sum(ratios)
+        return torch.tensor([ratio / normaliser if normaliser > 0 else ratio for ratio in ratios])
 
     def _update(self, log_shifted: torch.Tensor, labelled: torch.Tensor) -> None:
         """One Adam step of the logits from the fall of the log-losses since the last step, over the tasks in U."""
