@@ -4,8 +4,8 @@
   loss brick that reports how many elements were labelled;
 - :mod:`~torchbricks_lightning.multitask.balancers`: :class:`StaticWeights`, :class:`UncertaintyWeighting`,
   :class:`DynamicWeightAverage`;
-- :mod:`~torchbricks_lightning.multitask.loss_level`: :class:`FAMO`, :class:`RandomLossWeighting`,
-  :class:`GeometricLossStrategy`;
+- :mod:`~torchbricks_lightning.multitask.famo` and :mod:`~torchbricks_lightning.multitask.loss_level`: :class:`FAMO`,
+  :class:`RandomLossWeighting`, :class:`GeometricLossStrategy`;
 - :mod:`~torchbricks_lightning.multitask.gramian`: :class:`GramianBalancer`, the gradient-level mechanism (weights
   from the Gram matrix of the task gradients, on the shared tensor or the shared parameters), with
   :mod:`~torchbricks_lightning.multitask.branching` its wiring; the methods :class:`MGDA`, :class:`IMTLG`,
@@ -27,6 +27,7 @@ from torchbricks_lightning.multitask.balancers import (
     StaticWeights,
     UncertaintyWeighting,
 )
+from torchbricks_lightning.multitask.famo import FAMO
 from torchbricks_lightning.multitask.gradient import PCGrad, pcgrad_coefficients, readers_by_task
 from torchbricks_lightning.multitask.gradnorm import GradNorm
 from torchbricks_lightning.multitask.gramian import GramianBalancer
@@ -38,7 +39,7 @@ from torchbricks_lightning.multitask.labels import (
     labelled_count_names,
     scale_to_global_counts,
 )
-from torchbricks_lightning.multitask.loss_level import FAMO, GeometricLossStrategy, RandomLossWeighting
+from torchbricks_lightning.multitask.loss_level import GeometricLossStrategy, RandomLossWeighting
 from torchbricks_lightning.multitask.score import DeltaM
 
 __all__ = [

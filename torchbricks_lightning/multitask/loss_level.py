@@ -1,4 +1,5 @@
-"""The cheap loss-level balancers: FAMO, random loss weighting (RLW) and the geometric loss strategy (GLS).
+"""The cheap loss-level balancers: random loss weighting (RLW), the geometric loss strategy (GLS), and what they share
+with FAMO (:mod:`~torchbricks_lightning.multitask.famo`).
 
 Each reads only the values of the training losses, so a step costs a few operations on a vector of ``T`` numbers
 (``T`` the number of balanced losses) and, under DDP, one ``all_reduce`` of ``2T`` numbers. ``w_i`` is a task's
@@ -23,7 +24,6 @@ labels leaves a gap in its curve, rather than a 0 that would read as the method'
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -32,20 +32,10 @@ from torch import nn
 
 from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.core.distributed import world_size
-from torchbricks_lightning.errors import ConfigError, did_you_mean
-from torchbricks_lightning.multitask.balancers import LossBalancer, format_values
+from torchbricks_lightning.errors import ConfigError
+from torchbricks_lightning.multitask.balancers import LossBalancer
 
-__all__ = ["FAMO", "GeometricLossStrategy", "RandomLossWeighting", "global_losses"]
-
-_FAMO_EPSILON = 1e-8  # the official code's, in log(L - L_min + 1e-8)
-
-
-def _softmax(values: list[float]) -> list[float]:
-    """``softmax`` of Python floats; ``-inf`` entries get 0 (at least one must be finite)."""
-    top = max(values)
-    exponentials = [math.exp(value - top) for value in values]
-    total = sum(exponentials)
-    return [value / total for value in exponentials]
+__all__ = ["GeometricLossStrategy", "LossLevelBalancer", "RandomLossWeighting", "global_losses"]
 
 
 def global_losses(values: torch.Tensor, labelled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,7 +57,7 @@ def global_losses(values: torch.Tensor, labelled: torch.Tensor) -> tuple[torch.T
     return packed[:count] / world, packed[count:] > 0
 
 
-class _LossLevelBalancer(LossBalancer):
+class LossLevelBalancer(LossBalancer):
     """What the three share: the labelled mask, the all-reduced losses, the last step's weights and their logging."""
 
     log_every_step: ClassVar[bool] = True
@@ -128,226 +118,7 @@ class _LossLevelBalancer(LossBalancer):
         return f"{separator}unlabelled in the last step: {absent}" if absent else ""
 
 
-class FAMO(_LossLevelBalancer):
-    """Fast adaptive multitask optimisation (Liu, Liu, Jin, Stone and Liu, "FAMO: Fast Adaptive Multitask
-    Optimization", NeurIPS 2023): task weights that make every loss fall at the same rate, in O(1) per step.
-
-    **The weighting** (the official code's ``get_weighted_loss``). Learnable logits ``xi`` (a buffer, not trained by
-    the model's optimizer), ``z = softmax(xi)``, ``D_i = L_i - L_i^min + 1e-8``. The paper's objective is
-    ``sum_i z_i log(D_i) / c`` with ``c = sum_i z_i / D_i`` held constant; its gradient is ``sum_i a_i grad L_i``
-    with ``a_i = z_i / (c D_i)``. The total optimised here is that linearisation,
-    ``total = sum_{i in P_t} a_i L_i`` with ``a_i = w_i z_i / (c D_i)``, ``c = sum_{j in P_t} w_j z_j / D_j``
-    (``a`` detached, read from the all-reduced losses; ``P_t`` the tasks labelled in step ``t``): the same gradient
-    (for ``w_i = 1``), a value that is a weighted mean of the losses (the ``a_i`` sum to 1 for ``w_i = 1``, so the
-    total is about ``1 / T`` of the static sum: scale the learning rate accordingly), and one formula under DDP. The
-    logged weight is ``a_i``.
-
-    **The update** (the official code's ``update``). ``delta_i = log D_i(t-1) - log D_i(t)``, how much task ``i``'s
-    loss fell over the last optimizer step, for the tasks ``U = P_{t-1} ∩ P_t`` labelled in both steps. The
-    gradient of ``delta . softmax(xi)`` over ``U``: ``g_i = z^U_i (delta_i - sum_{j in U} z^U_j delta_j)`` with
-    ``z^U = softmax(xi_U)``, plus the weight decay ``gamma xi_i``, then an Adam step (``torch.optim.Adam``'s rule:
-    betas 0.9 and 0.999, eps 1e-8, ``lr``): ``m_i <- b1 m_i + (1 - b1) g_i``, ``v_i <- b2 v_i + (1 - b2) g_i^2``,
-    ``xi_i <- xi_i - lr (m_i / (1 - b1^n_i)) / (sqrt(v_i / (1 - b2^n_i)) + eps)``, where ``n_i`` counts task
-    ``i``'s updates. Only the tasks in ``U`` move (their logits, moments and counts): a task without labels in
-    this step or the previous one takes no part. With every task labelled it is exactly the official code's
-    ``Adam([xi], lr, weight_decay=gamma)`` step.
-
-    **Which losses the update reads.** The official code (and LibMTL's trainer) recomputes the losses on the same
-    batch after the optimizer step: an extra forward pass, which Lightning's automatic optimization has no place for
-    (and which would run dropout and batch-norm statistics again). So ``delta`` compares step ``t - 1``'s loss
-    (before its update) with step ``t``'s (after it), on two batches, as FAMO's toy does: one step late, with
-    batch-to-batch noise that Adam's moments average. Under gradient accumulation two successive batches can lie
-    within one optimizer step: their ``delta`` is noise only.
-
-    **Defaults**: ``lr = 0.025`` and ``gamma = 0.01``, the official code's (``famo.py``; ``experiments/utils.py``:
-    ``--method-params-lr 0.025``, ``--gamma 0.01``); LibMTL and torchjd default to ``gamma = 1e-3``. The official
-    runs also clip the model's gradient norm to 1 (``max_norm``): ``Trainer(gradient_clip_val=1.0)``.
-
-    **State** (buffers, in checkpoints: a resumed run goes on as the uninterrupted one): the logits, Adam's moments
-    and counts, the last step's all-reduced losses and labelled mask, the step count.
-
-    Args:
-        loss_names: the losses to balance (default: every training loss).
-        lr: the step size of the logits' Adam update, >= 0.
-        gamma: the weight decay of the logits (``weight_decay`` of the official code's Adam), >= 0.
-        min_losses: ``L_i^min`` by loss name (default 0), a lower bound of each loss. A loss at or below its bound
-            gives ``D_i = 1e-8`` (``L_i - L_i^min`` is clamped at 0, so no logarithm of a negative number), and a
-            non-finite loss takes no part in the update (the module's finite-loss check reports it).
-
-    Example:
-        >>> from torch import nn
-        >>> from torchbricks_lightning import BrickCollection, BrickLoss
-        >>> collection = BrickCollection({
-        ...     "a": BrickLoss(nn.L1Loss(), input_names=["x", "y"], output_names=["l1"]),
-        ...     "b": BrickLoss(nn.MSELoss(), input_names=["x", "y"], output_names=["l2"]),
-        ... })
-        >>> balancer = FAMO()
-        >>> balancer.setup(collection, collection.loss_weights())
-        >>> balancer({"l1": torch.tensor(1.0), "l2": torch.tensor(3.0)})  # z = (1/2, 1/2): a = (3/4, 1/4)
-        tensor(1.5000)
-        >>> {name: round(float(weight), 4) for name, weight in balancer.weights().items()}
-        {'l1': 0.75, 'l2': 0.25}
-        >>> _ = balancer({"l1": torch.tensor(0.5), "l2": torch.tensor(3.0)})  # l1 fell: l2's logit goes up
-        >>> [round(logit, 4) for logit in balancer.logits.tolist()]  # Adam's first step: lr times the sign
-        [-0.025, 0.025]
-        >>> _ = balancer({"l1": torch.tensor(0.0), "l2": torch.tensor(2.0)})  # no label for l1: l2 alone
-        >>> {name: float(weight) for name, weight in balancer.weights().items()}
-        {'l1': 0.0, 'l2': 1.0}
-    """
-
-    logits: torch.Tensor
-    exp_avg: torch.Tensor
-    exp_avg_sq: torch.Tensor
-    update_counts: torch.Tensor
-    previous_losses: torch.Tensor
-    previous_labelled: torch.Tensor
-    steps: torch.Tensor
-    min_loss_values: torch.Tensor
-
-    betas: ClassVar[tuple[float, float]] = (0.9, 0.999)
-    adam_eps: ClassVar[float] = 1e-8
-
-    def __init__(
-        self,
-        loss_names: Sequence[str] | None = None,
-        lr: float = 0.025,
-        gamma: float = 0.01,
-        min_losses: Mapping[str, float] | None = None,
-    ) -> None:
-        super().__init__(loss_names)
-        for name, value in (("lr", lr), ("gamma", gamma)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ConfigError(f"Expected FAMO's {name} to be a finite number >= 0, but got {value!r}.")
-        self.lr, self.gamma = float(lr), float(gamma)
-        self.min_losses = dict(min_losses or {})
-        for name, value in self.min_losses.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ConfigError(f"Expected FAMO's min_losses[{name!r}] to be a finite number, but got {value!r}.")
-        for name in ("logits", "exp_avg", "exp_avg_sq", "previous_losses"):
-            self.register_buffer(name, torch.zeros(0))
-        self.register_buffer("update_counts", torch.zeros(0, dtype=torch.int64))
-        self.register_buffer("previous_labelled", torch.zeros(0, dtype=torch.bool))
-        self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
-        self.register_buffer("min_loss_values", torch.zeros(0), persistent=False)  # configuration, not state
-        self._tensor_math = False  # True: the tensor code on CPU too (the tests compare both)
-
-    def setup_tasks(self, collection: BrickCollection) -> None:
-        super().setup_tasks(collection)
-        unknown = [name for name in self.min_losses if name not in self.loss_names]
-        if unknown:
-            raise ConfigError(
-                f"FAMO has min_losses for {unknown}, which it does not balance."
-                f"{did_you_mean(unknown[0], self.loss_names)} Balanced losses: {list(self.loss_names)}."
-            )
-        count = len(self.loss_names)
-        self.min_loss_values = torch.tensor([float(self.min_losses.get(name, 0.0)) for name in self.loss_names])
-        if self.logits.numel() != count:
-            for name in ("logits", "exp_avg", "exp_avg_sq", "previous_losses"):
-                setattr(self, name, torch.zeros(count))
-            self.update_counts = torch.zeros(count, dtype=torch.int64)
-            self.previous_labelled = torch.zeros(count, dtype=torch.bool)
-
-    def forward(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        stacked, labelled = self._stack(losses)
-        with torch.no_grad():
-            values, labelled = global_losses(stacked.detach().float(), labelled)
-            if values.device.type == "cpu" and not self._tensor_math:
-                factors = self._step_in_floats(values, labelled)
-            else:
-                shifted = (values - self.min_loss_values).clamp_min(0.0) + _FAMO_EPSILON
-                self._update(torch.log(shifted), labelled)
-                z = torch.softmax(self.logits, dim=0)
-                ratios = torch.where(labelled, self._weights_tensor(z) * z / shifted, 0.0)
-                normaliser = ratios.sum()
-                factors = ratios / torch.where(normaliser > 0, normaliser, 1.0)
-            self.previous_losses.copy_(values)
-            self.previous_labelled.copy_(labelled)
-            self.steps.add_(1)
-        return self._finish(factors, labelled, stacked, losses)
-
-    def _step_in_floats(self, values: torch.Tensor, labelled: torch.Tensor) -> torch.Tensor:
-        """The update and the factors of :meth:`forward` on Python floats, for CPU tensors: the same formulas as the
-        tensor code (which runs on accelerators, where reading the values would wait for the device), in a tenth of
-        its time for a few tasks (some 80 tensor operations of a few microseconds each). A test checks that both
-        agree step by step."""
-        losses, taking_now = values.tolist(), labelled.tolist()
-        minimums = self.min_loss_values.tolist()
-        logits, first, second = self.logits.tolist(), self.exp_avg.tolist(), self.exp_avg_sq.tolist()
-        counts = self.update_counts.tolist()
-        shifted = [max(loss - low, 0.0) + _FAMO_EPSILON for loss, low in zip(losses, minimums, strict=True)]
-        before = [
-            math.log(max(loss - low, 0.0) + _FAMO_EPSILON)
-            for loss, low in zip(self.previous_losses.tolist(), minimums, strict=True)
-        ]
-        change = [old - math.log(now) for old, now in zip(before, shifted, strict=True)]
-        taking_part = [
-            now and then and math.isfinite(delta)
-            for now, then, delta in zip(taking_now, self.previous_labelled.tolist(), change, strict=True)
-        ]
-        if any(taking_part):
-            z = _softmax([logit if part else -math.inf for logit, part in zip(logits, taking_part, strict=True)])
-            mean = sum(weight * delta for weight, delta, part in zip(z, change, taking_part, strict=True) if part)
-            (beta1, beta2), lr = self.betas, self.lr
-            for task, part in enumerate(taking_part):
-                if not part:
-                    continue
-                grad = z[task] * (change[task] - mean) + self.gamma * logits[task]
-                first[task] = beta1 * first[task] + (1 - beta1) * grad
-                second[task] = beta2 * second[task] + (1 - beta2) * grad * grad
-                counts[task] += 1
-                denominator = math.sqrt(second[task]) / math.sqrt(1 - beta2 ** counts[task]) + self.adam_eps
-                logits[task] -= lr / (1 - beta1 ** counts[task]) * first[task] / denominator
-            packed = torch.tensor([logits, first, second])
-            self.logits.copy_(packed[0])
-            self.exp_avg.copy_(packed[1])
-            self.exp_avg_sq.copy_(packed[2])
-            self.update_counts.copy_(torch.tensor(counts))
-        z = _softmax(self.logits.tolist())  # float32 logits, as the tensor code reads them
-        weights = self.__dict__["_balanced_weights"].tolist()
-        ratios = [
-            weight * share / size if now else 0.0
-            for weight, share, size, now in zip(weights, z, shifted, taking_now, strict=True)
-        ]
-        normaliser = sum(ratios)
-        return torch.tensor([ratio / normaliser if normaliser > 0 else ratio for ratio in ratios])
-
-    def _update(self, log_shifted: torch.Tensor, labelled: torch.Tensor) -> None:
-        """One Adam step of the logits from the fall of the log-losses since the last step, over the tasks in U."""
-        previous = torch.log((self.previous_losses - self.min_loss_values).clamp_min(0.0) + _FAMO_EPSILON)
-        change = previous - log_shifted
-        taking_part = labelled & self.previous_labelled & torch.isfinite(change)  # a NaN loss never reaches xi
-        delta = torch.where(taking_part, change, 0.0)
-        z = torch.where(taking_part, torch.softmax(torch.where(taking_part, self.logits, -torch.inf), dim=0), 0.0)
-        grad = z * (delta - (z * delta).sum()) + self.gamma * self.logits
-        beta1, beta2 = self.betas
-        exp_avg = torch.where(taking_part, beta1 * self.exp_avg + (1 - beta1) * grad, self.exp_avg)
-        exp_avg_sq = torch.where(taking_part, beta2 * self.exp_avg_sq + (1 - beta2) * grad * grad, self.exp_avg_sq)
-        counts = self.update_counts + taking_part.long()
-        correction1 = 1 - torch.pow(beta1, counts.float())
-        correction2 = 1 - torch.pow(beta2, counts.float())
-        denominator = (exp_avg_sq.sqrt() / torch.where(taking_part, correction2, 1.0).sqrt()) + self.adam_eps
-        step = self.lr / torch.where(taking_part, correction1, 1.0) * exp_avg / denominator
-        self.logits.copy_(torch.where(taking_part, self.logits - step, self.logits))
-        self.exp_avg.copy_(exp_avg)
-        self.exp_avg_sq.copy_(exp_avg_sq)
-        self.update_counts.copy_(counts)
-
-    def state_details(self) -> str:
-        names = self.loss_names
-        z = format_values(dict(zip(names, torch.softmax(self.logits.float(), 0).tolist(), strict=True)))
-        logits = format_values(dict(zip(names, self.logits.tolist(), strict=True)))
-        previous = format_values(dict(zip(names, self.previous_losses.tolist(), strict=True)))
-        updates = dict(zip(names, self.update_counts.tolist(), strict=True))
-        return (
-            f"; z = softmax(logits) {z}, logits {logits}, last step's losses {previous}, updates {updates}, "
-            f"{int(self.steps)} steps, lr {self.lr:g}, gamma {self.gamma:g}{self._labelled_details()}"
-        )
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, lr={self.lr:g}, gamma={self.gamma:g}"
-
-
-class RandomLossWeighting(_LossLevelBalancer):
+class RandomLossWeighting(LossLevelBalancer):
     """Random loss weighting (Lin, Ye, Xu, Shi, Zhang and Kwok, "Reasonable Effectiveness of Random Weighting: A
     Litmus Test for Multi-Task Learning", TMLR 2022): new random weights at every step.
 
@@ -419,7 +190,7 @@ def _read_step(module: nn.Module, incompatible_keys: Any) -> None:
         module._step = int(module.steps)
 
 
-class GeometricLossStrategy(_LossLevelBalancer):
+class GeometricLossStrategy(LossLevelBalancer):
     """The geometric loss strategy, GLS (Chennupati, Sistu, Yogamani and Rawashdeh, "MultiNet++: Multi-Stream
     Feature Aggregation and Geometric Loss Strategy for Multi-Task Learning", CVPR Workshops 2019).
 
