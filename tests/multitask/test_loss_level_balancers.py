@@ -182,6 +182,28 @@ def test_famo_on_floats_for_cpu_tensors_agrees_with_its_tensor_code_step_by_step
     assert floats.update_counts.tolist() != [0, 0, 0], "the update ran"
 
 
+@pytest.mark.parametrize("make", [functools.partial(RandomLossWeighting, seed=3), GeometricLossStrategy])
+def test_rlw_and_gls_on_floats_for_cpu_tensors_agree_with_their_tensor_code(make: Callable[[], LossBalancer]) -> None:
+    """As FAMO's: the CPU's float code and the accelerators' tensor code give the same totals and weights, with
+    static weights, unlabelled tasks, a NaN loss and a step without any label."""
+    floats, tensors = set_up(make()), set_up(make())
+    tensors._tensor_math = True
+    for balancer in (floats, tensors):
+        balancer.__dict__["_balanced_weights"] = torch.tensor([1.0, 2.0, 0.5])
+    generator = torch.Generator().manual_seed(1)
+    steps = [list(row) for row in (torch.rand(30, 3, generator=generator) * 2 + 0.1).tolist()]
+    steps[3][1] = 0.0
+    steps[4][0] = steps[4][2] = 0.0
+    steps[7][2] = float("nan")
+    steps[11] = [0.0, 0.0, 0.0]
+    for values in steps:
+        total_floats, total_tensors = floats(losses(*values)), tensors(losses(*values))
+        assert float(total_floats) == pytest.approx(float(total_tensors), rel=1e-5, nan_ok=True)
+        assert weights(floats) == pytest.approx(weights(tensors), rel=1e-5, abs=1e-7, nan_ok=True)
+        assert torch.equal(floats.last_labelled, tensors.last_labelled)
+    assert weights(floats)[1] != weights(floats)[0], "the static weights took part"
+
+
 def test_famo_reads_only_all_reduced_losses_under_ddp(monkeypatch: pytest.MonkeyPatch) -> None:
     # Two processes: this one has no label for a and other losses than its peer; the peer's share comes in through
     # the all-reduce. The weights and logits must be those of one process fed the processes' mean losses.

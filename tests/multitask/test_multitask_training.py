@@ -286,7 +286,14 @@ def test_resuming_a_mixed_epoch_with_another_temperature_is_refused_by_the_train
         callbacks=[checkpoints], limit_val_batches=0)  # fmt: skip
     last = tmp_path / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 3, "stopped mid-epoch"
-    trainer = pl.Trainer(max_steps=6, accelerator="cpu", logger=False, enable_progress_bar=False, limit_val_batches=0)
+    trainer = pl.Trainer(
+        max_steps=6,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+    )
     with pytest.raises(LoaderStateError, match=r"stopped after batch 3 of epoch 0.*temperature 2.0 -> 4.0"):
         trainer.fit(LightningBrickCollection(bricks(foreground=True)), datamodule=datamodule(4.0), ckpt_path=last)
     assert trainer.global_step == 3, "no step trained on the other order"

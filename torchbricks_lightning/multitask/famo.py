@@ -15,19 +15,11 @@ import torch
 from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.errors import ConfigError, did_you_mean
 from torchbricks_lightning.multitask.balancers import format_values
-from torchbricks_lightning.multitask.loss_level import LossLevelBalancer, global_losses
+from torchbricks_lightning.multitask.loss_level import LossLevelBalancer, softmax_of_floats
 
 __all__ = ["FAMO"]
 
 _FAMO_EPSILON = 1e-8  # the official code's, in log(L - L_min + 1e-8)
-
-
-def _softmax(values: list[float]) -> list[float]:
-    """``softmax`` of Python floats; ``-inf`` entries get 0 (at least one must be finite)."""
-    top = max(values)
-    exponentials = [math.exp(value - top) for value in values]
-    total = sum(exponentials)
-    return [value / total for value in exponentials]
 
 
 class FAMO(LossLevelBalancer):
@@ -131,7 +123,7 @@ class FAMO(LossLevelBalancer):
         self.register_buffer("previous_labelled", torch.zeros(0, dtype=torch.bool))
         self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
         self.register_buffer("min_loss_values", torch.zeros(0), persistent=False)  # configuration, not state
-        self._tensor_math = False  # True: the tensor code on CPU too (the tests compare both)
+        self._min_losses: list[float] = []  # min_loss_values as Python floats
 
     def setup_tasks(self, collection: BrickCollection) -> None:
         super().setup_tasks(collection)
@@ -142,41 +134,31 @@ class FAMO(LossLevelBalancer):
                 f"{did_you_mean(unknown[0], self.loss_names)} Balanced losses: {list(self.loss_names)}."
             )
         count = len(self.loss_names)
-        self.min_loss_values = torch.tensor([float(self.min_losses.get(name, 0.0)) for name in self.loss_names])
+        self._min_losses = [float(self.min_losses.get(name, 0.0)) for name in self.loss_names]
+        self.min_loss_values = torch.tensor(self._min_losses)
         if self.logits.numel() != count:
             for name in ("logits", "exp_avg", "exp_avg_sq", "previous_losses"):
                 setattr(self, name, torch.zeros(count))
             self.update_counts = torch.zeros(count, dtype=torch.int64)
             self.previous_labelled = torch.zeros(count, dtype=torch.bool)
 
-    def forward(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        stacked, labelled = self._stack(losses)
-        with torch.no_grad():
-            values, labelled = global_losses(stacked.detach().float(), labelled)
-            if values.device.type == "cpu" and not self._tensor_math:
-                factors = self._step_in_floats(values, labelled)
-            else:
-                shifted = (values - self.min_loss_values).clamp_min(0.0) + _FAMO_EPSILON
-                self._update(torch.log(shifted), labelled)
-                z = torch.softmax(self.logits, dim=0)
-                ratios = torch.where(labelled, self._weights_tensor(z) * z / shifted, 0.0)
-                normaliser = ratios.sum()
-                factors = ratios / torch.where(normaliser > 0, normaliser, 1.0)
-            self.previous_losses.copy_(values)
-            self.previous_labelled.copy_(labelled)
-            self.steps.add_(1)
-        return self._finish(factors, labelled, stacked, losses)
+    def _factors(self, values: torch.Tensor, labelled: torch.Tensor) -> torch.Tensor:
+        shifted = (values - self.min_loss_values).clamp_min(0.0) + _FAMO_EPSILON
+        self._update(torch.log(shifted), labelled)
+        z = torch.softmax(self.logits, dim=0)
+        ratios = torch.where(labelled, self._weights_tensor(z) * z / shifted, 0.0)
+        normaliser = ratios.sum()
+        return ratios / torch.where(normaliser > 0, normaliser, 1.0)
 
-    def _step_in_floats(self, values: torch.Tensor, labelled: torch.Tensor) -> torch.Tensor:
-        """The update and the factors of :meth:`forward` on Python floats, for CPU tensors: the same formulas as the
-        tensor code (which runs on accelerators, where reading the values would wait for the device), in a tenth of
-        its time for a few tasks (some 80 tensor operations of a few microseconds each). A test checks that both
-        agree step by step."""
-        losses, taking_now = values.tolist(), labelled.tolist()
-        minimums = self.min_loss_values.tolist()
-        logits, first, second = self.logits.tolist(), self.exp_avg.tolist(), self.exp_avg_sq.tolist()
-        counts = self.update_counts.tolist()
-        shifted = [max(loss - low, 0.0) + _FAMO_EPSILON for loss, low in zip(losses, minimums, strict=True)]
+    def _after_step(self, values: torch.Tensor, labelled: torch.Tensor) -> None:
+        self.previous_losses.copy_(values)
+        self.previous_labelled.copy_(labelled)
+        self.steps.add_(1)
+
+    def _factors_in_floats(self, values: list[float], labelled: list[bool]) -> list[float]:
+        """The update and the factors of :meth:`_factors` on Python floats."""
+        minimums = self._min_losses
+        shifted = [max(loss - low, 0.0) + _FAMO_EPSILON for loss, low in zip(values, minimums, strict=True)]
         before = [
             math.log(max(loss - low, 0.0) + _FAMO_EPSILON)
             for loss, low in zip(self.previous_losses.tolist(), minimums, strict=True)
@@ -184,10 +166,15 @@ class FAMO(LossLevelBalancer):
         change = [old - math.log(now) for old, now in zip(before, shifted, strict=True)]
         taking_part = [
             now and then and math.isfinite(delta)
-            for now, then, delta in zip(taking_now, self.previous_labelled.tolist(), change, strict=True)
+            for now, then, delta in zip(labelled, self.previous_labelled.tolist(), change, strict=True)
         ]
+        logits = self.logits.tolist()
         if any(taking_part):
-            z = _softmax([logit if part else -math.inf for logit, part in zip(logits, taking_part, strict=True)])
+            first, second = self.exp_avg.tolist(), self.exp_avg_sq.tolist()
+            counts = self.update_counts.tolist()
+            z = softmax_of_floats(
+                [logit if part else -math.inf for logit, part in zip(logits, taking_part, strict=True)]
+            )
             mean = sum(weight * delta for weight, delta, part in zip(z, change, taking_part, strict=True) if part)
             (beta1, beta2), lr = self.betas, self.lr
             for task, part in enumerate(taking_part):
@@ -199,19 +186,21 @@ class FAMO(LossLevelBalancer):
                 counts[task] += 1
                 denominator = math.sqrt(second[task]) / math.sqrt(1 - beta2 ** counts[task]) + self.adam_eps
                 logits[task] -= lr / (1 - beta1 ** counts[task]) * first[task] / denominator
-            packed = torch.tensor([logits, first, second])
+            # One tensor for the four buffers (float64: each value rounds once, as the tensor code's float32 math;
+            # the counts stay exact), and the logits read back in float32, as the tensor code reads them.
+            packed = torch.tensor([logits, first, second, counts], dtype=torch.float64)
             self.logits.copy_(packed[0])
             self.exp_avg.copy_(packed[1])
             self.exp_avg_sq.copy_(packed[2])
-            self.update_counts.copy_(torch.tensor(counts))
-        z = _softmax(self.logits.tolist())  # float32 logits, as the tensor code reads them
-        weights = self.__dict__["_balanced_weights"].tolist()
+            self.update_counts.copy_(packed[3])
+            logits = self.logits.tolist()
+        z = softmax_of_floats(logits)
         ratios = [
             weight * share / size if now else 0.0
-            for weight, share, size, now in zip(weights, z, shifted, taking_now, strict=True)
+            for weight, share, size, now in zip(self._static_weights(), z, shifted, labelled, strict=True)
         ]
         normaliser = sum(ratios)
-        return torch.tensor([ratio / normaliser if normaliser > 0 else ratio for ratio in ratios])
+        return [ratio / normaliser if normaliser > 0 else ratio for ratio in ratios]
 
     def _update(self, log_shifted: torch.Tensor, labelled: torch.Tensor) -> None:
         """One Adam step of the logits from the fall of the log-losses since the last step, over the tasks in U."""
