@@ -161,20 +161,43 @@ class Recorder(pl.Callback):
         self.record.close()
 
 
+_QUIET_LOCK = threading.Lock()
+_quiet_depth = 0
+_QUIET_LOGGERS = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric")
+_saved_levels: list[int] = []
+_saved_warnings: contextlib.AbstractContextManager[Any] | None = None
+
+
 @contextlib.contextmanager
 def quiet_lightning() -> Iterator[None]:
-    """Lightning's banners and its advice about dataloader workers are noise here."""
-    loggers = [logging.getLogger(name) for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
+    """Lightning's banners and its advice about dataloader workers are noise here.
+
+    The logger levels and warning filters are process-wide, and the lockstep threads each enter this at once: the
+    first to enter saves them and the last to leave restores them (one thread saving what another set would leave
+    Lightning's INFO lines, and every warning, off for the rest of the process).
+    """
+    global _quiet_depth, _saved_warnings
+    with _QUIET_LOCK:
+        if _quiet_depth == 0:
+            loggers = [logging.getLogger(name) for name in _QUIET_LOGGERS]
+            _saved_levels[:] = [logger.level for logger in loggers]
+            for logger in loggers:
+                logger.setLevel(logging.ERROR)
+            _saved_warnings = warnings.catch_warnings()
+            _saved_warnings.__enter__()
             warnings.simplefilter("ignore")
-            yield
+        _quiet_depth += 1
+    try:
+        yield
     finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
+        with _QUIET_LOCK:
+            _quiet_depth -= 1
+            if _quiet_depth == 0:
+                if _saved_warnings is not None:  # set by the first entrant, under this lock
+                    _saved_warnings.__exit__(None, None, None)
+                    _saved_warnings = None
+                for name, level in zip(_QUIET_LOGGERS, _saved_levels, strict=True):
+                    logging.getLogger(name).setLevel(level)
 
 
 def loader_of(spec: ModelSpec, dataset: TensorDataset) -> DataLoader[Any]:

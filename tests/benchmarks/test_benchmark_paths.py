@@ -311,3 +311,42 @@ def test_parity_ablations_take_their_piece_out() -> None:
     assert "head/labelled" not in plain.brick_collection.output_names(Stage.TRAIN)
     assert not parity_models.lightning_module_of("bricks_no_finite_check", spec).check_finite_loss
     assert parity_models.lightning_module_of("bricks", spec).check_finite_loss
+
+
+def test_quiet_lightning_in_overlapping_threads_restores_the_process_s_logging_and_warnings() -> None:
+    """The lockstep threads each enter ``quiet_lightning`` at once. Each saving and restoring on its own left
+    Lightning's logger at ERROR (and every warning ignored) for the rest of the process: the second thread saved what
+    the first had set. A later test's ``caplog`` then never saw Lightning's INFO lines."""
+    import logging
+    import threading
+    import warnings
+
+    from benchmarks.lockstep import quiet_lightning
+
+    names = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric")
+    before = [logging.getLogger(name).level for name in names]
+    filters_before = list(warnings.filters)
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    seen: list[int] = []
+
+    def first() -> None:
+        with quiet_lightning():
+            first_in.set()
+            second_in.wait(5)
+        first_out.set()
+
+    def second() -> None:
+        first_in.wait(5)
+        with quiet_lightning():
+            second_in.set()
+            first_out.wait(5)  # the first thread has left: still quiet, since this one is inside
+            seen.append(logging.getLogger("pytorch_lightning").level)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert seen == [logging.ERROR]
+    assert [logging.getLogger(name).level for name in names] == before
+    assert warnings.filters == filters_before

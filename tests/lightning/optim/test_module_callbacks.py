@@ -45,7 +45,8 @@ def test_a_second_trainer_call_does_not_override_the_module_s_own_callbacks(
 ) -> None:
     module = _module()
     trainer = quiet_trainer(tmp_path, max_epochs=2)
-    with caplog.at_level(logging.INFO):
+    # Lightning's own logger at INFO, whatever an earlier test left it at: an absence must be able to fail.
+    with caplog.at_level(logging.INFO, logger="pytorch_lightning"):
         trainer.fit(module, train_dataloaders=_loader(), val_dataloaders=_loader())
         trainer.test(module, dataloaders=_loader())
         trainer.validate(module, dataloaders=_loader())
@@ -62,6 +63,6 @@ def test_a_user_s_own_callback_of_the_same_kind_is_still_reported(
     """Lightning's notice stays for what it is meant for: a Trainer callback the module's own replaces."""
     module = _module()
     trainer = quiet_trainer(tmp_path, max_epochs=1, callbacks=[UnfreezeSchedule({}, module.brick_collection)])
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="pytorch_lightning"):
         trainer.fit(module, train_dataloaders=_loader())
     assert any(OVERRIDE_NOTICE in record.getMessage() for record in caplog.records)
