@@ -6,6 +6,7 @@ all-reduced losses, the logged weights); see that module for the unlabelled-task
 
 from __future__ import annotations
 
+import array
 import math
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
@@ -20,6 +21,9 @@ from torchbricks_lightning.multitask.loss_level import LossLevelBalancer, softma
 __all__ = ["FAMO"]
 
 _FAMO_EPSILON = 1e-8  # the official code's, in log(L - L_min + 1e-8)
+_ROWS = ("logits", "exp_avg", "exp_avg_sq", "update_counts", "previous_losses", "previous_labelled")
+_LOGITS, _FIRST, _SECOND, _COUNTS, _PREVIOUS, _PREVIOUS_LABELLED = range(len(_ROWS))
+_MAX_COUNT = 2.0**24  # the last count float32 holds exactly
 
 
 class FAMO(LossLevelBalancer):
@@ -57,8 +61,13 @@ class FAMO(LossLevelBalancer):
     ``--method-params-lr 0.025``, ``--gamma 0.01``); LibMTL and torchjd default to ``gamma = 1e-3``. The official
     runs also clip the model's gradient norm to 1 (``max_norm``): ``Trainer(gradient_clip_val=1.0)``.
 
-    **State** (buffers, in checkpoints: a resumed run goes on as the uninterrupted one): the logits, Adam's moments
-    and counts, the last step's all-reduced losses and labelled mask, the step count.
+    **State** (in checkpoints: a resumed run goes on as the uninterrupted one): one buffer, ``state``, of shape
+    ``(6, T)``, whose rows are the logits, Adam's two moments, the update counts, the last step's all-reduced losses
+    and its labelled mask (1 or 0). One buffer, so a CPU step reads it and writes it once (each tensor operation
+    costs microseconds after a training step's convolutions, more than FAMO's arithmetic on ``T`` numbers). The
+    rows are also :attr:`logits`, :attr:`exp_avg`, :attr:`exp_avg_sq`, :attr:`update_counts`,
+    :attr:`previous_losses` and :attr:`previous_labelled`. The counts are float32: exact to ``2^24`` updates, where
+    they stop (Adam's bias corrections are exactly 1 long before).
 
     Args:
         loss_names: the losses to balance (default: every training loss).
@@ -89,13 +98,7 @@ class FAMO(LossLevelBalancer):
         {'l1': 0.0, 'l2': 1.0}
     """
 
-    logits: torch.Tensor
-    exp_avg: torch.Tensor
-    exp_avg_sq: torch.Tensor
-    update_counts: torch.Tensor
-    previous_losses: torch.Tensor
-    previous_labelled: torch.Tensor
-    steps: torch.Tensor
+    state: torch.Tensor
     min_loss_values: torch.Tensor
 
     betas: ClassVar[tuple[float, float]] = (0.9, 0.999)
@@ -117,11 +120,7 @@ class FAMO(LossLevelBalancer):
         for name, value in self.min_losses.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ConfigError(f"Expected FAMO's min_losses[{name!r}] to be a finite number, but got {value!r}.")
-        for name in ("logits", "exp_avg", "exp_avg_sq", "previous_losses"):
-            self.register_buffer(name, torch.zeros(0))
-        self.register_buffer("update_counts", torch.zeros(0, dtype=torch.int64))
-        self.register_buffer("previous_labelled", torch.zeros(0, dtype=torch.bool))
-        self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("state", torch.zeros(len(_ROWS), 0))
         self.register_buffer("min_loss_values", torch.zeros(0), persistent=False)  # configuration, not state
         self._min_losses: list[float] = []  # min_loss_values as Python floats
 
@@ -136,42 +135,77 @@ class FAMO(LossLevelBalancer):
         count = len(self.loss_names)
         self._min_losses = [float(self.min_losses.get(name, 0.0)) for name in self.loss_names]
         self.min_loss_values = torch.tensor(self._min_losses)
-        if self.logits.numel() != count:
-            for name in ("logits", "exp_avg", "exp_avg_sq", "previous_losses"):
-                setattr(self, name, torch.zeros(count))
-            self.update_counts = torch.zeros(count, dtype=torch.int64)
-            self.previous_labelled = torch.zeros(count, dtype=torch.bool)
+        if self.state.shape != (len(_ROWS), count):
+            self.state = torch.zeros(len(_ROWS), count)
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """The logits ``xi`` of the weights ``z = softmax(xi)``, ``(T,)`` (a view of :attr:`state`)."""
+        return self.state[_LOGITS]
+
+    @property
+    def exp_avg(self) -> torch.Tensor:
+        """Adam's first moments of the logits, ``(T,)`` (a view of :attr:`state`)."""
+        return self.state[_FIRST]
+
+    @property
+    def exp_avg_sq(self) -> torch.Tensor:
+        """Adam's second moments of the logits, ``(T,)`` (a view of :attr:`state`)."""
+        return self.state[_SECOND]
+
+    @property
+    def update_counts(self) -> torch.Tensor:
+        """How many updates each task's logit had, ``(T,)`` int64 (a copy)."""
+        return self.state[_COUNTS].long()
+
+    @property
+    def previous_losses(self) -> torch.Tensor:
+        """The last step's all-reduced losses, ``(T,)`` (a view of :attr:`state`)."""
+        return self.state[_PREVIOUS]
+
+    @property
+    def previous_labelled(self) -> torch.Tensor:
+        """Whether each task was labelled in the last step, ``(T,)`` bool (a copy)."""
+        return self.state[_PREVIOUS_LABELLED] > 0
 
     def _factors(self, values: torch.Tensor, labelled: torch.Tensor) -> torch.Tensor:
+        logits, first, second, counts, previous, previous_labelled = self.state.unbind()
         shifted = (values - self.min_loss_values).clamp_min(0.0) + _FAMO_EPSILON
-        self._update(torch.log(shifted), labelled)
-        z = torch.softmax(self.logits, dim=0)
+        # The update: one Adam step of the logits from the fall of the log-losses since the last step, over U.
+        change = torch.log((previous - self.min_loss_values).clamp_min(0.0) + _FAMO_EPSILON) - torch.log(shifted)
+        taking_part = labelled & (previous_labelled > 0) & torch.isfinite(change)  # a NaN loss never reaches xi
+        delta = torch.where(taking_part, change, 0.0)
+        z = torch.where(taking_part, torch.softmax(torch.where(taking_part, logits, -torch.inf), dim=0), 0.0)
+        grad = z * (delta - (z * delta).sum()) + self.gamma * logits
+        beta1, beta2 = self.betas
+        first = torch.where(taking_part, beta1 * first + (1 - beta1) * grad, first)
+        second = torch.where(taking_part, beta2 * second + (1 - beta2) * grad * grad, second)
+        counts = torch.where(taking_part, (counts + 1).clamp_max(_MAX_COUNT), counts)
+        correction1 = torch.where(taking_part, 1 - torch.pow(beta1, counts), 1.0)
+        correction2 = torch.where(taking_part, 1 - torch.pow(beta2, counts), 1.0)
+        step = self.lr / correction1 * first / (second.sqrt() / correction2.sqrt() + self.adam_eps)
+        logits = torch.where(taking_part, logits - step, logits)
+        self.state.copy_(torch.stack([logits, first, second, counts, values, labelled.to(values.dtype)]))
+        # The factors from the updated logits.
+        z = torch.softmax(logits, dim=0)
         ratios = torch.where(labelled, self._weights_tensor(z) * z / shifted, 0.0)
         normaliser = ratios.sum()
         return ratios / torch.where(normaliser > 0, normaliser, 1.0)
 
-    def _after_step(self, values: torch.Tensor, labelled: torch.Tensor) -> None:
-        self.previous_losses.copy_(values)
-        self.previous_labelled.copy_(labelled)
-        self.steps.add_(1)
-
     def _factors_in_floats(self, values: list[float], labelled: list[bool]) -> list[float]:
-        """The update and the factors of :meth:`_factors` on Python floats."""
+        """The update and the factors of :meth:`_factors` on Python floats: one read and one write of the state."""
+        logits, first, second, counts, previous, previous_labelled = self.state.tolist()
         minimums = self._min_losses
         shifted = [max(loss - low, 0.0) + _FAMO_EPSILON for loss, low in zip(values, minimums, strict=True)]
-        before = [
-            math.log(max(loss - low, 0.0) + _FAMO_EPSILON)
-            for loss, low in zip(self.previous_losses.tolist(), minimums, strict=True)
+        change = [
+            math.log(max(before - low, 0.0) + _FAMO_EPSILON) - math.log(now)
+            for before, low, now in zip(previous, minimums, shifted, strict=True)
         ]
-        change = [old - math.log(now) for old, now in zip(before, shifted, strict=True)]
         taking_part = [
-            now and then and math.isfinite(delta)
-            for now, then, delta in zip(labelled, self.previous_labelled.tolist(), change, strict=True)
+            now and then > 0 and math.isfinite(delta)
+            for now, then, delta in zip(labelled, previous_labelled, change, strict=True)
         ]
-        logits = self.logits.tolist()
         if any(taking_part):
-            first, second = self.exp_avg.tolist(), self.exp_avg_sq.tolist()
-            counts = self.update_counts.tolist()
             z = softmax_of_floats(
                 [logit if part else -math.inf for logit, part in zip(logits, taking_part, strict=True)]
             )
@@ -183,17 +217,12 @@ class FAMO(LossLevelBalancer):
                 grad = z[task] * (change[task] - mean) + self.gamma * logits[task]
                 first[task] = beta1 * first[task] + (1 - beta1) * grad
                 second[task] = beta2 * second[task] + (1 - beta2) * grad * grad
-                counts[task] += 1
+                counts[task] = min(counts[task] + 1, _MAX_COUNT)
                 denominator = math.sqrt(second[task]) / math.sqrt(1 - beta2 ** counts[task]) + self.adam_eps
                 logits[task] -= lr / (1 - beta1 ** counts[task]) * first[task] / denominator
-            # One tensor for the four buffers (float64: each value rounds once, as the tensor code's float32 math;
-            # the counts stay exact), and the logits read back in float32, as the tensor code reads them.
-            packed = torch.tensor([logits, first, second, counts], dtype=torch.float64)
-            self.logits.copy_(packed[0])
-            self.exp_avg.copy_(packed[1])
-            self.exp_avg_sq.copy_(packed[2])
-            self.update_counts.copy_(packed[3])
-            logits = self.logits.tolist()
+            # The factors read the logits as the state keeps them, in float32 (as the tensor code computes them).
+            logits = array.array("f", logits).tolist()
+        self.state.copy_(torch.tensor([logits, first, second, counts, values, [float(now) for now in labelled]]))
         z = softmax_of_floats(logits)
         ratios = [
             weight * share / size if now else 0.0
@@ -201,27 +230,6 @@ class FAMO(LossLevelBalancer):
         ]
         normaliser = sum(ratios)
         return [ratio / normaliser if normaliser > 0 else ratio for ratio in ratios]
-
-    def _update(self, log_shifted: torch.Tensor, labelled: torch.Tensor) -> None:
-        """One Adam step of the logits from the fall of the log-losses since the last step, over the tasks in U."""
-        previous = torch.log((self.previous_losses - self.min_loss_values).clamp_min(0.0) + _FAMO_EPSILON)
-        change = previous - log_shifted
-        taking_part = labelled & self.previous_labelled & torch.isfinite(change)  # a NaN loss never reaches xi
-        delta = torch.where(taking_part, change, 0.0)
-        z = torch.where(taking_part, torch.softmax(torch.where(taking_part, self.logits, -torch.inf), dim=0), 0.0)
-        grad = z * (delta - (z * delta).sum()) + self.gamma * self.logits
-        beta1, beta2 = self.betas
-        exp_avg = torch.where(taking_part, beta1 * self.exp_avg + (1 - beta1) * grad, self.exp_avg)
-        exp_avg_sq = torch.where(taking_part, beta2 * self.exp_avg_sq + (1 - beta2) * grad * grad, self.exp_avg_sq)
-        counts = self.update_counts + taking_part.long()
-        correction1 = 1 - torch.pow(beta1, counts.float())
-        correction2 = 1 - torch.pow(beta2, counts.float())
-        denominator = (exp_avg_sq.sqrt() / torch.where(taking_part, correction2, 1.0).sqrt()) + self.adam_eps
-        step = self.lr / torch.where(taking_part, correction1, 1.0) * exp_avg / denominator
-        self.logits.copy_(torch.where(taking_part, self.logits - step, self.logits))
-        self.exp_avg.copy_(exp_avg)
-        self.exp_avg_sq.copy_(exp_avg_sq)
-        self.update_counts.copy_(counts)
 
     def state_details(self) -> str:
         names = self.loss_names
@@ -231,7 +239,7 @@ class FAMO(LossLevelBalancer):
         updates = dict(zip(names, self.update_counts.tolist(), strict=True))
         return (
             f"; z = softmax(logits) {z}, logits {logits}, last step's losses {previous}, updates {updates}, "
-            f"{int(self.steps)} steps, lr {self.lr:g}, gamma {self.gamma:g}{self._labelled_details()}"
+            f"lr {self.lr:g}, gamma {self.gamma:g}{self._labelled_details()}"
         )
 
     def extra_repr(self) -> str:

@@ -91,6 +91,7 @@ class LossLevelBalancer(LossBalancer):
         self.register_buffer("last_weights", torch.zeros(0))
         self.register_buffer("last_labelled", torch.zeros(0, dtype=torch.bool))
         self._tensor_math = False  # True: the tensor code on CPU too (the tests compare both)
+        self._static_floats: list[float] = []  # the static weights as Python floats (set up with the tasks)
 
     def setup_tasks(self, collection: BrickCollection) -> None:
         count = len(self.loss_names)
@@ -98,13 +99,14 @@ class LossLevelBalancer(LossBalancer):
             static: torch.Tensor = self.__dict__["_balanced_weights"]
             self.last_weights = static.float() / count
             self.last_labelled = torch.ones(count, dtype=torch.bool)
+        self._static_floats = self.__dict__["_balanced_weights"].tolist()
 
     def forward(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
         stacked, labelled = self._stack(losses)
         with torch.no_grad():
             if stacked.device.type == "cpu" and not self._tensor_math:
                 if world_size() == 1:  # the values as they are: no all-reduce, the mask read from them
-                    values, floats = stacked, stacked.tolist()
+                    floats = stacked.tolist()
                     taking_part = [value != 0 for value in floats]  # as ``stacked != 0`` (NaN is not 0)
                 else:
                     values, labelled = global_losses(stacked.detach(), labelled)
@@ -113,29 +115,24 @@ class LossLevelBalancer(LossBalancer):
             else:
                 values, labelled = global_losses(stacked.detach(), labelled)
                 factors = self._factors(values.float(), labelled)
-            self._after_step(values, labelled)
             self.last_weights.copy_(factors)
             self.last_labelled.copy_(labelled)
         if factors.dtype != stacked.dtype:
             factors = factors.to(stacked.dtype)
-        return self._add_others((factors * stacked).sum(), losses)
+        return self._add_others(torch.dot(factors, stacked), losses)
 
     def _factors(self, values: torch.Tensor, labelled: torch.Tensor) -> torch.Tensor:
         """The step's detached factors ``a_i`` (float32, ``(T,)``) from the all-reduced float losses and the
-        labelled mask, on tensors (any device)."""
+        labelled mask, on tensors (any device); a method updates its state here too."""
         raise NotImplementedError
 
     def _factors_in_floats(self, values: list[float], labelled: list[bool]) -> list[float]:
         """:meth:`_factors` on Python floats (for CPU tensors): the same formulas."""
         raise NotImplementedError
 
-    def _after_step(self, values: torch.Tensor, labelled: torch.Tensor) -> None:
-        """What a method keeps of the step's all-reduced losses (after either code; nothing by default)."""
-
     def _static_weights(self) -> list[float]:
         """The static weights ``w_i`` of the balanced losses, as Python floats."""
-        weights: list[float] = self.__dict__["_balanced_weights"].tolist()
-        return weights
+        return self._static_floats
 
     def _stack(self, losses: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(stacked losses, labelled mask)``: a loss missing from ``losses`` is a 0 without labels."""
