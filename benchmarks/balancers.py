@@ -339,10 +339,10 @@ def record_of(result: BenchmarkResult, threads: int) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the full balancer bench (1 thread) and write :data:`RECORD` for the README."""
     import argparse
-    import json
     from pathlib import Path
 
     from benchmarks.common import pin_threads
+    from torchbricks_lightning.core.atomic_files import write_json_atomically
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--output", type=Path, default=Path(RECORD))
@@ -351,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     threads = pin_threads(1)
     result = run(Settings(fit_repeats=args.repeats))
     record = record_of(result, threads)
-    args.output.write_text(json.dumps(record, indent=2) + "\n")
+    write_json_atomically(args.output, record, what="balancer record")  # a killed run keeps the previous record
     for name, ratio in record["ratios"].items():
         print(f"{name:24s} {ratio:.3f}x static")
     print(f"wrote {args.output} ({result.seconds:.0f} s)")

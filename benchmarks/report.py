@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import BenchmarkResult, _jsonable
+from torchbricks_lightning.core.atomic_files import write_atomically
 
 __all__ = ["TABLE_HEADER", "build_report", "markdown", "write_report"]
 
@@ -135,6 +136,9 @@ def write_report(report: Mapping[str, Any], output: Path) -> tuple[Path, Path]:
     """Write ``results.json`` and ``results.md`` into ``output``; returns their paths."""
     output.mkdir(parents=True, exist_ok=True)
     json_path, markdown_path = output / "results.json", output / "results.md"
-    json_path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    markdown_path.write_text(markdown(report), encoding="utf-8")
+    # Each file whole or the previous one (a killed or failed write keeps the last good report).
+    encoded = (json.dumps(report, indent=2, allow_nan=False) + "\n").encode("utf-8")
+    write_atomically(json_path, lambda file: file.write(encoded), what="benchmark report")
+    table = markdown(report).encode("utf-8")
+    write_atomically(markdown_path, lambda file: file.write(table), what="benchmark report")
     return json_path, markdown_path

@@ -20,7 +20,6 @@ prints mAP@0.5, mIoU and AbsRel (under 3 minutes on 2 CPU cores).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -46,6 +45,7 @@ from torchbricks_lightning.bag_of_bricks import (
     create_segmentation_head,
 )
 from torchbricks_lightning.callbacks import OnnxExportCallback
+from torchbricks_lightning.core.atomic_files import write_atomically, write_json_atomically
 from torchbricks_lightning.datamodules import MultiTaskDataModule
 from torchbricks_lightning.lightning import LightningBrickCollection
 from torchbricks_lightning.multitask import UPGrad
@@ -169,10 +169,11 @@ def save_docs(log_dir: str | Path, figures: dict[str, float], folder: Path, epoc
     written = []
     for name, tag in PICTURES.items():
         path = folder / f"digit_scenes_{name}.png"
-        path.write_bytes(events.Images(tag)[-1].encoded_image_string)
+        image = events.Images(tag)[-1].encoded_image_string
+        write_atomically(path, lambda file, image=image: file.write(image), what="picture")
         written.append(path)
     record = folder / "digit_scenes_figures.json"
-    record.write_text(json.dumps({"epochs": epochs, "figures": figures}, indent=2) + "\n")
+    write_json_atomically(record, {"epochs": epochs, "figures": figures}, what="figures")
     return [*written, record]
 
 
