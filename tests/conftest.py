@@ -67,6 +67,16 @@ def boring_bricks() -> dict[str, object]:
     }
 
 
+def same_state(first: Any, second: Any) -> bool:
+    """Whether two ``state_dict`` entries are equal: tensors exactly, and a module's extra state (a dict of them,
+    e.g. a loss-level balancer's ``_extra_state``) entry by entry."""
+    if isinstance(first, torch.Tensor) and isinstance(second, torch.Tensor):
+        return torch.equal(first, second)
+    if isinstance(first, dict) and isinstance(second, dict):
+        return first.keys() == second.keys() and all(same_state(first[key], second[key]) for key in first)
+    return bool(first == second)
+
+
 def quiet_trainer(folder: Path, **kwargs: Any) -> pl.Trainer:
     """A CPU Trainer that writes and prints nothing of its own (no logger, progress bar, summary or checkpoints) in
     ``folder``; ``kwargs`` override or add Trainer arguments."""

@@ -11,6 +11,7 @@ import csv
 import functools
 import itertools
 import math
+import random
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -19,13 +20,14 @@ from typing import Any
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import same_state
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 from test_unlabelled_tasks import digit_bricks, three_losses
 
 from torchbricks_lightning import BrickCollection
 from torchbricks_lightning.datamodules import DigitsDataModule
-from torchbricks_lightning.errors import ConfigError
+from torchbricks_lightning.errors import CheckpointError, ConfigError
 from torchbricks_lightning.lightning import LightningBrickCollection
 from torchbricks_lightning.multitask import FAMO, GeometricLossStrategy, LossBalancer, RandomLossWeighting, loss_level
 
@@ -52,7 +54,9 @@ def weights(balancer: LossBalancer) -> list[float]:
 def test_famo_total_has_the_gradient_of_the_papers_objective() -> None:
     balancer = set_up(FAMO())
     logits = torch.tensor([0.3, -0.2, 0.1])
-    balancer.logits.copy_(logits)  # type: ignore[operator]
+    saved = balancer.get_extra_state()
+    saved["famo"][0] = logits  # the logits row, as a checkpoint would hold it
+    balancer.set_extra_state(saved)
     given = losses(0.5, 2.0, 1.2, requires_grad=True)
     total = balancer(given)
     total.backward()
@@ -261,6 +265,12 @@ def test_famo_subtracts_the_min_losses() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ RLW
+def normal_draws(seed: int) -> torch.Tensor:
+    """Three standard normal draws from Python's generator seeded with ``seed`` (RLW's documented source)."""
+    generator = random.Random(seed)  # noqa: S311 - a test's draws
+    return torch.tensor([generator.gauss(0.0, 1.0) for _ in range(3)])
+
+
 def test_rlw_weights_are_the_softmax_of_normal_draws_seeded_by_seed_and_step() -> None:
     balancer = set_up(RandomLossWeighting(seed=3))
     again = set_up(RandomLossWeighting(seed=3))
@@ -272,7 +282,7 @@ def test_rlw_weights_are_the_softmax_of_normal_draws_seeded_by_seed_and_step() -
         if step < 3:
             again(losses(1.0, 2.0, 3.0))
             assert weights(balancer) == weights(again), "the same seed: the same weights"
-            draws = torch.randn(3, generator=torch.Generator().manual_seed(3 * 1_000_003 + step))
+            draws = normal_draws(3 * 1_000_003 + step)
             assert weights(balancer) == pytest.approx(torch.softmax(draws, 0).tolist(), rel=1e-6)
         if step == 0:
             assert weights(balancer) != weights(other), "another seed: other weights"
@@ -290,7 +300,7 @@ def test_rlw_renormalises_over_the_labelled_tasks_and_resumes_from_its_step_coun
     balancer(losses(1.0, 1.0, 1.0))
     given = losses(0.0, 2.0, 3.0, requires_grad=True)
     total = balancer(given)
-    draws = torch.randn(3, generator=torch.Generator().manual_seed(1 * 1_000_003 + 1))
+    draws = normal_draws(1 * 1_000_003 + 1)
     expected = [0.0, *torch.softmax(draws[1:], 0).tolist()]
     assert weights(balancer) == pytest.approx(expected, rel=1e-6)
     assert float(total.detach()) == pytest.approx(2.0 * expected[1] + 3.0 * expected[2], rel=1e-6)
@@ -448,9 +458,40 @@ def test_each_balancer_resumes_exactly_after_a_kill(runs: dict[str, Any]) -> Non
     full, resumed = runs["full"].state_dict(), runs["resumed"].state_dict()
     assert full.keys() == resumed.keys()
     assert any(name.startswith("loss_balancer.") for name in full), "the balancer's state is checkpointed"
-    different = [name for name in full if not torch.equal(full[name], resumed[name])]
+    different = [name for name in full if not same_state(full[name], resumed[name])]
     assert not different, f"differs from the uninterrupted run after the resume: {different}"
     after = _logged_weights(runs["root"] / "resumed")
     assert sorted(after) == list(range(3, STEPS)), "the resumed run starts after the checkpoint of step 3"
     full_logged = _logged_weights(runs["root"] / "full")
     assert {step: full_logged[step] for step in after} == after
+
+
+@pytest.mark.parametrize(
+    ("make", "change", "match"),
+    [
+        (FAMO, lambda state: state.pop("famo"), r"FAMO's saved state .* holds \['last_labelled', 'last_weights'\]"),
+        (FAMO, lambda state: state.update(famo=torch.zeros(6, 2)), r"saved 'famo' is \(6, 2\), not a real tensor"),
+        (FAMO, lambda state: state["famo"].__setitem__((0, 1), math.nan), r"FAMO's saved state is not a valid one"),
+        (FAMO, lambda state: state["famo"].__setitem__((3, 0), -1.0), r"negative second moments or counts"),
+        (GeometricLossStrategy, lambda state: state.update(last_weights="0.3"), r"'last_weights' is str"),
+        (GeometricLossStrategy, lambda state: state.update(extra=torch.zeros(3)), r"holds \['extra', 'last_lab"),
+        (functools.partial(RandomLossWeighting, seed=1), lambda state: state.update(steps=torch.tensor(-4)), "count"),
+        (functools.partial(RandomLossWeighting, seed=1), lambda state: state.update(steps=torch.tensor(2.5)), "count"),
+    ],
+)
+def test_a_damaged_saved_state_is_a_checkpoint_error_naming_the_key(
+    make: Callable[[], LossBalancer], change: Callable[[dict[str, Any]], object], match: str
+) -> None:
+    """The loss-level balancers' state comes from checkpoints: untrusted input, checked before it is used."""
+    balancer = set_up(make())
+    balancer(losses(1.0, 2.0, 3.0))
+    balancer(losses(0.5, 0.0, 3.0))
+    saved = balancer.state_dict()["_extra_state"]
+    restored = set_up(make())
+    restored.load_state_dict(balancer.state_dict())  # the state as saved loads, and goes on as the original
+    assert weights(restored) == weights(balancer)
+    assert restored.last_labelled.tolist() == [True, False, True]
+    damaged = {key: value.clone() for key, value in saved.items()}
+    change(damaged)
+    with pytest.raises(CheckpointError, match=match):
+        set_up(make()).load_state_dict({"_extra_state": damaged})

@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 
 from torchbricks_lightning.core.collection import BrickCollection
-from torchbricks_lightning.errors import ConfigError, did_you_mean
+from torchbricks_lightning.errors import CheckpointError, ConfigError, did_you_mean
 from torchbricks_lightning.multitask.balancers import format_values
 from torchbricks_lightning.multitask.loss_level import LossLevelBalancer, softmax_of_floats
 
@@ -61,13 +61,12 @@ class FAMO(LossLevelBalancer):
     ``--method-params-lr 0.025``, ``--gamma 0.01``); LibMTL and torchjd default to ``gamma = 1e-3``. The official
     runs also clip the model's gradient norm to 1 (``max_norm``): ``Trainer(gradient_clip_val=1.0)``.
 
-    **State** (in checkpoints: a resumed run goes on as the uninterrupted one): one buffer, ``state``, of shape
-    ``(6, T)``, whose rows are the logits, Adam's two moments, the update counts, the last step's all-reduced losses
-    and its labelled mask (1 or 0). One buffer, so a CPU step reads it and writes it once (each tensor operation
-    costs microseconds after a training step's convolutions, more than FAMO's arithmetic on ``T`` numbers). The
-    rows are also :attr:`logits`, :attr:`exp_avg`, :attr:`exp_avg_sq`, :attr:`update_counts`,
-    :attr:`previous_losses` and :attr:`previous_labelled`. The counts are float32: exact to ``2^24`` updates, where
-    they stop (Adam's bias corrections are exactly 1 long before).
+    **State** (in checkpoints, as the extra state's ``"famo"``, a ``(6, T)`` float32 tensor: a resumed run goes
+    on as the uninterrupted one): the logits, Adam's two moments, the update counts, the last step's all-reduced
+    losses and its labelled mask (1 or 0), also readable as :attr:`logits`, :attr:`exp_avg`, :attr:`exp_avg_sq`,
+    :attr:`update_counts`, :attr:`previous_losses` and :attr:`previous_labelled`. On CPU it stays in Python
+    between steps, each value rounded to float32 as it is stored, so a checkpoint holds it exactly. The counts stop
+    at ``2^24``, the last that float32 holds exactly (Adam's bias corrections are exactly 1 long before).
 
     Args:
         loss_names: the losses to balance (default: every training loss).
@@ -98,7 +97,6 @@ class FAMO(LossLevelBalancer):
         {'l1': 0.0, 'l2': 1.0}
     """
 
-    state: torch.Tensor
     min_loss_values: torch.Tensor
 
     betas: ClassVar[tuple[float, float]] = (0.9, 0.999)
@@ -120,7 +118,8 @@ class FAMO(LossLevelBalancer):
         for name, value in self.min_losses.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ConfigError(f"Expected FAMO's min_losses[{name!r}] to be a finite number, but got {value!r}.")
-        self.register_buffer("state", torch.zeros(len(_ROWS), 0))
+        # The six rows: Python lists after a CPU step, a tensor after the tensor code's (on the losses' device).
+        self._state: list[list[float]] | torch.Tensor = [[] for _ in _ROWS]
         self.register_buffer("min_loss_values", torch.zeros(0), persistent=False)  # configuration, not state
         self._min_losses: list[float] = []  # min_loss_values as Python floats
 
@@ -135,23 +134,29 @@ class FAMO(LossLevelBalancer):
         count = len(self.loss_names)
         self._min_losses = [float(self.min_losses.get(name, 0.0)) for name in self.loss_names]
         self.min_loss_values = torch.tensor(self._min_losses)
-        if self.state.shape != (len(_ROWS), count):
-            self.state = torch.zeros(len(_ROWS), count)
+        if len(self._state[0]) != count:
+            self._state = [[0.0] * count for _ in _ROWS]
+
+    @property
+    def state(self) -> torch.Tensor:
+        """The state's six rows, ``(6, T)`` float32 (see the class docstring; a copy after a CPU step)."""
+        state = self._state
+        return state if isinstance(state, torch.Tensor) else torch.tensor(state, dtype=torch.float32)
 
     @property
     def logits(self) -> torch.Tensor:
-        """The logits ``xi`` of the weights ``z = softmax(xi)``, ``(T,)`` (a view of :attr:`state`)."""
-        return self.state[_LOGITS]
+        """The logits ``xi`` of the weights ``z = softmax(xi)``, ``(T,)`` (a copy)."""
+        return self.state[_LOGITS].clone()
 
     @property
     def exp_avg(self) -> torch.Tensor:
-        """Adam's first moments of the logits, ``(T,)`` (a view of :attr:`state`)."""
-        return self.state[_FIRST]
+        """Adam's first moments of the logits, ``(T,)`` (a copy)."""
+        return self.state[_FIRST].clone()
 
     @property
     def exp_avg_sq(self) -> torch.Tensor:
-        """Adam's second moments of the logits, ``(T,)`` (a view of :attr:`state`)."""
-        return self.state[_SECOND]
+        """Adam's second moments of the logits, ``(T,)`` (a copy)."""
+        return self.state[_SECOND].clone()
 
     @property
     def update_counts(self) -> torch.Tensor:
@@ -160,8 +165,8 @@ class FAMO(LossLevelBalancer):
 
     @property
     def previous_losses(self) -> torch.Tensor:
-        """The last step's all-reduced losses, ``(T,)`` (a view of :attr:`state`)."""
-        return self.state[_PREVIOUS]
+        """The last step's all-reduced losses, ``(T,)`` (a copy)."""
+        return self.state[_PREVIOUS].clone()
 
     @property
     def previous_labelled(self) -> torch.Tensor:
@@ -169,7 +174,10 @@ class FAMO(LossLevelBalancer):
         return self.state[_PREVIOUS_LABELLED] > 0
 
     def _factors(self, values: torch.Tensor, labelled: torch.Tensor) -> torch.Tensor:
-        logits, first, second, counts, previous, previous_labelled = self.state.unbind()
+        state = self._state
+        if not isinstance(state, torch.Tensor) or state.device != values.device:
+            state = torch.as_tensor(state, dtype=torch.float32, device=values.device)
+        logits, first, second, counts, previous, previous_labelled = state.unbind()
         shifted = (values - self.min_loss_values).clamp_min(0.0) + _FAMO_EPSILON
         # The update: one Adam step of the logits from the fall of the log-losses since the last step, over U.
         change = torch.log((previous - self.min_loss_values).clamp_min(0.0) + _FAMO_EPSILON) - torch.log(shifted)
@@ -185,7 +193,7 @@ class FAMO(LossLevelBalancer):
         correction2 = torch.where(taking_part, 1 - torch.pow(beta2, counts), 1.0)
         step = self.lr / correction1 * first / (second.sqrt() / correction2.sqrt() + self.adam_eps)
         logits = torch.where(taking_part, logits - step, logits)
-        self.state.copy_(torch.stack([logits, first, second, counts, values, labelled.to(values.dtype)]))
+        self._state = torch.stack([logits, first, second, counts, values.float(), labelled.float()])
         # The factors from the updated logits.
         z = torch.softmax(logits, dim=0)
         ratios = torch.where(labelled, self._weights_tensor(z) * z / shifted, 0.0)
@@ -193,8 +201,11 @@ class FAMO(LossLevelBalancer):
         return ratios / torch.where(normaliser > 0, normaliser, 1.0)
 
     def _factors_in_floats(self, values: list[float], labelled: list[bool]) -> list[float]:
-        """The update and the factors of :meth:`_factors` on Python floats: one read and one write of the state."""
-        logits, first, second, counts, previous, previous_labelled = self.state.tolist()
+        """The update and the factors of :meth:`_factors` on Python floats (the state stays in Python)."""
+        state = self._state
+        logits, first, second, counts, previous, previous_labelled = (
+            state.tolist() if isinstance(state, torch.Tensor) else state
+        )
         minimums = self._min_losses
         shifted = [max(loss - low, 0.0) + _FAMO_EPSILON for loss, low in zip(values, minimums, strict=True)]
         change = [
@@ -220,9 +231,16 @@ class FAMO(LossLevelBalancer):
                 counts[task] = min(counts[task] + 1, _MAX_COUNT)
                 denominator = math.sqrt(second[task]) / math.sqrt(1 - beta2 ** counts[task]) + self.adam_eps
                 logits[task] -= lr / (1 - beta1 ** counts[task]) * first[task] / denominator
-            # The factors read the logits as the state keeps them, in float32 (as the tensor code computes them).
-            logits = array.array("f", logits).tolist()
-        self.state.copy_(torch.tensor([logits, first, second, counts, values, [float(now) for now in labelled]]))
+            # Stored in float32, as the tensor code computes and a checkpoint keeps them; the factors read them so.
+            logits, first, second = (array.array("f", row).tolist() for row in (logits, first, second))
+        self._state = [
+            logits,
+            first,
+            second,
+            counts,
+            array.array("f", values).tolist(),
+            [float(now) for now in labelled],
+        ]
         z = softmax_of_floats(logits)
         ratios = [
             weight * share / size if now else 0.0
@@ -230,6 +248,22 @@ class FAMO(LossLevelBalancer):
         ]
         normaliser = sum(ratios)
         return [ratio / normaliser if normaliser > 0 else ratio for ratio in ratios]
+
+    def _method_state(self) -> dict[str, torch.Tensor]:
+        return {"famo": self.state.cpu()}
+
+    def _method_shapes(self) -> dict[str, tuple[tuple[int, ...], bool]]:
+        return {"famo": ((len(_ROWS), len(self.loss_names)), False)}
+
+    def _load_method_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        rows = state["famo"].float()
+        learned = rows[: _COUNTS + 1]  # the logits, the moments and the counts (a NaN loss may be a previous loss)
+        if not bool(torch.isfinite(learned).all()) or bool((rows[_SECOND] < 0).any() or (rows[_COUNTS] < 0).any()):
+            raise CheckpointError(
+                f"FAMO's saved state is not a valid one (non-finite logits or moments, or negative second moments "
+                f"or counts): {rows.tolist()}. The checkpoint is damaged: resume from another one."
+            )
+        self._state = rows.tolist()
 
     def state_details(self) -> str:
         names = self.loss_names

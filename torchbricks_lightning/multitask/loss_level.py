@@ -25,15 +25,15 @@ labels leaves a gap in its curve, rather than a 0 that would read as the method'
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
-from torch import nn
 
 from torchbricks_lightning.core.collection import BrickCollection
 from torchbricks_lightning.core.distributed import world_size
-from torchbricks_lightning.errors import ConfigError
+from torchbricks_lightning.errors import CheckpointError, ConfigError
 from torchbricks_lightning.multitask.balancers import LossBalancer
 
 __all__ = ["GeometricLossStrategy", "LossLevelBalancer", "RandomLossWeighting", "global_losses", "softmax_of_floats"]
@@ -74,52 +74,77 @@ def softmax_of_floats(values: list[float]) -> list[float]:
 class LossLevelBalancer(LossBalancer):
     """What the three share: the labelled mask, the all-reduced losses, the last step's weights and their logging.
 
-    A step: :meth:`_stack` the balanced losses, all-reduce their values (:func:`global_losses`), compute the
+    A step: read the balanced losses' values, all-reduce them under DDP (:func:`global_losses`), compute the
     detached factors ``a_i``, remember them, and return ``sum_i a_i L_i``. The factors come from one of two codes
     with the same formulas: :meth:`_factors` on tensors (accelerators, where reading the values would wait for the
-    device), or :meth:`_factors_in_floats` on Python floats for CPU tensors, where a step of the tensor code is some
-    10 to 80 operations on ``T`` numbers, each dearer than the arithmetic it does. The tests run both codes side by
-    side and check that they agree.
+    device), or :meth:`_factors_in_floats` on Python floats for CPU tensors. On CPU a step is a few tensor
+    operations: one ``item()`` per loss, and the total as ``a_1 L_1 + a_2 L_2 + ...`` with float factors. Each
+    tensor operation costs some 10 to 25 µs just after a training step's convolutions (caches cold), far more
+    than the arithmetic on ``T`` numbers, so the state a method keeps (the last step's factors and labelled mask
+    here, FAMO's logits and moments) stays in Python between steps: no buffer is read or written per step. It is
+    the module's extra state (``get_extra_state``, ``{prefix}_extra_state`` in its ``state_dict``), so checkpoints
+    hold it and a resumed run goes on exactly; what a checkpoint holds is checked before it is used. The tests
+    run both codes side by side and check that they agree.
     """
 
     log_every_step: ClassVar[bool] = True
-    last_weights: torch.Tensor
-    last_labelled: torch.Tensor
 
     def __init__(self, loss_names: Sequence[str] | None = None) -> None:
         super().__init__(loss_names)
-        self.register_buffer("last_weights", torch.zeros(0))
-        self.register_buffer("last_labelled", torch.zeros(0, dtype=torch.bool))
         self._tensor_math = False  # True: the tensor code on CPU too (the tests compare both)
         self._static_floats: list[float] = []  # the static weights as Python floats (set up with the tasks)
+        # The last step's factors and labelled mask: Python lists after a CPU step, tensors after the tensor code's.
+        self._last_weights: list[float] | torch.Tensor = []
+        self._last_labelled: list[bool] | torch.Tensor = []
 
     def setup_tasks(self, collection: BrickCollection) -> None:
         count = len(self.loss_names)
-        if self.last_weights.numel() != count:
-            static: torch.Tensor = self.__dict__["_balanced_weights"]
-            self.last_weights = static.float() / count
-            self.last_labelled = torch.ones(count, dtype=torch.bool)
         self._static_floats = self.__dict__["_balanced_weights"].tolist()
+        if len(self._last_weights) != count:
+            self._last_weights = [weight / count for weight in self._static_floats]
+            self._last_labelled = [True] * count
+
+    @property
+    def last_weights(self) -> torch.Tensor:
+        """The last step's factor ``a_i`` of each loss, float32 ``(T,)`` (0 for a task that took no part)."""
+        weights = self._last_weights
+        return weights if isinstance(weights, torch.Tensor) else torch.tensor(weights, dtype=torch.float32)
+
+    @property
+    def last_labelled(self) -> torch.Tensor:
+        """Whether each task took part in the last step, bool ``(T,)``."""
+        labelled = self._last_labelled
+        return labelled if isinstance(labelled, torch.Tensor) else torch.tensor(labelled, dtype=torch.bool)
 
     def forward(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        stacked, labelled = self._stack(losses)
+        balanced = self._balanced(losses)
+        like = next(loss for loss in balanced if loss is not None)
+        if like.device.type != "cpu" or self._tensor_math:
+            return self._forward_tensors(balanced, like, losses)
         with torch.no_grad():
-            if stacked.device.type == "cpu" and not self._tensor_math:
-                if world_size() == 1:  # the values as they are: no all-reduce, the mask read from them
-                    floats = stacked.tolist()
-                    taking_part = [value != 0 for value in floats]  # as ``stacked != 0`` (NaN is not 0)
-                else:
-                    values, labelled = global_losses(stacked.detach(), labelled)
-                    floats, taking_part = values.tolist(), labelled.tolist()
-                factors = torch.tensor(self._factors_in_floats(floats, taking_part), dtype=torch.float32)
-            else:
-                values, labelled = global_losses(stacked.detach(), labelled)
-                factors = self._factors(values.float(), labelled)
-            self.last_weights.copy_(factors)
-            self.last_labelled.copy_(labelled)
-        if factors.dtype != stacked.dtype:
-            factors = factors.to(stacked.dtype)
-        return self._add_others(torch.dot(factors, stacked), losses)
+            floats = [0.0 if loss is None else loss.item() for loss in balanced]
+        taking_part = [value != 0 for value in floats]  # NaN is not 0: a NaN loss takes part (and is reported)
+        if world_size() > 1:
+            values, labelled = global_losses(torch.tensor(floats), torch.tensor(taking_part))
+            floats, taking_part = values.tolist(), labelled.tolist()
+        factors = self._factors_in_floats(floats, taking_part)
+        self._last_weights, self._last_labelled = factors, taking_part
+        terms = [loss * factor for factor, loss in zip(factors, balanced, strict=True) if loss is not None]
+        total = terms[0]  # ``like`` is one of them
+        for term in terms[1:]:
+            total = total + term
+        return self._add_others(total, losses)
+
+    def _forward_tensors(
+        self, balanced: list[torch.Tensor | None], like: torch.Tensor, losses: Mapping[str, torch.Tensor]
+    ) -> torch.Tensor:
+        zero = torch.zeros((), dtype=like.dtype, device=like.device)
+        stacked = torch.stack([zero if loss is None else loss for loss in balanced])
+        with torch.no_grad():
+            values, labelled = global_losses(stacked.detach(), stacked != 0)
+            factors = self._factors(values.float(), labelled)
+        self._last_weights, self._last_labelled = factors, labelled
+        return self._add_others(torch.dot(factors.to(stacked.dtype), stacked), losses)
 
     def _factors(self, values: torch.Tensor, labelled: torch.Tensor) -> torch.Tensor:
         """The step's detached factors ``a_i`` (float32, ``(T,)``) from the all-reduced float losses and the
@@ -134,23 +159,70 @@ class LossLevelBalancer(LossBalancer):
         """The static weights ``w_i`` of the balanced losses, as Python floats."""
         return self._static_floats
 
-    def _stack(self, losses: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(stacked losses, labelled mask)``: a loss missing from ``losses`` is a 0 without labels."""
+    def _balanced(self, losses: Mapping[str, torch.Tensor]) -> list[torch.Tensor | None]:
+        """The balanced losses in order; ``None`` for one missing from ``losses`` (a 0 without labels)."""
         names = self.loss_names
         if not names:
             self._check_set_up(losses)  # the error that says how to set it up
-        if all(name in losses for name in names):
-            stacked = torch.stack([losses[name] for name in names])
-        else:
-            like = next((losses[name] for name in names if name in losses), None)
-            if like is None:
-                raise ConfigError(
-                    f"{type(self).__name__} balances {list(names)}, but the step's losses hold none of them: "
-                    f"{sorted(losses)}. Check that the loss bricks are alive in the training stage."
+        balanced = [losses.get(name) for name in names]
+        if all(loss is None for loss in balanced):
+            raise ConfigError(
+                f"{type(self).__name__} balances {list(names)}, but the step's losses hold none of them: "
+                f"{sorted(losses)}. Check that the loss bricks are alive in the training stage."
+            )
+        return balanced
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+    def get_extra_state(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint keeps of the balancer: the last step's factors and mask, and a method's own state."""
+        return {
+            "last_weights": self.last_weights.detach().cpu(),
+            "last_labelled": self.last_labelled.cpu(),
+            **self._method_state(),
+        }
+
+    def set_extra_state(self, state: Any) -> None:
+        """Restore :meth:`get_extra_state`'s dict from a checkpoint, after checking it (untrusted input).
+
+        Raises:
+            CheckpointError: not a dict of tensors of this balancer's shapes and kinds; the message names the key.
+        """
+        count = len(self.loss_names)
+        expected = {"last_weights": ((count,), False), "last_labelled": ((count,), False), **self._method_shapes()}
+        if not isinstance(state, Mapping) or set(state) != set(expected):
+            found = sorted(state) if isinstance(state, Mapping) else type(state).__name__
+            raise CheckpointError(
+                f"{type(self).__name__}'s saved state (loss_balancer._extra_state) holds {found}, not "
+                f"{sorted(expected)}: the checkpoint was saved by another balancer, or it is damaged. Resume with "
+                "the balancer it was trained with."
+            )
+        for key, (shape, finite) in expected.items():
+            value = state[key]
+            if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape or value.is_complex():
+                described = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise CheckpointError(
+                    f"{type(self).__name__}'s saved {key!r} is {described}, not a real tensor of shape {shape} (one "
+                    f"entry per balanced loss, {list(self.loss_names)}): resume with the same balanced losses."
                 )
-            zero = torch.zeros((), dtype=like.dtype, device=like.device)
-            stacked = torch.stack([losses.get(name, zero) for name in names])
-        return stacked, stacked != 0  # a comparison: no autograd node
+            if finite and not bool(torch.isfinite(value).all()):
+                raise CheckpointError(
+                    f"{type(self).__name__}'s saved {key!r} is not finite: {value.tolist()}. The checkpoint is "
+                    "damaged: resume from another one."
+                )
+        self._last_weights = state["last_weights"].float().tolist()
+        self._last_labelled = [bool(value) for value in state["last_labelled"].tolist()]
+        self._load_method_state(state)
+
+    def _method_state(self) -> dict[str, torch.Tensor]:
+        """A method's own state for checkpoints (CPU tensors; nothing by default)."""
+        return {}
+
+    def _method_shapes(self) -> dict[str, tuple[tuple[int, ...], bool]]:
+        """The shape of each of :meth:`_method_state`'s tensors, and whether it must be finite."""
+        return {}
+
+    def _load_method_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Restore :meth:`_method_state` (checked against :meth:`_method_shapes`)."""
 
     def weights(self) -> dict[str, torch.Tensor]:
         """The last step's factor of each loss (0 for a task that took no part)."""
@@ -180,7 +252,7 @@ class RandomLossWeighting(LossLevelBalancer):
     over the tasks ``P`` labelled in the step (renormalised over them; an unlabelled task's weight is 0), and
     ``total = sum_{i in P} w_i lambda_i L_i``. The weights sum to 1, as in the paper and LibMTL (not scaled by the
     number of tasks): the total is about ``1 / T`` of the static sum. The draws come from a generator seeded with
-    ``(seed, step)`` (the step count is a buffer): the same on every DDP process (whose labelled mask is
+    ``(seed, step)`` (the step count is in checkpoints): the same on every DDP process (whose labelled mask is
     all-reduced), continued exactly by a resumed run. All ``T`` are drawn each step, whichever tasks are labelled.
     The logged weight is ``w_i lambda_i``.
 
@@ -205,36 +277,33 @@ class RandomLossWeighting(LossLevelBalancer):
         {'l1': 0.0, 'l2': 1.0}
     """
 
-    steps: torch.Tensor
-
     def __init__(self, loss_names: Sequence[str] | None = None, seed: int = 0) -> None:
         super().__init__(loss_names)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ConfigError(f"Expected RandomLossWeighting's seed to be an int, but got {seed!r}.")
         self.seed = seed
-        self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
-        self._step = 0  # the buffer's value on the host (no device sync per step), refreshed when a state is loaded
-        self.register_load_state_dict_post_hook(_read_step)
+        self._step = 0  # the steps drawn (in checkpoints as the extra state's "steps")
 
-    def draws(self, step: int) -> torch.Tensor:
-        """The ``T`` normal draws of step ``step`` (on the CPU; the same on every machine and process)."""
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        return torch.randn(len(self.loss_names), generator=generator)
+    def draws(self, step: int) -> list[float]:
+        """The ``T`` standard normal draws of step ``step`` (the same on every machine and process): Python's
+        ``random.Random`` seeded with ``(seed, step)``, with no tensor operation (each would cost more than the
+        draws inside a training step)."""
+        generator = random.Random(self.seed * 1_000_003 + step)  # noqa: S311 - task weights, not a secret
+        return [generator.gauss(0.0, 1.0) for _ in self.loss_names]
 
-    def _next_draws(self) -> torch.Tensor:
+    def _next_draws(self) -> list[float]:
         """This step's draws; counts the step."""
         draws = self.draws(self._step)
         self._step += 1
-        self.steps.fill_(self._step)
         return draws
 
     def _factors(self, values: torch.Tensor, labelled: torch.Tensor) -> torch.Tensor:
-        draws = self._next_draws().to(values.device, non_blocking=True)
+        draws = torch.tensor(self._next_draws(), device=values.device)
         lambdas = torch.where(labelled, torch.softmax(torch.where(labelled, draws, -torch.inf), dim=0), 0.0)
         return self._weights_tensor(lambdas) * lambdas
 
     def _factors_in_floats(self, values: list[float], labelled: list[bool]) -> list[float]:
-        draws = self._next_draws().tolist()
+        draws = self._next_draws()
         if not any(labelled):
             return [0.0] * len(labelled)
         lambdas = softmax_of_floats(
@@ -242,16 +311,31 @@ class RandomLossWeighting(LossLevelBalancer):
         )
         return [weight * share for weight, share in zip(self._static_weights(), lambdas, strict=True)]
 
+    @property
+    def steps(self) -> torch.Tensor:
+        """The number of steps drawn so far (int64 scalar)."""
+        return torch.tensor(self._step)
+
+    def _method_state(self) -> dict[str, torch.Tensor]:
+        return {"steps": self.steps}
+
+    def _method_shapes(self) -> dict[str, tuple[tuple[int, ...], bool]]:
+        return {"steps": ((), True)}
+
+    def _load_method_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        steps = state["steps"]
+        if steps.is_floating_point() or int(steps) < 0:
+            raise CheckpointError(
+                f"RandomLossWeighting's saved 'steps' is {steps.tolist()!r}, not a count >= 0: the checkpoint is "
+                "damaged. Resume from another one."
+            )
+        self._step = int(steps)
+
     def state_details(self) -> str:
         return f"; {self._step} steps drawn, seed {self.seed}{self._labelled_details()}"
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, seed={self.seed}"
-
-
-def _read_step(module: nn.Module, incompatible_keys: Any) -> None:
-    if isinstance(module, RandomLossWeighting):
-        module._step = int(module.steps)
 
 
 class GeometricLossStrategy(LossLevelBalancer):
