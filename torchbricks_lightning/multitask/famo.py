@@ -30,7 +30,7 @@ class FAMO(LossLevelBalancer):
     """Fast adaptive multitask optimisation (Liu, Liu, Jin, Stone and Liu, "FAMO: Fast Adaptive Multitask
     Optimization", NeurIPS 2023): task weights that make every loss fall at the same rate, in O(1) per step.
 
-    **The weighting** (the official code's ``get_weighted_loss``). Learnable logits ``xi`` (a buffer, not trained by
+    **The weighting** (the official code's ``get_weighted_loss``). Learnable logits ``xi`` (state, not trained by
     the model's optimizer), ``z = softmax(xi)``, ``D_i = L_i - L_i^min + 1e-8``. The paper's objective is
     ``sum_i z_i log(D_i) / c`` with ``c = sum_i z_i / D_i`` held constant; its gradient is ``sum_i a_i grad L_i``
     with ``a_i = z_i / (c D_i)``. The total optimised here is that linearisation,
