@@ -81,6 +81,58 @@ def test_uncertainty_weighting_total_is_the_documented_formula() -> None:
     assert logged == pytest.approx({"loss_a": 2.0 * math.exp(-s_a) / 2, "loss_b": math.exp(-s_b) / 2})
 
 
+def test_uncertainty_weighting_on_floats_for_cpu_tensors_agrees_with_its_tensor_code_step_by_step() -> None:
+    """On CPU the total is computed in Python floats as one autograd node; accelerators use the tensor code. Both
+    run here, trained side by side by SGD: the totals, the losses' and the log-variances' gradients agree through a
+    task unlabelled in a step, a step without any label, log-variances pushed past the bound, a NaN loss, static
+    weights and a loss kept static."""
+    collection = BrickCollection(
+        {
+            "a": BrickLoss(nn.L1Loss(), input_names=["x", "y"], output_names=["loss_a"], loss_weight=2.0),
+            "b": BrickLoss(nn.MSELoss(), input_names=["x", "y"], output_names=["loss_b"]),
+            "c": BrickLoss(nn.MSELoss(), input_names=["x", "y"], output_names=["loss_c"], loss_weight=0.5),
+        }
+    )
+    floats, tensors = (
+        UncertaintyWeighting(["loss_a", "loss_b"], log_variance_bound=2.0),
+        UncertaintyWeighting(["loss_a", "loss_b"], log_variance_bound=2.0),
+    )
+    for balancer in (floats, tensors):
+        balancer.setup(collection, collection.loss_weights())
+    tensors._tensor_math = True
+    optimizers = [torch.optim.SGD(balancer.parameters(), lr=0.5) for balancer in (floats, tensors)]
+    generator = torch.Generator().manual_seed(2)
+    steps = (torch.rand(30, 3, generator=generator) * 2 + 0.05).tolist()
+    steps[3][0] = 0.0  # no labels for loss_a
+    steps[8][:2] = [0.0, 0.0]  # none for either balanced loss
+    steps[20][1] = float("nan")
+    for step, values in enumerate(steps):
+        if step == 12:  # past the bound (as a checkpoint or an optimizer step could leave them): projected first
+            for balancer in (floats, tensors):
+                with torch.no_grad():
+                    balancer.log_variances.copy_(torch.tensor([5.0, -7.0]))
+        results = []
+        for balancer, optimizer in zip((floats, tensors), optimizers, strict=True):
+            leaves = {name: torch.tensor(value, requires_grad=True) for name, value in zip(NAMES3, values, strict=True)}
+            optimizer.zero_grad()
+            total = balancer(leaves)
+            total.backward()
+            grads = [0.0 if leaf.grad is None else float(leaf.grad) for leaf in leaves.values()]
+            results.append((float(total.detach()), grads, balancer.log_variances.grad.clone()))
+            if math.isfinite(float(total.detach())):
+                optimizer.step()
+        (total_f, grads_f, variance_f), (total_t, grads_t, variance_t) = results
+        assert total_f == pytest.approx(total_t, rel=1e-6, nan_ok=True), f"step {step}"
+        assert grads_f == pytest.approx(grads_t, rel=1e-6, abs=1e-9), f"step {step}"
+        torch.testing.assert_close(variance_f, variance_t, rtol=1e-6, atol=1e-6, equal_nan=True)  # float32 ulps
+        torch.testing.assert_close(floats.log_variances.detach(), tensors.log_variances.detach(), rtol=1e-5, atol=1e-6)
+    assert floats.log_variances.detach().abs().max() <= 2.0, "the projection ran"
+    assert grads_f[2] == 0.5, "loss_c kept its static weight"
+
+
+NAMES3 = ("loss_a", "loss_b", "loss_c")
+
+
 def test_uncertainty_weighting_balances_some_losses_and_keeps_the_others_static() -> None:
     collection = two_losses(weight_b=3.0)
     balancer = UncertaintyWeighting(loss_names=["loss_a"], initial_log_variance=1.0)

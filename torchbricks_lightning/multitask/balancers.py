@@ -242,11 +242,11 @@ class UncertaintyWeighting(LossBalancer):
         >>> balancer = UncertaintyWeighting()
         >>> balancer.setup(collection, collection.loss_weights())
         >>> balancer({"l1": torch.tensor(1.0), "l2": torch.tensor(3.0)})
-        tensor(2., grad_fn=<SumBackward0>)
+        tensor(2., grad_fn=<_UncertaintyTotalBackward>)
         >>> [name for name, _ in balancer.named_parameters()]
         ['log_variances']
         >>> balancer({"l1": torch.tensor(0.0), "l2": torch.tensor(3.0)})  # no label for l1: left out
-        tensor(1.5000, grad_fn=<SumBackward0>)
+        tensor(1.5000, grad_fn=<_UncertaintyTotalBackward>)
     """
 
     log_every_step: ClassVar[bool] = True
@@ -271,12 +271,17 @@ class UncertaintyWeighting(LossBalancer):
         self.log_variance_bound = float(log_variance_bound)
         # Sized at set-up, when the balanced losses are known; empty (and not yet optimised) before.
         self.log_variances = nn.Parameter(torch.zeros(0))
+        self._tensor_math = False  # True: the tensor code on CPU too (the tests compare both)
+        self._static_floats: list[float] = []
 
     def setup_tasks(self, collection: BrickCollection) -> None:
         if self.log_variances.numel() != len(self.loss_names):
             self.log_variances = nn.Parameter(torch.full((len(self.loss_names),), self.initial_log_variance))
+        self._static_floats = self.__dict__["_balanced_weights"].tolist()
 
     def forward(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        if self.log_variances.device.type == "cpu" and not self._tensor_math:
+            return self._forward_floats(losses)
         stacked = self._check_set_up(losses)
         with torch.no_grad():
             self.log_variances.clamp_(-self.log_variance_bound, self.log_variance_bound)  # the projection onto [-B, B]
@@ -286,6 +291,40 @@ class UncertaintyWeighting(LossBalancer):
             factors = self._weights_tensor(stacked) * 0.5 * (stacked.detach() != 0)
         s = self.log_variances.to(stacked.dtype)
         return self._add_others((factors * (torch.exp(-s) * stacked + s)).sum(), losses)
+
+    def _forward_floats(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """:meth:`forward` for CPU tensors: the same formula on Python floats, and one autograd node.
+
+        The tensor code's dozen small operations (and their backward) cost more than the arithmetic on ``T``
+        numbers; here a step reads each loss and the ``s_i`` once, and :class:`_UncertaintyTotal` gives the total
+        with its exact gradients (``w_i exp(-s_i) / 2`` for ``L_i``, ``w_i (1 - exp(-s_i) L_i) / 2`` for ``s_i``).
+        """
+        if not self.loss_names:
+            self._check_set_up(losses)  # the error that says how to set it up
+        balanced = [losses[name] for name in self.loss_names]
+        bound = self.log_variance_bound
+        with torch.no_grad():
+            logs = self.log_variances.tolist()
+            if any(not -bound <= value <= bound for value in logs):  # the projection onto [-B, B] (NaN included)
+                self.log_variances.clamp_(-bound, bound)
+                logs = self.log_variances.tolist()
+            values = [loss.item() for loss in balanced]
+        halves = [0.5 * weight for weight in self._static_floats]
+        total = 0.0
+        loss_slopes: list[float] = []
+        variance_slopes: list[float] = []
+        for half, log_variance, value in zip(halves, logs, values, strict=True):
+            if value == 0:  # no label in the batch: left out (its s_i gets no gradient); NaN is not 0 and stays in
+                loss_slopes.append(0.0)
+                variance_slopes.append(0.0)
+                continue
+            precision = math.exp(-log_variance)
+            total += half * (precision * value + log_variance)
+            loss_slopes.append(half * precision)
+            variance_slopes.append(half * (1.0 - precision * value))
+        variances = self.log_variances
+        result: torch.Tensor = _UncertaintyTotal.apply(total, loss_slopes, variance_slopes, variances, *balanced)
+        return self._add_others(result, losses)
 
     def _bounded(self) -> torch.Tensor:
         return self.log_variances.detach().float().clamp(-self.log_variance_bound, self.log_variance_bound)
@@ -298,6 +337,36 @@ class UncertaintyWeighting(LossBalancer):
     def state_details(self) -> str:
         values = dict(zip(self.loss_names, self.log_variances.detach().float().tolist(), strict=True))
         return f"; log_variances {format_values(values)} (bound {self.log_variance_bound:g})"
+
+
+class _UncertaintyTotal(torch.autograd.Function):
+    """Uncertainty weighting's total, computed in Python floats, as one node with its exact gradients.
+
+    ``forward(total, loss_slopes, variance_slopes, log_variances, *losses)`` returns ``total`` as a tensor of the
+    losses' kind; the gradient of loss ``i`` is ``loss_slopes[i]`` times the incoming one, that of the
+    log-variances ``variance_slopes`` times it.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        total: float,
+        loss_slopes: list[float],
+        variance_slopes: list[float],
+        log_variances: torch.Tensor,
+        *losses: torch.Tensor,
+    ) -> torch.Tensor:
+        ctx.loss_slopes = loss_slopes  # type: ignore[attr-defined]
+        ctx.variance_slopes = variance_slopes  # type: ignore[attr-defined]
+        ctx.variance_dtype = log_variances.dtype  # type: ignore[attr-defined]
+        return losses[0].new_tensor(total)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        slopes: list[float] = ctx.loss_slopes  # type: ignore[attr-defined]
+        variance = torch.tensor(ctx.variance_slopes, dtype=ctx.variance_dtype) * grad  # type: ignore[attr-defined]
+        return (None, None, None, variance, *(grad * slope if slope != 0 else None for slope in slopes))
 
 
 class DynamicWeightAverage(LossBalancer):
