@@ -2,8 +2,8 @@
 
 - :mod:`~torchbricks_lightning.multitask.labels`: the missing-label convention and :class:`BrickLabelledLoss`, the
   loss brick that reports how many elements were labelled;
-- :mod:`~torchbricks_lightning.multitask.balancers`: :class:`StaticWeights`, :class:`UncertaintyWeighting`,
-  :class:`DynamicWeightAverage`;
+- :mod:`~torchbricks_lightning.multitask.balancers`: the base :class:`LossBalancer`, :class:`StaticWeights`,
+  :class:`DynamicWeightAverage`; :mod:`~torchbricks_lightning.multitask.uncertainty`: :class:`UncertaintyWeighting`;
 - :mod:`~torchbricks_lightning.multitask.famo` and :mod:`~torchbricks_lightning.multitask.loss_level`: :class:`FAMO`,
   :class:`RandomLossWeighting`, :class:`GeometricLossStrategy`;
 - :mod:`~torchbricks_lightning.multitask.gramian`: :class:`GramianBalancer`, the gradient-level mechanism (weights
@@ -25,7 +25,6 @@ from torchbricks_lightning.multitask.balancers import (
     DynamicWeightAverage,
     LossBalancer,
     StaticWeights,
-    UncertaintyWeighting,
 )
 from torchbricks_lightning.multitask.famo import FAMO
 from torchbricks_lightning.multitask.gradient import PCGrad, pcgrad_coefficients, readers_by_task
@@ -41,6 +40,7 @@ from torchbricks_lightning.multitask.labels import (
 )
 from torchbricks_lightning.multitask.loss_level import GeometricLossStrategy, RandomLossWeighting
 from torchbricks_lightning.multitask.score import DeltaM
+from torchbricks_lightning.multitask.uncertainty import UncertaintyWeighting
 
 __all__ = [
     "FAMO",

@@ -10,7 +10,7 @@ static weight (its loss brick's ``loss_weight`` or the module's ``loss_weights``
 exactly 0, or missing from the step's losses, is *unlabelled* in that step. It takes no part: its weight is 0, the
 others' weights are computed over the labelled tasks alone, and nothing divides by it or takes its logarithm, so
 no NaN comes from it. (A labelled loss that is exactly 0 is treated the same, as in
-:class:`~torchbricks_lightning.multitask.balancers.UncertaintyWeighting`: its gradient is 0 anyway.)
+:class:`~torchbricks_lightning.multitask.uncertainty.UncertaintyWeighting`: its gradient is 0 anyway.)
 
 **DDP.** The weights must be those one process would compute on the whole batch, on every process. So what they
 read is all-reduced first (:func:`global_losses`): the losses averaged over the processes (each counted loss is
