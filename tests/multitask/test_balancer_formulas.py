@@ -133,6 +133,19 @@ def test_uncertainty_weighting_on_floats_for_cpu_tensors_agrees_with_its_tensor_
 NAMES3 = ("loss_a", "loss_b", "loss_c")
 
 
+@pytest.mark.parametrize("tensor_math", [False, True], ids=["floats", "tensors"])
+@pytest.mark.parametrize("make", [StaticWeights, UncertaintyWeighting, DynamicWeightAverage])
+def test_a_balanced_loss_missing_from_the_step_is_a_config_error_naming_it(
+    make: type[LossBalancer], tensor_math: bool
+) -> None:
+    collection = two_losses()
+    balancer = make()
+    balancer.setup(collection, collection.loss_weights())
+    balancer._tensor_math = tensor_math  # UncertaintyWeighting's two codes; the others have one
+    with pytest.raises(ConfigError, match=r"lack \['loss_b'\] \(they hold \['loss_a'\]\).*alive in the training"):
+        balancer({"loss_a": torch.tensor(1.0)})
+
+
 def test_uncertainty_weighting_balances_some_losses_and_keeps_the_others_static() -> None:
     collection = two_losses(weight_b=3.0)
     balancer = UncertaintyWeighting(loss_names=["loss_a"], initial_log_variance=1.0)

@@ -130,7 +130,22 @@ class LossBalancer(nn.Module):
                 f"{type(self).__name__} was not set up: pass it to LightningBrickCollection(loss_balancer=...), which "
                 "calls setup(collection, weights) with the collection's training losses."
             )
-        return torch.stack([losses[name] for name in self.loss_names])
+        return torch.stack(self._balanced_losses(losses))
+
+    def _balanced_losses(self, losses: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+        """The balanced losses in order (after :meth:`_check_set_up`'s check that the balancer was set up).
+
+        Raises:
+            ConfigError: a balanced loss is not among the step's losses.
+        """
+        missing = [name for name in self.loss_names if name not in losses]
+        if missing:
+            raise ConfigError(
+                f"{type(self).__name__} balances {list(self.loss_names)}, but the step's losses lack {missing} "
+                f"(they hold {sorted(losses)}). Check that those loss bricks are alive in the training stage, or "
+                "pass loss_names= with the losses to balance."
+            )
+        return [losses[name] for name in self.loss_names]
 
     def _add_others(self, total: torch.Tensor, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
         for name, weight in self._others:

@@ -115,7 +115,7 @@ class UncertaintyWeighting(LossBalancer):
         """
         if not self.loss_names:
             self._check_set_up(losses)  # the error that says how to set it up
-        balanced = [losses[name] for name in self.loss_names]
+        balanced = self._balanced_losses(losses)
         bound = self.log_variance_bound
         with torch.no_grad():
             logs = self.log_variances.tolist()
