@@ -85,6 +85,7 @@ class LossBalancer(nn.Module):
         self.static_weights: dict[str, float] = {}
         self._others: tuple[tuple[str, float], ...] = ()
         self.__dict__["_balanced_weights"] = torch.ones(0)
+        self._static_floats: list[float] = []  # the balanced losses' static weights as Python floats (set up)
 
     # ------------------------------------------------------------------------------------------ set-up
     def setup(self, collection: BrickCollection, static_weights: Mapping[str, float]) -> None:
@@ -111,11 +112,16 @@ class LossBalancer(nn.Module):
         self.loss_names = tuple(requested)
         self.static_weights = {name: float(static_weights.get(name, 1.0)) for name in train_losses}
         self._others = tuple((name, self.static_weights[name]) for name in train_losses if name not in requested)
-        self.__dict__["_balanced_weights"] = torch.tensor([self.static_weights[name] for name in requested])
+        self._static_floats = [self.static_weights[name] for name in requested]
+        self.__dict__["_balanced_weights"] = torch.tensor(self._static_floats)
         self.setup_tasks(collection)
 
     def setup_tasks(self, collection: BrickCollection) -> None:
         """Set up what the balancer needs per task, after :attr:`loss_names` is known (subclasses)."""
+
+    def _static_weights(self) -> list[float]:
+        """The static weights ``w_i`` of the balanced losses, as Python floats."""
+        return self._static_floats
 
     def _weights_tensor(self, like: torch.Tensor) -> torch.Tensor:
         weights: torch.Tensor = self.__dict__["_balanced_weights"]

@@ -93,14 +93,12 @@ class LossLevelBalancer(LossBalancer):
     def __init__(self, loss_names: Sequence[str] | None = None) -> None:
         super().__init__(loss_names)
         self._tensor_math = False  # True: the tensor code on CPU too (the tests compare both)
-        self._static_floats: list[float] = []  # the static weights as Python floats (set up with the tasks)
         # The last step's factors and labelled mask: Python lists after a CPU step, tensors after the tensor code's.
         self._last_weights: list[float] | torch.Tensor = []
         self._last_labelled: list[bool] | torch.Tensor = []
 
     def setup_tasks(self, collection: BrickCollection) -> None:
         count = len(self.loss_names)
-        self._static_floats = self.__dict__["_balanced_weights"].tolist()
         if len(self._last_weights) != count:
             self._last_weights = [weight / count for weight in self._static_floats]
             self._last_labelled = [True] * count
@@ -155,10 +153,6 @@ class LossLevelBalancer(LossBalancer):
     def _factors_in_floats(self, values: list[float], labelled: list[bool]) -> list[float]:
         """:meth:`_factors` on Python floats (for CPU tensors): the same formulas."""
         raise NotImplementedError
-
-    def _static_weights(self) -> list[float]:
-        """The static weights ``w_i`` of the balanced losses, as Python floats."""
-        return self._static_floats
 
     def _balanced(self, losses: Mapping[str, torch.Tensor]) -> list[torch.Tensor | None]:
         """The balanced losses in order; ``None`` for one missing from ``losses`` (a 0 without labels)."""

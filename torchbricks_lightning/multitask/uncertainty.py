@@ -86,12 +86,10 @@ class UncertaintyWeighting(LossBalancer):
         # Sized at set-up, when the balanced losses are known; empty (and not yet optimised) before.
         self.log_variances = nn.Parameter(torch.zeros(0))
         self._tensor_math = False  # True: the tensor code on CPU too (the tests compare both)
-        self._static_floats: list[float] = []
 
     def setup_tasks(self, collection: BrickCollection) -> None:
         if self.log_variances.numel() != len(self.loss_names):
             self.log_variances = nn.Parameter(torch.full((len(self.loss_names),), self.initial_log_variance))
-        self._static_floats = self.__dict__["_balanced_weights"].tolist()
 
     def forward(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
         if self.log_variances.device.type == "cpu" and not self._tensor_math:
@@ -123,11 +121,11 @@ class UncertaintyWeighting(LossBalancer):
                 self.log_variances.clamp_(-bound, bound)
                 logs = self.log_variances.tolist()
             values = [loss.item() for loss in balanced]
-        halves = [0.5 * weight for weight in self._static_floats]
         total = 0.0
         loss_slopes: list[float] = []
         variance_slopes: list[float] = []
-        for half, log_variance, value in zip(halves, logs, values, strict=True):
+        for weight, log_variance, value in zip(self._static_weights(), logs, values, strict=True):
+            half = 0.5 * weight
             if value == 0:  # no label in the batch: left out (its s_i gets no gradient); NaN is not 0 and stays in
                 loss_slopes.append(0.0)
                 variance_slopes.append(0.0)
